@@ -1,0 +1,243 @@
+"""The 9P codec: frames <-> message objects, shared by the server and the client.
+
+Sans-I/O: bytes in, messages out, and back; no trio, no sockets, no os calls.
+
+* ``decode(frame)``: one whole frame (size[4] included) -> a frozen message from
+  ``messages.py``. Every length is checked; anything malformed raises ``ProtocolError``
+  naming the message, the field and the problem. Bulk data (``Rread.data``,
+  ``Twrite.data``, ``Rreaddir.data``) comes back as a memoryview slice of ``frame``.
+* ``encode(msg)``: a list of buffers for ``socket.sendmsg``: the header and fixed part
+  first, then -- for Rread/Twrite/Rreaddir -- the caller's payload object itself,
+  uncopied. ``encode_bytes`` joins them. Messages that cannot be encoded raise ValueError.
+* ``FrameReader``: reassembles frames from a byte stream, bounded by msize.
+* ``pack_dirents`` / ``unpack_dirents``: the records inside Rreaddir.data.
+
+``decode``/``encode`` run the code ``fastpath`` generated from ``schema``;
+``decode_interpreted``/``encode_interpreted`` run the construct schema itself and are the
+reference the fast path is tested against.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterable, Sequence
+
+from construct import ConstructError, ExplicitError, StreamError, TerminatedError
+
+from . import errors, fastpath, schema
+from .constants import MessageType
+from .errors import ProtocolError
+from .messages import MESSAGE_CLASSES, Dirent, Message
+
+__all__ = [
+    "ProtocolError", "decode", "encode", "encode_bytes", "decode_interpreted",
+    "encode_interpreted", "FrameReader", "pack_dirents", "unpack_dirents",
+    "dirent_size", "check_header",
+]
+
+_SIZE = struct.Struct("<I")
+_HEADER = struct.Struct("<IBH")
+HEADER_SIZE = schema.HEADER_SIZE
+
+
+def _type_name(type_byte: int) -> str:
+    try:
+        return MessageType(type_byte).name
+    except ValueError:
+        return f"type {type_byte}"
+
+
+def unknown_type(type_byte: int) -> ProtocolError:
+    if type_byte in MESSAGE_CLASSES:
+        return ProtocolError(f"unknown message type {type_byte} "
+                             f"({MESSAGE_CLASSES[type_byte].__name__} is never valid on the wire)")
+    return ProtocolError(f"unknown message type {type_byte}")
+
+
+def check_header(frame) -> tuple[int, int, int]:
+    """(size, type, tag) of ``frame`` after checking the size field against its length."""
+    length = len(frame)
+    if length < HEADER_SIZE:
+        raise ProtocolError(f"frame of {length} bytes is shorter than the 7-byte header")
+    size, type_byte, tag = _HEADER.unpack_from(frame)
+    if size != length:
+        raise ProtocolError(f"size field {size} disagrees with the frame length {length}")
+    return size, type_byte, tag
+
+
+# --- the interpreted reference ---------------------------------------------------------
+
+def _field_of(path: str | None, skip: int = 2) -> str:
+    """construct's error path "(parsing) -> body -> qid -> type" -> "qid.type"."""
+    parts = (path or "").split(" -> ")
+    return ".".join(parts[skip:])
+
+
+def decode_interpreted(frame) -> Message:
+    """``decode`` done by construct's interpreter over ``schema.FRAME`` (slow, reference)."""
+    _size, type_byte, _tag = check_header(frame)
+    name = _type_name(type_byte)
+    try:
+        parsed = schema.FRAME.parse(frame)
+    except ExplicitError:
+        raise unknown_type(type_byte) from None
+    except schema.WireError as e:
+        raise errors.in_message(name, _field_of(e.path), e.problem) from None
+    except StreamError as e:
+        raise errors.in_message(name, _field_of(e.path), errors.TRUNCATED) from None
+    except TerminatedError:
+        raise errors.in_message(name, "", errors.TRAILING) from None
+    except ConstructError as e:  # pragma: no cover - the schema raises only the above
+        raise errors.in_message(name, _field_of(e.path), str(e)) from None
+    cls = MESSAGE_CLASSES[type_byte]
+    body = parsed.body
+    return cls(parsed.tag, *(body[field] for field in schema.body_field_names(type_byte)))
+
+
+def encode_interpreted(msg: Message) -> list[bytes]:
+    """``encode`` done by construct's builder over ``schema.BODIES`` (slow, reference)."""
+    body_schema = schema.BODIES.get(getattr(msg, "TYPE", None))
+    if body_schema is None:
+        raise ValueError(f"{type(msg).__name__} cannot be encoded")
+    fields = {name: getattr(msg, name) for name in schema.body_field_names(msg.TYPE)}
+    try:
+        body = body_schema.build(fields)
+        header = schema.HEADER.build(
+            {"size": HEADER_SIZE + len(body), "type": msg.TYPE, "tag": msg.tag})
+    except ConstructError as e:
+        raise ValueError(f"cannot encode {type(msg).__name__}: {e}") from None
+    frame = header + body
+    if hasattr(msg, "data"):
+        cut = len(frame) - schema.payload_length(msg.data)
+        return [frame[:cut], frame[cut:]]
+    return [frame]
+
+
+# --- the public API (fast path) --------------------------------------------------------
+
+_DECODERS = fastpath.DECODERS
+_ENCODERS = fastpath.ENCODERS
+
+
+def decode(frame) -> Message:
+    """One whole frame -> message. Raises ProtocolError for anything malformed."""
+    length = len(frame)
+    if length < HEADER_SIZE:
+        raise ProtocolError(f"frame of {length} bytes is shorter than the 7-byte header")
+    size, type_byte, tag = _HEADER.unpack_from(frame)
+    if size != length:
+        raise ProtocolError(f"size field {size} disagrees with the frame length {length}")
+    decoder = _DECODERS.get(type_byte)
+    if decoder is None:
+        raise unknown_type(type_byte)
+    return decoder(frame, length, tag)
+
+
+def encode(msg: Message) -> list:
+    """Message -> buffers for sendmsg: [header + fixed part] or [that, payload]."""
+    encoder = _ENCODERS.get(type(msg))
+    if encoder is None:
+        raise ValueError(f"{type(msg).__name__} cannot be encoded")
+    return encoder(msg)
+
+
+def encode_bytes(msg: Message) -> bytes:
+    """Message -> one bytes object (copies the payload; for tests and small messages)."""
+    return b"".join(encode(msg))
+
+
+# --- framing -------------------------------------------------------------------------------
+
+class FrameReader:
+    """Reassemble whole frames from bytes as they arrive.
+
+    ``feed(data)`` appends; ``next_frame()`` returns one whole frame (bytes, size field
+    included) or None if more bytes are needed. A size field below 7 or above ``msize``
+    raises ProtocolError as soon as its 4 bytes are in, without waiting for the body
+    (a hostile peer must not make us buffer 4 GiB). After an error the stream is out of
+    step for good, so every later call raises the same error.
+    """
+
+    def __init__(self, msize: int):
+        self.msize = msize
+        self._buffer = bytearray()
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet part of a returned frame."""
+        return len(self._buffer)
+
+    def feed(self, data) -> None:
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return None
+        (size,) = _SIZE.unpack_from(buffer)
+        if size < HEADER_SIZE or size > self.msize:
+            self._error = ProtocolError(
+                f"size field {size} outside 7..msize ({self.msize})")
+            raise self._error
+        if len(buffer) < size:
+            return None
+        frame = bytes(buffer[:size])
+        del buffer[:size]  # cheap: bytearray drops a prefix by moving its start
+        return frame
+
+    def __iter__(self):
+        """Iterate over the whole frames available now."""
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+
+# --- Rreaddir records ----------------------------------------------------------------------
+
+def dirent_size(name: str) -> int:
+    """Wire size of one Rreaddir record: qid[13] offset[8] type[1] name[s]."""
+    return 24 + len(name.encode("utf-8"))
+
+
+def pack_dirents(entries: Iterable[Dirent], count: int) -> tuple[bytes, int]:
+    """Pack as many ``entries`` as fit in ``count`` bytes -> (data, number packed).
+
+    Stops at the first entry that does not fit, so the caller resumes from that
+    entry's predecessor's ``offset`` on the next Treaddir.
+    """
+    encode_dirent = fastpath.encode_dirent
+    parts = []
+    used = 0
+    packed = 0
+    for entry in entries:
+        record = encode_dirent(entry)
+        if used + len(record) > count:
+            break
+        parts.append(record)
+        used += len(record)
+        packed += 1
+    return b"".join(parts), packed
+
+
+def unpack_dirents(data) -> list[Dirent]:
+    """Rreaddir.data -> Dirents. Raises ProtocolError on a malformed record."""
+    return unpack_dirents_interpreted(data)
+
+
+def unpack_dirents_interpreted(data) -> list[Dirent]:
+    """``unpack_dirents`` by construct's interpreter (reference for the tests)."""
+    import io
+
+    raw = bytes(data)
+    stream = io.BytesIO(raw)
+    entries = []
+    while stream.tell() < len(raw):
+        try:
+            entries.append(schema.DIRENT.parse_stream(stream))
+        except schema.WireError as e:
+            raise errors.in_message("Dirent", _field_of(e.path, 1), e.problem) from None
+        except StreamError as e:
+            raise errors.in_message("Dirent", _field_of(e.path, 1), errors.TRUNCATED) from None
+    return entries
