@@ -200,7 +200,7 @@ class Feed:
         return len(self._subscribers)
 
     def subscribe(self) -> trio.MemoryReceiveChannel[bytes]:
-        send, receive = trio.open_memory_channel[bytes](self.backlog + len(self._history))
+        send, receive = trio.open_memory_channel[bytes](max(self.backlog, len(self._history)))
         for chunk in self._history:
             send.send_nowait(chunk)
         if self.closed:
