@@ -223,7 +223,14 @@ def pack_dirents(entries: Iterable[Dirent], count: int) -> tuple[bytes, int]:
 
 def unpack_dirents(data) -> list[Dirent]:
     """Rreaddir.data -> Dirents. Raises ProtocolError on a malformed record."""
-    return unpack_dirents_interpreted(data)
+    decode_dirent = fastpath.decode_dirent
+    end = schema.payload_length(data)
+    position = 0
+    entries = []
+    while position < end:
+        entry, position = decode_dirent(data, position, end)
+        entries.append(entry)
+    return entries
 
 
 def unpack_dirents_interpreted(data) -> list[Dirent]:

@@ -1,37 +1,382 @@
-"""Per-message decoders/encoders derived from ``schema`` (interim: interpreted).
+"""Specialised decoders and encoders, generated once at import from ``schema``.
 
-This first version only dispatches into construct so that the codec API is usable; the
-generated specialised code replaces it.
+construct's interpreter walks a tree of objects per field and costs tens of microseconds
+per message. Here the same tree is walked *once*, at import, and turned into straight-line
+Python: consecutive fixed-width integers (qids included) become one precompiled
+``struct.Struct`` run, read with a single ``unpack_from`` after a single bounds check;
+strings, arrays, bulk data and sized blocks get explicit length checks. Nothing about a
+layout is written here by hand -- add a message to ``schema.BODIES`` and it appears in
+``DECODERS``/``ENCODERS``. ``SOURCE`` keeps the generated text for reading and debugging.
+
+The generated code must raise exactly what the interpreter raises (same ProtocolError
+text for the same bad frame, ValueError for unencodable messages); the hypothesis tests in
+tests/protocol/test_fastpath_equivalence.py hold it to that. construct's own
+``.compile()`` is not used: it is documented as unsafe for untrusted input.
+
+Decoders: ``decode_X(buf, end, tag) -> message`` for a frame whose header ``decode`` has
+checked; the body starts at offset 7. Encoders: ``encode_X(msg) -> list of buffers``.
 """
 
 from __future__ import annotations
 
-from . import schema
+import struct
+
+from construct import FormatField, Renamed
+
+from . import errors, schema
+from .errors import ProtocolError
 from .messages import MESSAGE_CLASSES
 
-
-def _make_decoder(type_byte):
-    def decode(frame, length, tag):
-        from .codec import decode_interpreted
-        return decode_interpreted(frame)
-    return decode
+SOURCE: dict[str, str] = {}
+"""Generated function name -> its Python source."""
 
 
-def _make_encoder(type_byte):
-    def encode(msg):
-        from .codec import encode_interpreted
-        return encode_interpreted(msg)
-    return encode
+# --- helpers the generated code calls, only on error paths ---------------------------------
+
+def _truncated(message_name: str, field_ends: tuple, available: int) -> ProtocolError:
+    """Name the first field of a fixed run that does not fit in ``available`` bytes --
+    the same field construct's interpreter stops at."""
+    for end_offset, field in field_ends:
+        if end_offset > available:
+            return errors.in_message(message_name, field, errors.TRUNCATED)
+    raise AssertionError("bounds check failed but every field fits")  # pragma: no cover
 
 
-DECODERS = {t: _make_decoder(t) for t in schema.BODIES}
-ENCODERS = {MESSAGE_CLASSES[t]: _make_encoder(t) for t in schema.BODIES}
+def _encode_failed(message_name: str, exc: Exception) -> ValueError:
+    return ValueError(f"cannot encode {message_name}: {exc}")
 
 
-def encode_dirent(entry):
-    return schema.DIRENT.build(entry)
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
 
 
-def decode_dirent(data, position, end):
-    from .codec import unpack_dirents_interpreted
-    raise NotImplementedError
+def _is_fixed(con) -> bool:
+    """True if ``con`` is a fixed-width run of integers (qids included)."""
+    if isinstance(con, Renamed):
+        return _is_fixed(con.subcon)
+    if isinstance(con, FormatField):
+        return True
+    if isinstance(con, schema.Record):
+        return all(_is_fixed(sub) for sub in con.subcon.subcons)
+    return False
+
+
+class _Generator:
+    """Shared bookkeeping: indented source lines, fresh names, constants for the namespace."""
+
+    def __init__(self, namespace: dict):
+        self.namespace = namespace
+        self.lines: list[str] = []
+        self.depth = 1
+        self.counter = 0
+
+    def fresh(self, hint: str) -> str:
+        self.counter += 1
+        return f"{hint}{self.counter}"
+
+    def constant(self, value, hint: str) -> str:
+        name = f"_{hint}_{len(self.namespace)}"
+        self.namespace[name] = value
+        return name
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " * self.depth + line)
+
+
+# --- decoders ------------------------------------------------------------------------------
+
+class _DecoderGenerator(_Generator):
+    """Turns a schema tree into a function body that reads ``buf`` from ``pos``."""
+
+    def __init__(self, namespace: dict, message_name: str):
+        super().__init__(namespace)
+        self.name = repr(message_name)
+        self.run: list[tuple[str, str, str]] = []  # (struct letter, variable, field path)
+        self.end = "end"
+        self.uses_view = False
+
+    def flush(self) -> None:
+        """Emit one bounds check and one unpack_from for the pending fixed run."""
+        if not self.run:
+            return
+        layout = struct.Struct("<" + "".join(letter for letter, _, _ in self.run))
+        field_ends, offset = [], 0
+        for letter, _, field in self.run:
+            offset += struct.calcsize("<" + letter)
+            field_ends.append((offset, field))
+        run_struct = self.constant(layout, "run")
+        ends = self.constant(tuple(field_ends), "ends")
+        self.emit(f"if pos + {layout.size} > {self.end}: "
+                  f"raise _truncated({self.name}, {ends}, {self.end} - pos)")
+        targets = "".join(f"{variable}, " for _, variable, _ in self.run)
+        self.emit(f"{targets}= {run_struct}.unpack_from(buf, pos)")
+        self.emit(f"pos += {layout.size}")
+        self.run = []
+
+    def fail(self, path: str, problem_expression: str) -> str:
+        return f"raise _in_message({self.name}, {path!r}, {problem_expression})"
+
+    def length_prefix(self, con, path: str) -> str:
+        """Read a count/length field as the last member of the run, then flush."""
+        variable = self.fresh("n")
+        self.run.append((con.fmtstr[1], variable, path))
+        self.flush()
+        return variable
+
+    def value(self, con, path: str) -> str:
+        """Generate code reading ``con``; return an expression for its value."""
+        if isinstance(con, Renamed):
+            return self.value(con.subcon, _join(path, con.name))
+        if isinstance(con, FormatField):
+            variable = self.fresh("v")
+            self.run.append((con.fmtstr[1], variable, path))
+            return variable
+        if isinstance(con, schema.Record):
+            cls = self.constant(con.cls, con.cls.__name__)
+            members = [self.value(sub, path) for sub in con.subcon.subcons]
+            return f"{cls}({', '.join(members)})"
+        if isinstance(con, schema.String9P):
+            return self.string(path)
+        if isinstance(con, schema.BoundedArray):
+            return self.array(con, path)
+        if isinstance(con, schema.Payload):
+            return self.payload(path)
+        if isinstance(con, schema.Sized):
+            return self.sized(con, path)
+        raise TypeError(f"fastpath cannot generate code for {con!r} at {path}")
+
+    def string(self, path: str) -> str:
+        length = self.length_prefix(schema.u16, path)
+        text = self.fresh("s")
+        self.emit(f"if pos + {length} > {self.end}: {self.fail(path, '_TRUNCATED')}")
+        self.emit("try:")
+        self.emit(f"    {text} = str(buf[pos:pos + {length}], 'utf-8')")
+        self.emit("except UnicodeDecodeError:")
+        self.emit(f"    {self.fail(path, '_NOT_UTF8')} from None")
+        self.emit(f"if '\\x00' in {text}: {self.fail(path, '_HAS_NUL')}")
+        self.emit(f"pos += {length}")
+        return text
+
+    def array(self, con, path: str) -> str:
+        count = self.length_prefix(con.count, path)
+        self.emit(f"if {count} > {con.maximum}: "
+                  f"{self.fail(path, f'_too_many_elements({count}, {con.maximum})')}")
+        items = self.fresh("items")
+        self.emit(f"{items} = []")
+        self.emit(f"for _ in range({count}):")
+        self.depth += 1
+        element = self.value(con.element, path)
+        self.flush()
+        self.emit(f"{items}.append({element})")
+        self.depth -= 1
+        return f"tuple({items})"
+
+    def payload(self, path: str) -> str:
+        count = self.length_prefix(schema.u32, path)
+        self.emit(f"if {count} > {self.end} - pos: "
+                  f"{self.fail(path, f'_count_exceeds_data({count}, {self.end} - pos)')}")
+        data = self.fresh("data")
+        self.emit(f"{data} = view[pos:pos + {count}]")  # zero-copy slice of the frame
+        self.emit(f"pos += {count}")
+        self.uses_view = True
+        return data
+
+    def sized(self, con, path: str) -> str:
+        size = self.length_prefix(con.prefix, path)
+        start, block_end = self.fresh("start"), self.fresh("block_end")
+        self.emit(f"{start} = pos")
+        self.emit(f"{block_end} = pos + {size}")
+        self.emit(f"if {block_end} > {self.end}: {self.fail(path, '_TRUNCATED')}")
+        outer_end, self.end = self.end, block_end
+        inner = self.value(con.subcon, path)
+        self.flush()
+        self.end = outer_end
+        self.emit(f"if pos != {block_end}: "
+                  f"{self.fail(path, f'_size_disagrees({size}, pos - {start})')}")
+        return inner
+
+    def prologue(self) -> list[str]:
+        return ["    view = memoryview(buf)"] if self.uses_view else []
+
+
+def _generate_message_decoder(namespace: dict, type_byte: int) -> str:
+    cls = MESSAGE_CLASSES[type_byte]
+    gen = _DecoderGenerator(namespace, cls.__name__)
+    gen.emit(f"pos = {schema.HEADER_SIZE}")
+    members = [gen.value(sub, "") for sub in schema.BODIES[type_byte].subcons]
+    gen.flush()
+    gen.emit(f"if pos != end: raise _in_message({gen.name}, '', _TRAILING)")
+    cls_name = gen.constant(cls, cls.__name__)
+    gen.emit(f"return {cls_name}({', '.join(['tag', *members])})")
+    function = f"decode_{cls.__name__}"
+    return _define(namespace, function, "buf, end, tag", gen.prologue() + gen.lines)
+
+
+def _generate_dirent_decoder(namespace: dict) -> str:
+    gen = _DecoderGenerator(namespace, "Dirent")
+    record = gen.value(schema.DIRENT, "")
+    gen.flush()
+    gen.emit(f"return {record}, pos")
+    return _define(namespace, "decode_dirent", "buf, pos, end", gen.prologue() + gen.lines)
+
+
+# --- encoders ------------------------------------------------------------------------------
+
+class _EncoderGenerator(_Generator):
+    """Turns a schema tree into a function body that appends packed bytes to ``parts``."""
+
+    def __init__(self, namespace: dict, message_name: str):
+        super().__init__(namespace)
+        self.name = repr(message_name)
+        self.run: list[tuple[str, str]] = []  # (struct letter, expression)
+        self.parts = "parts"
+        self.payload: tuple[str, str] | None = None  # (buffer variable, length variable)
+
+    def flush(self) -> None:
+        if not self.run:
+            return
+        layout = struct.Struct("<" + "".join(letter for letter, _ in self.run))
+        run_struct = self.constant(layout, "run")
+        arguments = ", ".join(expression for _, expression in self.run)
+        self.emit(f"{self.parts}.append({run_struct}.pack({arguments}))")
+        self.run = []
+
+    def bind(self, expression: str, hint: str) -> str:
+        """Evaluate ``expression`` once into a local (attribute lookups are not free)."""
+        variable = self.fresh(hint)
+        self.emit(f"{variable} = {expression}")
+        return variable
+
+    def value(self, con, expression: str) -> None:
+        if isinstance(con, Renamed):
+            return self.value(con.subcon, expression)
+        if isinstance(con, FormatField):
+            self.run.append((con.fmtstr[1], expression))
+        elif isinstance(con, schema.Record):
+            record = self.bind(expression, "r")
+            for sub in con.subcon.subcons:
+                self.value(sub, f"{record}.{sub.name}")
+        elif isinstance(con, schema.String9P):
+            raw = self.bind(f"_encode_string({expression})", "b")
+            self.run.append(("H", f"len({raw})"))
+            self.flush()
+            self.emit(f"{self.parts}.append({raw})")
+        elif isinstance(con, schema.BoundedArray):
+            items = self.bind(expression, "seq")
+            self.emit(f"if len({items}) > {con.maximum}: raise ValueError("
+                      f"_too_many_elements(len({items}), {con.maximum}))")
+            self.run.append((con.count.fmtstr[1], f"len({items})"))
+            self.flush()
+            item = self.fresh("item")
+            self.emit(f"for {item} in {items}:")
+            self.depth += 1
+            self.value(con.element, item)
+            self.flush()
+            self.depth -= 1
+        elif isinstance(con, schema.Payload):
+            data = self.bind(expression, "data")
+            length = self.bind(f"_payload_length({data})", "n")
+            self.run.append(("I", length))
+            self.payload = (data, length)
+        elif isinstance(con, schema.Sized):
+            self.flush()  # what precedes the block belongs to the outer parts
+            outer_parts, self.parts = self.parts, self.bind("[]", "block_parts")
+            self.value(con.subcon, expression)
+            self.flush()
+            block = self.bind(f"b''.join({self.parts})", "block")
+            self.parts = outer_parts
+            self.emit(f"if len({block}) > {schema.MAX_STRING_BYTES}: "
+                      f"raise ValueError('sized block too long')")
+            self.run.append((con.prefix.fmtstr[1], f"len({block})"))
+            self.flush()
+            self.emit(f"{self.parts}.append({block})")
+        else:
+            raise TypeError(f"fastpath cannot generate code for {con!r}")
+
+
+def _generate_message_encoder(namespace: dict, type_byte: int) -> str:
+    cls = MESSAGE_CLASSES[type_byte]
+    gen = _EncoderGenerator(namespace, cls.__name__)
+    fields = schema.BODIES[type_byte].subcons
+    is_payload = [isinstance(sub.subcon, schema.Payload) for sub in fields]
+    assert not any(is_payload[:-1]), f"{cls.__name__}: bulk data must be the last field"
+    gen.depth = 2  # inside try:
+    if all(_is_fixed(sub) or payload for sub, payload in zip(fields, is_payload)):
+        # Everything but a trailing payload is fixed: the size is known up front, so the
+        # whole header and fixed part is one struct.pack.
+        gen.run = [("I", "size"), ("B", str(type_byte)), ("H", "msg.tag")]
+        for sub in fields:
+            gen.value(sub, f"msg.{sub.name}")
+        layout_struct = struct.Struct("<" + "".join(letter for letter, _ in gen.run))
+        fixed = layout_struct.size
+        size = f"{fixed} + {gen.payload[1]}" if gen.payload else str(fixed)
+        layout = gen.constant(layout_struct, "run")
+        arguments = ", ".join(expression for _, expression in gen.run)
+        gen.emit(f"size = {size}")
+        head = f"{layout}.pack({arguments})"
+    else:
+        gen.emit("parts = []")
+        gen.run = [("H", "msg.tag")]
+        for sub in fields:
+            gen.value(sub, f"msg.{sub.name}")
+        gen.flush()
+        gen.emit("body = b''.join(parts)")
+        extra = f" + {gen.payload[1]}" if gen.payload else ""
+        head = f"_SIZE_TYPE.pack(5 + len(body){extra}, {type_byte}) + body"
+    result = f"[{head}, {gen.payload[0]}]" if gen.payload else f"[{head}]"
+    gen.emit(f"return {result}")
+    lines = ["    try:", *gen.lines, "    except _struct_error as e:",
+             f"        raise _encode_failed({gen.name}, e) from None"]
+    return _define(namespace, f"encode_{cls.__name__}", "msg", lines)
+
+
+def _generate_dirent_encoder(namespace: dict) -> str:
+    gen = _EncoderGenerator(namespace, "Dirent")
+    gen.depth = 2
+    gen.emit("parts = []")
+    gen.value(schema.DIRENT, "entry")
+    gen.flush()
+    gen.emit("return b''.join(parts)")
+    lines = ["    try:", *gen.lines, "    except _struct_error as e:",
+             f"        raise _encode_failed({gen.name}, e) from None"]
+    return _define(namespace, "encode_dirent", "entry", lines)
+
+
+# --- assembly --------------------------------------------------------------------------------
+
+def _define(namespace: dict, function: str, parameters: str, body: list[str]) -> str:
+    source = f"def {function}({parameters}):\n" + "\n".join(body) + "\n"
+    SOURCE[function] = source
+    exec(compile(source, f"<ninep.protocol.fastpath {function}>", "exec"), namespace)
+    return function
+
+
+def _build():
+    namespace = {
+        "_truncated": _truncated,
+        "_in_message": errors.in_message,
+        "_TRUNCATED": errors.TRUNCATED,
+        "_NOT_UTF8": errors.NOT_UTF8,
+        "_HAS_NUL": errors.HAS_NUL,
+        "_TRAILING": errors.TRAILING,
+        "_too_many_elements": errors.too_many_elements,
+        "_count_exceeds_data": errors.count_exceeds_data,
+        "_size_disagrees": errors.size_disagrees,
+        "_encode_string": schema.encode_string,
+        "_payload_length": schema.payload_length,
+        "_encode_failed": _encode_failed,
+        "_struct_error": struct.error,
+        "_SIZE_TYPE": struct.Struct("<IB"),
+    }
+    decoders, encoders = {}, {}
+    for type_byte in schema.BODIES:
+        decoders[type_byte] = namespace[_generate_message_decoder(namespace, type_byte)]
+        encoders[MESSAGE_CLASSES[type_byte]] = namespace[
+            _generate_message_encoder(namespace, type_byte)]
+    dirent_decoder = namespace[_generate_dirent_decoder(namespace)]
+    dirent_encoder = namespace[_generate_dirent_encoder(namespace)]
+    return decoders, encoders, dirent_decoder, dirent_encoder
+
+
+DECODERS, ENCODERS, decode_dirent, encode_dirent = _build()
+"""type byte -> decoder; message class -> encoder; Rreaddir record decoder/encoder."""

@@ -90,7 +90,12 @@ def encode_string(text: str) -> bytes:
 
 def payload_length(data) -> int:
     """Byte length of a bulk buffer (a memoryview's len() counts items, not bytes)."""
-    return data.nbytes if type(data) is memoryview else len(data)
+    kind = type(data)
+    if kind is bytes or kind is bytearray:
+        return len(data)
+    if kind is memoryview:
+        return data.nbytes
+    raise ValueError(f"bulk data must be bytes, bytearray or memoryview, not {kind.__name__}")
 
 
 # --- the vocabulary ------------------------------------------------------------------------
@@ -167,6 +172,7 @@ class Payload(Construct):
         return stream_read(stream, count, path)
 
     def _build(self, obj, stream, context, path):
+        payload_length(obj)  # refuses what is not a buffer, exactly like the fast path
         raw = bytes(obj)
         Int32ul._build(len(raw), stream, context, path)
         stream_write(stream, raw, len(raw), path)
