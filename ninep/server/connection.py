@@ -1,0 +1,271 @@
+"""One client connection on trio: a reader, a task + CancelScope per tag, one writer.
+
+* The reader decodes frames and starts one task per request in the connection's
+  request nursery, each inside its own ``CancelScope`` (the tag's scope), so Tflush is a
+  cancellation and a slow request never holds up the others.
+* Request tasks never touch the stream: they queue their encoded reply. The single
+  writer task takes everything queued and sends it in one scatter-gather ``sendmsg``
+  (``encode()``'s buffer lists, payloads uncopied). Since only the writer writes, and it
+  is cancelled only when the connection is being torn down, a frame is never cut.
+* Backpressure: when ``max_in_flight`` tags are running or ``max_buffered`` reply bytes
+  are queued (a client that stopped reading), the reader stops reading that client.
+  Other connections are unaffected: each has its own tasks and buffers.
+* Tflush: the flushed request's scope is cancelled and Rflush is queued only when that
+  request has finished. If it completed anyway (the backend call was already done),
+  its reply is queued *first* and Rflush after it -- the client then learns the effect
+  of an operation that did happen (a created file, a new fid). If it was cancelled, it
+  gets no reply at all.
+* A malformed frame ends the connection with one log line. Disconnect cancels what is
+  in flight, closes every fid and drops the connection's locks.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+from typing import Hashable, Mapping
+
+import trio
+
+from ..protocol import messages as m
+from ..protocol.codec import FrameReader, ProtocolError, decode, encode, pack_dirents
+from ..protocol.constants import Errno
+from .dispatch import Dispatcher
+from .locks import LockTable
+from .session import Export, Limits, Session
+from .trace import describe
+
+log = logging.getLogger("ninep.server")
+trace_log = logging.getLogger("ninep.trace")
+
+_IOV_MAX = 1024  # Linux UIO_MAXIOV: buffers per sendmsg
+_RECEIVE_SIZE = 256 * 1024
+_DRAIN_SECONDS = 5.0  # how long a closing connection may take to send what is queued
+_connection_numbers = itertools.count(1)
+
+
+class LockManager:
+    """The server-wide lock table plus the trio side of waiting on it."""
+
+    def __init__(self) -> None:
+        self.table = LockTable()
+        self._released: dict[Hashable, trio.Event] = {}
+
+    async def wait_for_release(self, key: Hashable) -> None:
+        event = self._released.get(key)
+        if event is None:
+            event = self._released[key] = trio.Event()
+        await event.wait()
+
+    def released(self, keys: set[Hashable]) -> None:
+        for key in keys:
+            event = self._released.pop(key, None)
+            if event is not None:
+                event.set()
+
+
+class _Request:
+    __slots__ = ("tag", "scope", "done")
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+
+class Connection:
+    """Serve 9P on one stream until the client goes, errs, or the server stops."""
+
+    def __init__(self, stream: trio.abc.Stream, exports: Mapping[str, Export],
+                 locks: LockManager, *, limits: Limits = Limits(), trace: bool = False,
+                 name: str = "") -> None:
+        self.stream = stream
+        self.number = next(_connection_numbers)
+        self.name = name or f"connection {self.number}"
+        self.limits = limits
+        self.trace = trace
+        self.session = Session(exports, limits, connection_id=("connection", self.number))
+        self.locks = locks
+        self.dispatcher = Dispatcher(self.session, locks, pack_dirents)
+        self._frames = FrameReader(limits.max_msize)
+        self._requests: dict[int, _Request] = {}
+        self._nursery: trio.Nursery | None = None
+        self._read_scope = trio.CancelScope()
+        self._out: list = []
+        self._out_bytes = 0  # queued + being sent
+        self._out_ready = trio.Event()
+        self._room = trio.Event()
+        self._closing = False
+        self._socket = getattr(stream, "socket", None)  # trio.SocketStream: use sendmsg
+        self.requests_served = 0
+
+    # --- lifetime ------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._write_loop, outer.cancel_scope)
+                try:
+                    async with trio.open_nursery() as requests:
+                        self._nursery = requests
+                        with self._read_scope:
+                            await self._read_loop()
+                        if not self._read_scope.cancelled_caught:
+                            requests.cancel_scope.cancel()  # the client is gone
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._forget_everything()
+                    self._closing = True
+                    self._out_ready.set()
+                    outer.cancel_scope.deadline = trio.current_time() + _DRAIN_SECONDS
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    def stop_reading(self) -> None:
+        """Graceful shutdown: read no more requests, let those in flight finish."""
+        self._read_scope.cancel()
+
+    async def _forget_everything(self) -> None:
+        for fid in self.session.clear():
+            await self.dispatcher.close_fid(fid)
+        released = self.locks.table.release_connection(self.session.connection_id)
+        self.locks.released(released)
+
+    # --- reading -------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        frames = self._frames
+        while True:
+            try:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            frames.feed(data)
+            try:
+                for frame in frames:
+                    msg = decode(frame)
+                    await self._accept(msg)
+            except ProtocolError as exc:
+                log.warning("%s: malformed frame, closing: %s", self.name, exc)
+                return
+
+    async def _accept(self, msg: m.Message) -> None:
+        if self.trace:
+            trace_log.info("%s <- %s", self.name, describe(msg))
+        if isinstance(msg, m.Tversion):
+            await self._version(msg)
+            return
+        tag = msg.tag
+        if tag in self._requests:
+            self.queue_reply(m.Rlerror(tag, Errno.EINVAL))  # duplicate tag in flight
+            return
+        request = self._requests[tag] = _Request(tag)
+        if isinstance(msg, m.Tflush):
+            self._nursery.start_soon(self._flush, msg, request)
+        else:
+            self._nursery.start_soon(self._serve, msg, request)
+        limits = self.limits
+        while len(self._requests) >= limits.max_in_flight or self._out_bytes >= limits.max_buffered:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    async def _serve(self, msg: m.Message, request: _Request) -> None:
+        reply = None
+        try:
+            with request.scope:
+                reply = await self.dispatcher.handle(msg)
+        finally:
+            del self._requests[request.tag]
+            if reply is not None and not self._closing:
+                self.queue_reply(reply)
+            request.done.set()  # after the reply is queued: Rflush must come behind it
+            self._room.set()
+            self.requests_served += 1
+
+    async def _flush(self, msg: m.Tflush, request: _Request) -> None:
+        try:
+            with request.scope:
+                target = self._requests.get(msg.oldtag)
+                if target is not None and target is not request:
+                    target.scope.cancel()
+                    await target.done.wait()
+                self.queue_reply(m.Rflush(msg.tag))
+        finally:
+            del self._requests[request.tag]
+            request.done.set()
+            self._room.set()
+
+    async def _version(self, msg: m.Tversion) -> None:
+        """Tversion resets the session: abort what is in flight, clunk every fid."""
+        for request in list(self._requests.values()):
+            request.scope.cancel()
+        for request in list(self._requests.values()):
+            await request.done.wait()
+        for fid in self.session.clear():
+            await self.dispatcher.close_fid(fid)
+        msize, version = self.session.negotiate(msg.msize, msg.version)
+        self._frames.msize = msize
+        self.queue_reply(m.Rversion(msg.tag, msize, version))
+
+    # --- writing -------------------------------------------------------------------------
+    def queue_reply(self, reply: m.Message) -> None:
+        buffers = encode(reply)
+        size = sum(map(len, buffers))
+        if size > self.session.msize:
+            # Only variable replies without a count (a huge Rreadlink) can get here.
+            log.warning("%s: %s of %d bytes exceeds msize", self.name, type(reply).__name__, size)
+            reply = m.Rlerror(reply.tag, Errno.ERANGE)
+            buffers = encode(reply)
+            size = sum(map(len, buffers))
+        if self.trace:
+            trace_log.info("%s -> %s", self.name, describe(reply))
+        self._out += buffers
+        self._out_bytes += size
+        self._out_ready.set()
+
+    async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
+        while True:
+            await self._out_ready.wait()
+            self._out_ready = trio.Event()
+            if not self._out:
+                if self._closing:
+                    return
+                continue
+            buffers, self._out = self._out, []
+            size = sum(map(len, buffers))
+            try:
+                await self._send(buffers)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.debug("%s: send failed: %s", self.name, exc)
+                connection_scope.cancel()
+                return
+            self._out_bytes -= size
+            self._room.set()
+            if self._closing and not self._out:
+                return
+
+    async def _send(self, buffers: list) -> None:
+        sock = self._socket
+        if sock is None:
+            await self.stream.send_all(b"".join(buffers))
+            return
+        views = [memoryview(b) for b in buffers]
+        while views:
+            batch = views[:_IOV_MAX]
+            sent = await sock.sendmsg(batch)
+            # Drop what went out; keep the unsent tail of a partly sent buffer.
+            index = 0
+            while index < len(batch) and sent >= len(batch[index]):
+                sent -= len(batch[index])
+                index += 1
+            if index < len(batch) and sent:
+                views[index] = views[index][sent:]
+            del views[:index]
+
+
+def connection_error_is_quiet(exc: BaseException) -> bool:
+    """Errors that only mean the peer went away."""
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE))

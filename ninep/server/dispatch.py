@@ -1,0 +1,471 @@
+"""One handler per 9P2000.L T-message: check, call the backend, keep the books.
+
+Pure in the sans-I/O sense: no sockets, no trio. Handlers are coroutines only because
+the backend's methods are; the one place that must *wait* (a blocking Tlock) waits on
+an object the trio layer passes in (``LockWaiter``).
+
+Every handler returns the reply message; an ``OSError`` from a check or from the
+backend becomes ``Rlerror(errno)``. Tversion and Tflush are not here: they act on the
+connection (its requests in flight), so ``connection.py`` answers them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Awaitable, Callable, Hashable, Protocol
+
+from ..fs.backend import File, SetAttr, errno_error
+from ..protocol import messages as m
+from ..protocol.constants import (
+    IOHDRSZ,
+    MAX_WALK_ELEMENTS,
+    NOFID,
+    READDIRHDRSZ,
+    Errno,
+    LockFlags,
+    LockStatus,
+    LockType,
+    host_errno_to_wire,
+)
+from .locks import LockOwner, LockTable
+from .session import Fid, FidKind, Session, check_new_name, credentials_for, walk_name_ok
+
+log = logging.getLogger("ninep.server")
+
+XATTR_SIZE_MAX = 65536  # Linux's limit for one xattr value (and for a listing)
+
+# Classic 9P2000 requests: a 9P2000.L server does not implement them.
+_CLASSIC_REQUESTS = (m.Topen, m.Tcreate, m.Tstat, m.Twstat)
+
+
+class LockWaiter(Protocol):
+    """What a blocking Tlock needs from the I/O layer: the shared table, a way to
+    sleep until some lock on a key is released, and a way to wake such sleepers."""
+
+    table: LockTable
+
+    async def wait_for_release(self, key: Hashable) -> None: ...
+
+    def released(self, keys: set[Hashable]) -> None: ...
+
+
+class Dispatcher:
+    """Answers requests for one session (one connection)."""
+
+    def __init__(self, session: Session, locks: LockWaiter, pack_dirents: Callable) -> None:
+        self.session = session
+        self.locks = locks
+        self._pack_dirents = pack_dirents
+        self._handlers: dict[type, Callable[[m.Message], Awaitable[m.Message]]] = {
+            m.Tattach: self._attach, m.Tauth: self._auth, m.Twalk: self._walk,
+            m.Tlopen: self._lopen, m.Tlcreate: self._lcreate, m.Tread: self._read,
+            m.Twrite: self._write, m.Tclunk: self._clunk, m.Tremove: self._remove,
+            m.Tstatfs: self._statfs, m.Tsymlink: self._symlink, m.Tmknod: self._mknod,
+            m.Trename: self._rename, m.Trenameat: self._renameat,
+            m.Treadlink: self._readlink, m.Tgetattr: self._getattr,
+            m.Tsetattr: self._setattr, m.Txattrwalk: self._xattrwalk,
+            m.Txattrcreate: self._xattrcreate, m.Treaddir: self._readdir,
+            m.Tfsync: self._fsync, m.Tlock: self._lock, m.Tgetlock: self._getlock,
+            m.Tlink: self._link, m.Tmkdir: self._mkdir, m.Tunlinkat: self._unlinkat,
+        }
+
+    async def handle(self, msg: m.Message) -> m.Message:
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            code = Errno.ENOSYS if isinstance(msg, _CLASSIC_REQUESTS) else Errno.EINVAL
+            return m.Rlerror(msg.tag, code)
+        if self.session.version is None:
+            return m.Rlerror(msg.tag, Errno.EPROTO)  # no Tversion yet
+        try:
+            return await handler(msg)
+        except OSError as exc:
+            return m.Rlerror(msg.tag, host_errno_to_wire(exc.errno or errno.EIO))
+        except Exception:  # a backend bug must cost one request, not the connection
+            log.exception("backend failed on %s", type(msg).__name__)
+            return m.Rlerror(msg.tag, Errno.EIO)
+
+    # --- fid helpers ------------------------------------------------------------------
+    def _file_fid(self, number: int) -> Fid:
+        """Use a fid that names a file (not an xattr value)."""
+        fid = self.session.fids.get(number)
+        if fid is not None and (fid.kind is not FidKind.FILE or fid.file is None):
+            raise errno_error(errno.EBADF, f"fid {number} is an xattr fid")
+        return self.session.use(number)
+
+    async def _let_go(self, fid: Fid) -> None:
+        if self.session.let_go(fid):
+            await self.close_fid(fid)
+
+    async def close_fid(self, fid: Fid) -> OSError | None:
+        """The fid left the books: commit a pending xattr, close its File, drop the
+        connection's locks on the file if it was the last fid there. Returns the
+        commit's error (reported on Rclunk)."""
+        fid.closed = True
+        error: OSError | None = None
+        try:
+            if fid.kind is FidKind.XATTR_WRITE and fid.file is not None:
+                error = await self._commit_xattr(fid)
+        finally:
+            if self.session.last_fid_on(fid):
+                released = self.locks.table.release(fid.lock_key, self.session.connection_id)
+                if released:
+                    self.locks.released(released)
+            if fid.file is not None:
+                try:
+                    await fid.file.close()
+                except OSError as exc:
+                    log.debug("close of fid %d failed: %s", fid.number, exc)
+        return error
+
+    async def _commit_xattr(self, fid: Fid) -> OSError | None:
+        value = bytes(fid.xattr_value)
+        try:
+            if len(value) != fid.xattr_size:
+                raise errno_error(errno.EINVAL, "xattr value shorter than announced")
+            if fid.xattr_size == 0:
+                await fid.file.xattr_remove(fid.xattr_name)
+            else:
+                await fid.file.xattr_set(fid.xattr_name, value, fid.xattr_flags)
+        except OSError as exc:
+            return exc
+        return None
+
+    # --- session -----------------------------------------------------------------------
+    async def _auth(self, msg: m.Tauth) -> m.Message:
+        raise errno_error(errno.ENOSYS, "no authentication required")
+
+    async def _attach(self, msg: m.Tattach) -> m.Message:
+        if msg.afid != NOFID:
+            raise errno_error(errno.EBADF, "no auth fids on this server")
+        session = self.session
+        export = session.export_for(msg.aname)
+        creds = export.squash or credentials_for(msg.uname, msg.n_uname)
+        session.reserve(msg.fid)
+        try:
+            root = await export.filesystem.attach("", creds)
+            for old in session.bind(Fid(msg.fid, root, export, creds)):
+                await self.close_fid(old)
+        finally:
+            session.unreserve(msg.fid)
+        return m.Rattach(msg.tag, root.qid)
+
+    # --- walking -------------------------------------------------------------------------
+    async def _walk(self, msg: m.Twalk) -> m.Message:
+        names = msg.wnames
+        if len(names) > MAX_WALK_ELEMENTS:
+            raise errno_error(errno.EINVAL, "too many walk elements")
+        fid = self._file_fid(msg.fid)
+        try:
+            if fid.opened:
+                raise errno_error(errno.EBADF, "walk from an opened fid")
+            if msg.newfid == msg.fid and not names:
+                return m.Rwalk(msg.tag, ())
+            bad = next((i for i, name in enumerate(names) if not walk_name_ok(name)), None)
+            if bad == 0:
+                raise errno_error(errno.ENOENT, f"bad name {names[0]!r}")
+            if bad is not None:
+                names = names[:bad]
+            self.session.reserve(msg.newfid, replacing=msg.fid)
+            try:
+                if names:
+                    qids, new_file = await fid.file.walk(names)
+                else:
+                    qids, new_file = [], await fid.file.clone()
+                if new_file is not None and bad is not None:
+                    await new_file.close()  # the client's walk stops at the bad name
+                    new_file = None
+                if new_file is not None:
+                    for old in self.session.bind(Fid(msg.newfid, new_file, fid.export, fid.creds)):
+                        await self.close_fid(old)
+                return m.Rwalk(msg.tag, tuple(qids))
+            finally:
+                if msg.newfid != msg.fid:
+                    self.session.unreserve(msg.newfid)
+        finally:
+            await self._let_go(fid)
+
+    # --- open files ------------------------------------------------------------------------
+    async def _lopen(self, msg: m.Tlopen) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            if fid.opened:
+                raise errno_error(errno.EINVAL, "fid already open")
+            iounit = await fid.file.open(msg.flags)
+            fid.open_flags = msg.flags
+            return m.Rlopen(msg.tag, fid.file.qid, self._iounit(iounit))
+        finally:
+            await self._let_go(fid)
+
+    def _iounit(self, iounit: int) -> int:
+        return min(iounit, self.session.msize - IOHDRSZ)
+
+    async def _lcreate(self, msg: m.Tlcreate) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            if fid.opened:
+                raise errno_error(errno.EINVAL, "fid already open")
+            check_new_name(msg.name)
+            new_file, iounit = await fid.file.create(msg.name, msg.flags, msg.mode, msg.gid)
+            if fid.retired:  # clunked while we created: the new file has no fid to live in
+                await new_file.close()
+                raise errno_error(errno.EBADF, "fid clunked during create")
+            opened = Fid(fid.number, new_file, fid.export, fid.creds, open_flags=msg.flags)
+            for old in self.session.bind(opened):
+                await self.close_fid(old)
+            return m.Rlcreate(msg.tag, new_file.qid, self._iounit(iounit))
+        finally:
+            await self._let_go(fid)
+
+    async def _read(self, msg: m.Tread) -> m.Message:
+        fid = self.session.use(msg.fid)
+        try:
+            if not fid.readable:
+                raise errno_error(errno.EBADF, "fid not open for reading")
+            count = min(msg.count, self.session.msize - IOHDRSZ)
+            if fid.kind is FidKind.XATTR_READ:
+                data = fid.xattr_value[msg.offset:msg.offset + count]
+            else:
+                data = await fid.file.read(msg.offset, count)
+                if len(data) > count:
+                    data = memoryview(data)[:count]
+            return m.Rread(msg.tag, data)
+        finally:
+            await self._let_go(fid)
+
+    async def _write(self, msg: m.Twrite) -> m.Message:
+        fid = self.session.use(msg.fid)
+        try:
+            if not fid.writable:
+                raise errno_error(errno.EBADF, "fid not open for writing")
+            if fid.kind is FidKind.XATTR_WRITE:
+                value = fid.xattr_value
+                if msg.offset != len(value):
+                    raise errno_error(errno.EINVAL, "xattr writes must be sequential")
+                if len(value) + len(msg.data) > fid.xattr_size:
+                    raise errno_error(errno.ERANGE, "xattr value longer than announced")
+                value += msg.data
+                return m.Rwrite(msg.tag, len(msg.data))
+            data = msg.data if isinstance(msg.data, memoryview) else memoryview(msg.data)
+            return m.Rwrite(msg.tag, await fid.file.write(msg.offset, data))
+        finally:
+            await self._let_go(fid)
+
+    async def _readdir(self, msg: m.Treaddir) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            if not fid.readable:
+                raise errno_error(errno.EBADF, "directory not opened for reading")
+            count = min(msg.count, self.session.msize - READDIRHDRSZ)
+            entries = await fid.file.readdir(msg.offset, count)
+            data, _ = self._pack_dirents(entries, count)
+            return m.Rreaddir(msg.tag, data)
+        finally:
+            await self._let_go(fid)
+
+    async def _fsync(self, msg: m.Tfsync) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            await fid.file.fsync(bool(msg.datasync))
+            return m.Rfsync(msg.tag)
+        finally:
+            await self._let_go(fid)
+
+    # --- fid lifetime ----------------------------------------------------------------------
+    async def _clunk(self, msg: m.Tclunk) -> m.Message:
+        fid, close_now = self.session.unbind(msg.fid)
+        if not close_now and fid.lock_key is not None:
+            self.locks.released({fid.lock_key})  # a Tlock blocked on this fid must see it go
+        if close_now:
+            error = await self.close_fid(fid)
+            if error is not None:
+                raise error
+        return m.Rclunk(msg.tag)
+
+    async def _remove(self, msg: m.Tremove) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        error: OSError | None = None
+        try:
+            await fid.file.remove()
+        except OSError as exc:
+            error = exc
+        finally:
+            await self._let_go(fid)
+            # Tremove clunks the fid whatever happened (9P: "even if the remove fails").
+            if self.session.fids.get(msg.fid) is fid:
+                gone, close_now = self.session.unbind(msg.fid)
+                if close_now:
+                    await self.close_fid(gone)
+        if error is not None:
+            raise error
+        return m.Rremove(msg.tag)
+
+    # --- metadata --------------------------------------------------------------------------
+    async def _statfs(self, msg: m.Tstatfs) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            st = await fid.file.statfs()
+        finally:
+            await self._let_go(fid)
+        return m.Rstatfs(msg.tag, st.type, st.bsize, st.blocks, st.bfree, st.bavail,
+                         st.files, st.ffree, st.fsid, st.namelen)
+
+    async def _getattr(self, msg: m.Tgetattr) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            a = await fid.file.getattr(msg.request_mask)
+        finally:
+            await self._let_go(fid)
+        return m.Rgetattr(msg.tag, a.valid, a.qid, a.mode, a.uid, a.gid, a.nlink, a.rdev,
+                          a.size, a.blksize, a.blocks, a.atime_sec, a.atime_nsec,
+                          a.mtime_sec, a.mtime_nsec, a.ctime_sec, a.ctime_nsec,
+                          a.btime_sec, a.btime_nsec, a.gen, a.data_version)
+
+    async def _setattr(self, msg: m.Tsetattr) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            await fid.file.setattr(SetAttr(msg.valid, msg.mode, msg.uid, msg.gid, msg.size,
+                                           msg.atime_sec, msg.atime_nsec,
+                                           msg.mtime_sec, msg.mtime_nsec))
+            return m.Rsetattr(msg.tag)
+        finally:
+            await self._let_go(fid)
+
+    async def _readlink(self, msg: m.Treadlink) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            return m.Rreadlink(msg.tag, await fid.file.readlink())
+        finally:
+            await self._let_go(fid)
+
+    # --- directory mutations ---------------------------------------------------------------
+    async def _in_dir(self, dirfid: int, name: str, op: Callable[[File], Awaitable]):
+        check_new_name(name)
+        fid = self._file_fid(dirfid)
+        try:
+            return await op(fid.file)
+        finally:
+            await self._let_go(fid)
+
+    async def _mkdir(self, msg: m.Tmkdir) -> m.Message:
+        qid = await self._in_dir(msg.dfid, msg.name, lambda d: d.mkdir(msg.name, msg.mode, msg.gid))
+        return m.Rmkdir(msg.tag, qid)
+
+    async def _symlink(self, msg: m.Tsymlink) -> m.Message:
+        qid = await self._in_dir(msg.fid, msg.name,
+                                 lambda d: d.symlink(msg.name, msg.symtgt, msg.gid))
+        return m.Rsymlink(msg.tag, qid)
+
+    async def _mknod(self, msg: m.Tmknod) -> m.Message:
+        qid = await self._in_dir(msg.dfid, msg.name, lambda d: d.mknod(
+            msg.name, msg.mode, msg.major, msg.minor, msg.gid))
+        return m.Rmknod(msg.tag, qid)
+
+    async def _unlinkat(self, msg: m.Tunlinkat) -> m.Message:
+        await self._in_dir(msg.dirfid, msg.name, lambda d: d.unlinkat(msg.name, msg.flags))
+        return m.Runlinkat(msg.tag)
+
+    async def _two_fids(self, first: int, second: int, op: Callable[[File, File], Awaitable]):
+        a = self._file_fid(first)
+        try:
+            b = self._file_fid(second)
+            try:
+                return await op(a.file, b.file)
+            finally:
+                await self._let_go(b)
+        finally:
+            await self._let_go(a)
+
+    async def _link(self, msg: m.Tlink) -> m.Message:
+        check_new_name(msg.name)
+        await self._two_fids(msg.dfid, msg.fid, lambda d, f: d.link(f, msg.name))
+        return m.Rlink(msg.tag)
+
+    async def _rename(self, msg: m.Trename) -> m.Message:
+        check_new_name(msg.name)
+        await self._two_fids(msg.fid, msg.dfid, lambda f, d: f.rename(d, msg.name))
+        return m.Rrename(msg.tag)
+
+    async def _renameat(self, msg: m.Trenameat) -> m.Message:
+        check_new_name(msg.oldname)
+        check_new_name(msg.newname)
+        await self._two_fids(msg.olddirfid, msg.newdirfid,
+                             lambda old, new: old.renameat(msg.oldname, new, msg.newname))
+        return m.Rrenameat(msg.tag)
+
+    # --- extended attributes ---------------------------------------------------------------
+    async def _xattrwalk(self, msg: m.Txattrwalk) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            self.session.reserve(msg.newfid, replacing=msg.fid)
+            try:
+                if msg.name == "":
+                    names = await fid.file.xattr_list()
+                    value = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+                else:
+                    value = bytes(await fid.file.xattr_get(msg.name))
+                if len(value) > XATTR_SIZE_MAX:
+                    raise errno_error(errno.E2BIG, "xattr larger than 64 KiB")
+                holder = Fid(msg.newfid, None, fid.export, fid.creds,
+                             kind=FidKind.XATTR_READ, xattr_name=msg.name, xattr_value=value)
+                for old in self.session.bind(holder):
+                    await self.close_fid(old)
+            finally:
+                if msg.newfid != msg.fid:
+                    self.session.unreserve(msg.newfid)
+            return m.Rxattrwalk(msg.tag, len(value))
+        finally:
+            await self._let_go(fid)
+
+    async def _xattrcreate(self, msg: m.Txattrcreate) -> m.Message:
+        if msg.attr_size > XATTR_SIZE_MAX:
+            raise errno_error(errno.E2BIG, "xattr larger than 64 KiB")
+        if msg.name == "":
+            raise errno_error(errno.EINVAL, "empty xattr name")
+        fid = self._file_fid(msg.fid)
+        try:
+            if fid.opened:
+                raise errno_error(errno.EINVAL, "xattrcreate on an opened fid")
+            fid.kind = FidKind.XATTR_WRITE
+            fid.xattr_name = msg.name
+            fid.xattr_size = msg.attr_size
+            fid.xattr_flags = msg.flags
+            fid.xattr_value = bytearray()
+            return m.Rxattrcreate(msg.tag)
+        finally:
+            await self._let_go(fid)
+
+    # --- POSIX locks -----------------------------------------------------------------------
+    async def _lock(self, msg: m.Tlock) -> m.Message:
+        if msg.type not in (LockType.RDLCK, LockType.WRLCK, LockType.UNLCK):
+            raise errno_error(errno.EINVAL, f"lock type {msg.type}")
+        fid = self._file_fid(msg.fid)
+        try:
+            owner = LockOwner(self.session.connection_id, msg.client_id, msg.proc_id)
+            table = self.locks.table
+            while True:
+                granted, released = table.set(fid.lock_key, owner, msg.type, msg.start, msg.length)
+                if released:
+                    self.locks.released(released)
+                if granted:
+                    return m.Rlock(msg.tag, LockStatus.SUCCESS)
+                if not msg.flags & LockFlags.BLOCK:
+                    return m.Rlock(msg.tag, LockStatus.BLOCKED)
+                await self.locks.wait_for_release(fid.lock_key)
+                if fid.retired:  # closed while we waited: POSIX close ends the wait too
+                    raise errno_error(errno.EBADF, "fid clunked while waiting for a lock")
+        finally:
+            await self._let_go(fid)
+
+    async def _getlock(self, msg: m.Tgetlock) -> m.Message:
+        fid = self._file_fid(msg.fid)
+        try:
+            owner = LockOwner(self.session.connection_id, msg.client_id, msg.proc_id)
+            held = self.locks.table.conflict(fid.lock_key, owner, msg.type, msg.start, msg.length)
+        finally:
+            await self._let_go(fid)
+        if held is None:
+            return m.Rgetlock(msg.tag, LockType.UNLCK, msg.start, msg.length,
+                              msg.proc_id, msg.client_id)
+        return m.Rgetlock(msg.tag, held.type, held.start, held.length,
+                          held.owner.proc_id, held.owner.client_id)

@@ -1,0 +1,250 @@
+"""One connection's 9P state: negotiated msize, the fid table, exports. Pure: no I/O.
+
+The fid table is the server's books. A fid is looked up and *used* by a request, and
+may be clunked by another request while the first is still running (Linux does that
+when a process closes a file with a read in flight). So a ``Fid`` counts its users and
+is closed by whoever lets go of it last: the clunk if nobody uses it, otherwise the
+last request that did. New fid numbers are *reserved* while the request that makes
+them runs, so two concurrent Twalks cannot both create newfid 7.
+"""
+
+from __future__ import annotations
+
+import errno
+import pwd
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Hashable, Mapping
+
+from ..fs.backend import Credentials, File, Filesystem, errno_error
+from ..protocol.constants import (
+    ACCMODE,
+    MIN_MSIZE,
+    NONUNAME,
+    VERSION_9P2000L,
+    VERSION_UNKNOWN,
+    OpenFlags,
+)
+
+DEFAULT_MAX_MSIZE = 1 << 20
+NAME_MAX = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits: what one client may make the server hold."""
+
+    max_msize: int = DEFAULT_MAX_MSIZE
+    max_fids: int = 65536
+    max_in_flight: int = 256  # tags in flight before the reader stops reading
+    max_buffered: int = 8 << 20  # reply bytes queued before the reader stops reading
+
+    def __post_init__(self) -> None:
+        if self.max_msize < MIN_MSIZE:
+            raise ValueError(f"msize {self.max_msize} is below the minimum {MIN_MSIZE}")
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """A filesystem served under an aname. ``squash`` fixes the identity of every
+    attach to it (``--squash UID:GID``); otherwise attach's n_uname decides."""
+
+    filesystem: Filesystem
+    squash: Credentials | None = None
+
+
+class FidKind(Enum):
+    FILE = "file"
+    XATTR_READ = "xattr-read"  # after Txattrwalk: reads slice the value
+    XATTR_WRITE = "xattr-write"  # after Txattrcreate: writes build the value
+
+
+@dataclass(slots=True, eq=False)
+class Fid:
+    number: int
+    file: File | None
+    export: Export
+    creds: Credentials
+    kind: FidKind = FidKind.FILE
+    open_flags: int | None = None  # P9_DOTL flags once Tlopen/Tlcreate succeeded
+    lock_key: Hashable = None  # (filesystem, File.lock_key); None for xattr values
+    xattr_name: str = ""
+    xattr_value: bytes | bytearray = b""
+    xattr_size: int = 0
+    xattr_flags: int = 0
+    users: int = 0
+    retired: bool = False  # out of the table; close when the last user lets go
+    closed: bool = False
+
+    @property
+    def opened(self) -> bool:
+        return self.open_flags is not None
+
+    @property
+    def readable(self) -> bool:
+        if self.kind is not FidKind.FILE:
+            return self.kind is FidKind.XATTR_READ
+        return self.open_flags is not None and self.open_flags & ACCMODE in (
+            OpenFlags.RDONLY,
+            OpenFlags.RDWR,
+        )
+
+    @property
+    def writable(self) -> bool:
+        if self.kind is not FidKind.FILE:
+            return self.kind is FidKind.XATTR_WRITE
+        return self.open_flags is not None and self.open_flags & ACCMODE in (
+            OpenFlags.WRONLY,
+            OpenFlags.RDWR,
+        )
+
+
+def negotiate_version(requested_msize: int, version: str, max_msize: int) -> tuple[int, str]:
+    """Tversion: our msize is the smaller one, never below MIN_MSIZE; only 9P2000.L
+    (optionally with a ".suffix", which the spec says to ignore) is spoken."""
+    msize = max(MIN_MSIZE, min(requested_msize, max_msize))
+    if version == VERSION_9P2000L or version.startswith(VERSION_9P2000L + "."):
+        return msize, VERSION_9P2000L
+    return msize, VERSION_UNKNOWN
+
+
+def credentials_for(uname: str, n_uname: int) -> Credentials:
+    """Tattach identity: n_uname names a uid (primary gid and groups from pwd);
+    NONUNAME (the kernel's access=client attach, uname "nobody") means the server's
+    own identity, left to the backend as uid None."""
+    if n_uname == NONUNAME:
+        return Credentials(uid=None, gid=None)
+    try:
+        entry = pwd.getpwuid(n_uname)
+    except KeyError:
+        return Credentials(uid=n_uname, gid=n_uname)
+    try:
+        groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
+    except OSError:
+        groups = ()
+    return Credentials(uid=n_uname, gid=entry.pw_gid, groups=groups)
+
+
+def check_new_name(name: str) -> None:
+    """Names that create or move an entry: what Linux would refuse, refused first."""
+    if name == "":
+        raise errno_error(errno.ENOENT, "empty name")
+    if name in (".", ".."):
+        raise errno_error(errno.EINVAL, f"name {name!r}")
+    if "/" in name or "\0" in name:
+        raise errno_error(errno.EINVAL, f"name {name!r} contains '/' or NUL")
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        raise errno_error(errno.ENAMETOOLONG, "name too long")
+
+
+def walk_name_ok(name: str) -> bool:
+    """A walk element may be ".." (the backend keeps it inside the export) but never
+    empty, never contain "/" or NUL."""
+    return name != "" and "/" not in name and "\0" not in name
+
+
+class Session:
+    """The books of one connection (pure: the trio layer drives it)."""
+
+    def __init__(self, exports: Mapping[str, Export], limits: Limits = Limits(),
+                 connection_id: Hashable = None) -> None:
+        if not exports:
+            raise ValueError("a session needs at least one export")
+        self.exports = dict(exports)
+        self.limits = limits
+        self.connection_id = connection_id if connection_id is not None else object()
+        self.msize: int = limits.max_msize
+        self.version: str | None = None
+        self.fids: dict[int, Fid] = {}
+        self._reserved: set[int] = set()
+        self._fids_per_key: dict[Hashable, int] = {}
+
+    # --- version -----------------------------------------------------------------
+    def negotiate(self, requested_msize: int, version: str) -> tuple[int, str]:
+        msize, agreed = negotiate_version(requested_msize, version, self.limits.max_msize)
+        self.msize = msize
+        self.version = agreed if agreed == VERSION_9P2000L else None
+        return msize, agreed
+
+    def export_for(self, aname: str) -> Export:
+        """"" or "/" is the default (first) export; otherwise an exact aname, also
+        accepted with a leading "/" (mount -o aname=/name)."""
+        if aname in ("", "/"):
+            return next(iter(self.exports.values()))
+        for candidate in (aname, aname.lstrip("/")):
+            if candidate in self.exports:
+                return self.exports[candidate]
+        raise errno_error(errno.ENOENT, f"no export named {aname!r}")
+
+    # --- fid table -----------------------------------------------------------------
+    def use(self, number: int) -> Fid:
+        """Look ``number`` up for one request; pair with ``let_go``."""
+        fid = self.fids.get(number)
+        if fid is None:
+            raise errno_error(errno.EBADF, f"unknown fid {number}")
+        fid.users += 1
+        return fid
+
+    def let_go(self, fid: Fid) -> bool:
+        """One request is done with ``fid``; True if the caller must now close it."""
+        fid.users -= 1
+        return fid.retired and fid.users == 0 and not fid.closed
+
+    def reserve(self, number: int, replacing: int | None = None) -> None:
+        """Claim a new fid number for a request in flight (EBADF if taken)."""
+        if number == replacing:
+            return
+        if number in self.fids or number in self._reserved:
+            raise errno_error(errno.EBADF, f"fid {number} already in use")
+        if len(self.fids) + len(self._reserved) >= self.limits.max_fids:
+            raise errno_error(errno.EMFILE, "too many fids on this connection")
+        self._reserved.add(number)
+
+    def unreserve(self, number: int) -> None:
+        self._reserved.discard(number)
+
+    def bind(self, fid: Fid) -> list[Fid]:
+        """Put ``fid`` in the table (its number reserved, or replacing the same number).
+        Returns the fids that left the table and must be closed now."""
+        self._reserved.discard(fid.number)
+        if fid.file is not None and fid.kind is FidKind.FILE:
+            fid.lock_key = (fid.export.filesystem, fid.file.lock_key)
+            self._fids_per_key[fid.lock_key] = self._fids_per_key.get(fid.lock_key, 0) + 1
+        old = self.fids.get(fid.number)
+        self.fids[fid.number] = fid
+        return self._retire(old) if old is not None else []
+
+    def unbind(self, number: int) -> tuple[Fid, bool]:
+        """Take ``number`` out of the table: (fid, close_now)."""
+        fid = self.fids.pop(number, None)
+        if fid is None:
+            raise errno_error(errno.EBADF, f"unknown fid {number}")
+        return fid, bool(self._retire(fid))
+
+    def _retire(self, fid: Fid) -> list[Fid]:
+        fid.retired = True
+        return [fid] if fid.users == 0 and not fid.closed else []
+
+    def last_fid_on(self, fid: Fid) -> bool:
+        """Forget ``fid``'s claim on its file; True if no other fid of this
+        connection refers to that file any more (POSIX: close drops the locks)."""
+        key = fid.lock_key
+        if key is None:
+            return False
+        left = self._fids_per_key.get(key, 1) - 1
+        if left > 0:
+            self._fids_per_key[key] = left
+            return False
+        self._fids_per_key.pop(key, None)
+        return True
+
+    def clear(self) -> list[Fid]:
+        """Tversion or disconnect: every fid leaves the table; return those to close."""
+        gone = list(self.fids.values())
+        self.fids.clear()
+        self._reserved.clear()
+        to_close: list[Fid] = []
+        for fid in gone:
+            to_close += self._retire(fid)
+        return to_close
