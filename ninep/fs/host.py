@@ -1,0 +1,674 @@
+"""Export a host directory: every path resolved fd-relative, no host symlink followed.
+
+Each ``HostFile`` holds an ``O_PATH|O_NOFOLLOW`` fd for its file (and one for its
+parent directory plus its name there, for Trename/Tremove). Walks open one component
+at a time with ``openat(dirfd, name, O_PATH|O_NOFOLLOW)``: a walk *to* a symlink gets
+the link itself, a walk *through* one fails with ENOTDIR, and ".." at the export root
+stays at the root. Nothing is ever looked up by a path string from the export root,
+so a symlink swapped in between two requests cannot redirect a later one (QEMU's
+CVE-2016-9602). Device nodes, FIFOs and sockets are never opened for I/O (ENXIO), so a
+guest cannot reach host devices through nodes it made (CVE-2023-2861).
+
+I/O fds come from re-opening the O_PATH fd through ``/proc/self/fd/N``, which reaches
+the same inode without a name lookup; the file type is checked on the O_PATH fd first
+(an inode's type never changes, so the check cannot race).
+
+When the server runs as root and the attach named a user, each operation that the
+host kernel permission-checks runs in a worker thread under that user's fsuid/fsgid
+and groups (``identity.run_as``). Otherwise it runs inline as the server itself.
+See docs/host-export.md for the choices and measurements.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+import stat
+import threading
+from typing import Callable, Sequence, TypeVar
+
+import trio
+
+from ..protocol.constants import (
+    ACCMODE, AT_REMOVEDIR, GetattrMask, OpenFlags, SetattrMask, V9FS_MAGIC,
+    dotl_to_host_flags)
+from ..protocol.messages import Dirent, Qid
+from . import hostsys
+from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
+from .hostqid import QidMapper, qid_type
+from .identity import needs_switch, run_as
+
+T = TypeVar("T")
+
+O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+# Reads/writes at least this large run in a worker thread; smaller ones inline.
+# benchmarks/host_inline.py measured the crossover (docs/host-export.md).
+THREAD_IO_MIN = 256 * 1024
+_DIR_BUFSIZE_MAX = 256 * 1024
+_MODE_TO_DIRENT_SHIFT = 12  # DT_* == S_IFMT(mode) >> 12 on Linux
+_NO_ID = 0xFFFFFFFF
+_ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+
+
+def _proc(fd: int) -> str:
+    """The magic link that reaches ``fd``'s inode without a name lookup."""
+    return f"/proc/self/fd/{fd}"
+
+
+class _FdRef:
+    """A refcounted fd shared by clones and parent links; closed at the last release.
+    Locked because walks may run in worker threads."""
+
+    __slots__ = ("fd", "_refs")
+    _lock = threading.Lock()
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._refs = 1
+
+    def acquire(self) -> "_FdRef":
+        with self._lock:
+            self._refs += 1
+        return self
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _raise_fd_limit() -> None:
+    """Each fid holds one or two fds; a guest's dentry cache holds many fids."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _check_component(name: str) -> None:
+    if not name or "/" in name or "\0" in name:
+        raise errno_error(errno.EINVAL, f"bad path component {name!r}")
+
+
+def _check_new_name(name: str) -> None:
+    _check_component(name)
+    if name in (".", ".."):
+        raise errno_error(errno.EINVAL, f"bad new name {name!r}")
+
+
+class HostFilesystem(Filesystem):
+    """Serve the host directory ``root``.
+
+    ``read_only``: every change fails with EROFS. ``squash``: (uid, gid) every attach
+    acts as, whatever it asked for. ``pass_statfs``: report the host filesystem's
+    magic in statfs instead of 9P's.
+    """
+
+    def __init__(self, root: str, *, read_only: bool = False,
+                 squash: tuple[int, int] | None = None, pass_statfs: bool = False) -> None:
+        self.read_only = read_only
+        self.squash = squash
+        self.pass_statfs = pass_statfs
+        self.qids = QidMapper()
+        # The operator names the export: following symlinks in *that* path is fine.
+        self._root = _FdRef(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        st = os.stat(self._root.fd)
+        self.root_key = (st.st_dev, st.st_ino)
+        _raise_fd_limit()
+
+    async def attach(self, aname: str, creds: Credentials) -> "HostFile":
+        """``aname`` is ignored: the whole export is served to every attach."""
+        if self._root is None:
+            raise errno_error(errno.EBADF, "export closed")
+        if self.squash is not None:
+            creds = Credentials(self.squash[0], self.squash[1], ())
+        return HostFile(self, self._root.acquire(), None, "", creds, is_root=True,
+                        st=os.stat(self._root.fd))
+
+    async def aclose(self) -> None:
+        if self._root is not None:
+            self._root.release()
+            self._root = None
+
+    def root_fd(self) -> int:
+        if self._root is None:
+            raise errno_error(errno.EBADF, "export closed")
+        return self._root.fd
+
+    def is_inside(self, fd: int) -> bool:
+        """Whether ``fd`` is (still) below the export root, by the kernel's own path
+        of each. Used only for "..": everything else is reached downwards."""
+        root = os.readlink(_proc(self.root_fd()))
+        here = os.readlink(_proc(fd))
+        return root == "/" or here == root or here.startswith(root + "/")
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise errno_error(errno.EROFS, "read-only export")
+
+
+class HostFile(File):
+    """One fid on a host export. See the module docstring for the invariants."""
+
+    def __init__(self, fs: HostFilesystem, node: _FdRef, parent: _FdRef | None,
+                 name: str | None, creds: Credentials, *, is_root: bool,
+                 st: os.stat_result, io: _FdRef | None = None) -> None:
+        self._fs = fs
+        self._node = node
+        self._parent = parent  # None: root, or not known yet (reached by "..")
+        self._name = name
+        self._creds = creds
+        self._switch = needs_switch(creds)
+        self._is_root = is_root
+        self._fmt = stat.S_IFMT(st.st_mode)
+        self._io = io
+        self.qid = fs.qids.qid_of(st)
+
+    # --- helpers ----------------------------------------------------------------
+    async def _call(self, fn: Callable[..., T], *args) -> T:
+        """Run a permission-checked syscall sequence as the guest's user."""
+        if self._switch:
+            return await trio.to_thread.run_sync(run_as, self._creds, fn, *args)
+        return fn(*args)
+
+    def _io_fd(self) -> int:
+        if self._io is None:
+            raise errno_error(errno.EBADF, "fid not open")
+        return self._io.fd
+
+    def _new_file(self, node: _FdRef, parent: _FdRef | None, name: str | None,
+                  st: os.stat_result, io: _FdRef | None = None) -> "HostFile":
+        is_root = (st.st_dev, st.st_ino) == self._fs.root_key
+        if is_root and parent is not None:
+            parent.release()
+            parent, name = None, ""
+        return HostFile(self._fs, node, parent, name, self._creds, is_root=is_root,
+                        st=st, io=io)
+
+    # --- navigation ------------------------------------------------------------------
+    async def walk(self, names: Sequence[str]) -> tuple[list[Qid], "HostFile | None"]:
+        return await self._call(self._walk_sync, list(names))
+
+    def _walk_sync(self, names: list[str]) -> tuple[list[Qid], "HostFile | None"]:
+        cur = self._node.acquire()
+        parent = self._parent.acquire() if self._parent is not None else None
+        name, at_root = self._name, self._is_root
+        qids: list[Qid] = []
+        try:
+            st = os.stat(cur.fd)
+            for component in names:
+                try:
+                    moved = self._step(cur.fd, st, at_root, component)
+                    if moved is not None:
+                        new_fd, went_up = moved
+                        try:
+                            new_st = os.stat(new_fd)
+                        except OSError:
+                            os.close(new_fd)
+                            raise
+                        if parent is not None:
+                            parent.release()
+                        if went_up:
+                            cur.release()
+                            parent, name = None, None
+                        else:
+                            parent, name = cur, component
+                        cur, st = _FdRef(new_fd), new_st
+                except OSError:
+                    if not qids:
+                        raise
+                    return qids, None
+                at_root = (st.st_dev, st.st_ino) == self._fs.root_key
+                qids.append(self._fs.qids.qid_of(st))
+            new = self._new_file(cur, parent, name, st)
+            cur = parent = None  # owned by the new file now
+            return qids, new
+        finally:
+            if cur is not None:
+                cur.release()
+            if parent is not None:
+                parent.release()
+
+    def _step(self, dir_fd: int, dir_st: os.stat_result, at_root: bool,
+              component: str) -> tuple[int, bool] | None:
+        """One walk element: None to stay put, else (new O_PATH fd, went up)."""
+        _check_component(component)
+        if component in (".", ".."):
+            if not stat.S_ISDIR(dir_st.st_mode):
+                raise errno_error(errno.ENOTDIR, component)
+            if component == "." or at_root:
+                return None
+            up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+            if not self._fs.is_inside(up):
+                os.close(up)
+                raise errno_error(errno.ENOENT, "directory moved out of the export")
+            return up, True
+        return os.open(component, O_PATH_NOFOLLOW, dir_fd=dir_fd), False
+
+    async def clone(self) -> "HostFile":
+        parent = self._parent.acquire() if self._parent is not None else None
+        return HostFile(self._fs, self._node.acquire(), parent, self._name, self._creds,
+                        is_root=self._is_root, st=os.stat(self._node.fd))
+
+    # --- open files ----------------------------------------------------------------
+    async def open(self, flags: int) -> int:
+        if self._io is not None:
+            raise errno_error(errno.EINVAL, "fid already open")
+        writes = (flags & ACCMODE) in (OpenFlags.WRONLY, OpenFlags.RDWR)
+        if writes or flags & OpenFlags.TRUNC:
+            self._fs.check_writable()
+        if self._fmt == stat.S_IFLNK:
+            raise errno_error(errno.ELOOP, "open of a symlink")
+        if self._fmt not in (stat.S_IFREG, stat.S_IFDIR):
+            raise errno_error(errno.ENXIO, "host device nodes, FIFOs and sockets are not opened")
+        host = dotl_to_host_flags(flags) & ~(os.O_CREAT | os.O_EXCL)
+        host |= os.O_CLOEXEC | os.O_NOCTTY
+        if self._fmt == stat.S_IFDIR:
+            host |= os.O_DIRECTORY
+        fd = await self._call(os.open, _proc(self._node.fd), host)
+        self._io = _FdRef(fd)
+        self.qid = self._fs.qids.qid_of(os.stat(fd))
+        return 0
+
+    async def create(self, name: str, flags: int, mode: int, gid: int) -> tuple["HostFile", int]:
+        self._fs.check_writable()
+        _check_new_name(name)
+        made = await self._call(self._create_sync, name, flags, mode, gid)
+        if made is not None:
+            return made, 0
+        # The name exists and the guest did not ask for O_EXCL: open what is there,
+        # through the same checks as any walk + open (a symlink gives ELOOP).
+        _, existing = await self.walk([name])
+        assert existing is not None
+        try:
+            await existing.open(flags & ~(OpenFlags.CREATE | OpenFlags.EXCL))
+        except BaseException:
+            await existing.close()
+            raise
+        return existing, 0
+
+    def _create_sync(self, name: str, flags: int, mode: int, gid: int) -> "HostFile | None":
+        host = dotl_to_host_flags(flags) & ~os.O_DIRECTORY
+        host |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(name, host, mode & 0o7777, dir_fd=self._node.fd)
+        except FileExistsError:
+            if flags & OpenFlags.EXCL:
+                raise
+            return None
+        try:
+            path_fd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            os.close(fd)
+            raise
+        st = _apply_creation_attrs(path_fd, os.stat(fd), mode, gid)
+        return self._new_file(_FdRef(path_fd), self._node.acquire(), name, st, _FdRef(fd))
+
+    async def read(self, offset: int, count: int) -> bytes:
+        if count >= THREAD_IO_MIN:
+            return await self._threaded_io(os.pread, count, offset)
+        return os.pread(self._io_fd(), count, offset)
+
+    async def write(self, offset: int, data: memoryview) -> int:
+        self._fs.check_writable()
+        if len(data) >= THREAD_IO_MIN:
+            return await self._threaded_io(os.pwrite, data, offset)
+        return os.pwrite(self._io_fd(), data, offset)
+
+    async def _threaded_io(self, fn: Callable[..., T], *args) -> T:
+        # Hold a reference so a concurrent clunk cannot close (and the fd number be
+        # reused for another file) while the worker is still using it.
+        if self._io is None:
+            raise errno_error(errno.EBADF, "fid not open")
+        io = self._io.acquire()
+        try:
+            return await trio.to_thread.run_sync(fn, io.fd, *args)
+        finally:
+            io.release()
+
+    async def readdir(self, offset: int, count: int) -> list[Dirent]:
+        if self._fmt != stat.S_IFDIR:
+            raise errno_error(errno.ENOTDIR, "readdir")
+        fd = self._io_fd()
+        bufsize = min(max(count, 4096), _DIR_BUFSIZE_MAX)
+        entries: list[Dirent] = []
+        used = 0
+        for raw in hostsys.read_dir_chunk(fd, offset, bufsize):
+            size = 24 + len(os.fsencode(raw.name))  # qid[13] offset[8] type[1] name[s]
+            if entries and used + size > count:
+                break  # only stat what the server can send
+            used += size
+            entries.append(self._dirent(fd, raw))
+        return entries
+
+    def _dirent(self, dir_fd: int, raw: hostsys.RawDirent) -> Dirent:
+        if raw.name == "." or (raw.name == ".." and self._is_root):
+            st = os.stat(self._node.fd)  # the root's ".." is the root itself
+        else:
+            try:
+                st = os.stat(raw.name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:  # gone meanwhile: report what getdents said
+                qid = Qid(qid_type(raw.dtype << _MODE_TO_DIRENT_SHIFT), 0,
+                          self._fs.qids.path(os.stat(dir_fd).st_dev, raw.ino))
+                return Dirent(qid, raw.next_cookie, raw.dtype, raw.name)
+        dtype = stat.S_IFMT(st.st_mode) >> _MODE_TO_DIRENT_SHIFT
+        return Dirent(self._fs.qids.qid_of(st), raw.next_cookie, dtype, raw.name)
+
+    async def fsync(self, datasync: bool) -> None:
+        if self._io is None:
+            return
+        await self._threaded_io(os.fdatasync if datasync else os.fsync)
+
+    # --- metadata ------------------------------------------------------------------
+    async def getattr(self, mask: int) -> Attr:
+        sx = hostsys.statx_fd(self._node.fd)
+        if sx is None:
+            return self._getattr_fstat()
+        qid = self._fs.qids.qid(sx.mode, sx.dev, sx.ino,
+                                sx.mtime[0] * 1_000_000_000 + sx.mtime[1], sx.size)
+        self.qid = qid
+        has_btime = bool(sx.mask & hostsys.STATX_BTIME)
+        return Attr(
+            qid=qid, mode=sx.mode, uid=sx.uid, gid=sx.gid, nlink=sx.nlink, rdev=sx.rdev,
+            size=sx.size, blksize=sx.blksize, blocks=sx.blocks,
+            atime_sec=sx.atime[0], atime_nsec=sx.atime[1],
+            mtime_sec=sx.mtime[0], mtime_nsec=sx.mtime[1],
+            ctime_sec=sx.ctime[0], ctime_nsec=sx.ctime[1],
+            btime_sec=sx.btime[0] if has_btime else 0,
+            btime_nsec=sx.btime[1] if has_btime else 0,
+            valid=GetattrMask.BASIC | (GetattrMask.BTIME if has_btime else 0))
+
+    def _getattr_fstat(self) -> Attr:
+        st = os.stat(self._node.fd)
+        self.qid = self._fs.qids.qid_of(st)
+        return Attr(
+            qid=self.qid, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
+            nlink=st.st_nlink, rdev=st.st_rdev, size=st.st_size, blksize=st.st_blksize,
+            blocks=st.st_blocks,
+            atime_sec=st.st_atime_ns // 10**9, atime_nsec=st.st_atime_ns % 10**9,
+            mtime_sec=st.st_mtime_ns // 10**9, mtime_nsec=st.st_mtime_ns % 10**9,
+            ctime_sec=st.st_ctime_ns // 10**9, ctime_nsec=st.st_ctime_ns % 10**9,
+            valid=GetattrMask.BASIC)
+
+    async def setattr(self, attr: SetAttr) -> None:
+        self._fs.check_writable()
+        await self._call(self._setattr_sync, attr)
+
+    def _setattr_sync(self, attr: SetAttr) -> None:
+        """Owner first (chown clears set-id bits, so an explicit mode must come after
+        it), then mode, then size (truncate sets mtime), then the times asked for."""
+        valid, node = attr.valid, self._node.fd
+        if valid & (SetattrMask.UID | SetattrMask.GID):
+            hostsys.fchown_empty(node, attr.uid if valid & SetattrMask.UID else -1,
+                                 attr.gid if valid & SetattrMask.GID else -1)
+        if valid & SetattrMask.MODE:
+            if self._fmt == stat.S_IFLNK:
+                raise errno_error(errno.EOPNOTSUPP, "chmod of a symlink")
+            os.chmod(_proc(node), attr.mode & 0o7777)
+        if valid & SetattrMask.SIZE:
+            self._truncate(attr.size)
+        if valid & (SetattrMask.ATIME | SetattrMask.MTIME):
+            atime = _time_arg(valid, SetattrMask.ATIME, SetattrMask.ATIME_SET,
+                              attr.atime_sec, attr.atime_nsec)
+            mtime = _time_arg(valid, SetattrMask.MTIME, SetattrMask.MTIME_SET,
+                              attr.mtime_sec, attr.mtime_nsec)
+            if self._fmt == stat.S_IFLNK:
+                parent, name = self._locate_sync()
+                try:
+                    hostsys.utimensat(parent.fd, name, atime, mtime, nofollow=True)
+                finally:
+                    parent.release()
+            else:
+                hostsys.utimensat(hostsys.AT_FDCWD, _proc(node), atime, mtime, nofollow=False)
+
+    def _truncate(self, size: int) -> None:
+        if self._fmt == stat.S_IFDIR:
+            raise errno_error(errno.EISDIR, "truncate of a directory")
+        if self._fmt != stat.S_IFREG:
+            raise errno_error(errno.EINVAL, "truncate of a special file")
+        # An fid opened for writing truncates through its own fd: that works even
+        # after the file was unlinked or chmod'ed to 000, as ftruncate(2) does.
+        if self._io is not None:
+            if fcntl.fcntl(self._io.fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                os.ftruncate(self._io.fd, size)
+                return
+        fd = os.open(_proc(self._node.fd), os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    async def statfs(self) -> StatFs:
+        fd = self._node.fd
+        vfs = os.statvfs(fd)
+        return StatFs(
+            type=hostsys.fstatfs_type(fd) if self._fs.pass_statfs else V9FS_MAGIC,
+            bsize=vfs.f_bsize, blocks=vfs.f_blocks, bfree=vfs.f_bfree, bavail=vfs.f_bavail,
+            files=vfs.f_files, ffree=vfs.f_ffree, fsid=vfs.f_fsid & 0xFFFFFFFFFFFFFFFF,
+            namelen=vfs.f_namemax)
+
+    async def readlink(self) -> str:
+        if self._fmt != stat.S_IFLNK:
+            raise errno_error(errno.EINVAL, "not a symlink")
+        return os.readlink("", dir_fd=self._node.fd)
+
+    # --- directory mutations (self is the directory) --------------------------------
+    async def mkdir(self, name: str, mode: int, gid: int) -> Qid:
+        return await self._make(name, gid, mode, os.mkdir, name, mode & 0o7777)
+
+    async def symlink(self, name: str, target: str, gid: int) -> Qid:
+        if not target or "\0" in target:
+            raise errno_error(errno.EINVAL if target else errno.ENOENT, "symlink target")
+        return await self._make(name, gid, None, os.symlink, target, name)
+
+    async def mknod(self, name: str, mode: int, major: int, minor: int, gid: int) -> Qid:
+        if stat.S_IFMT(mode) not in _ALLOWED_MKNOD:
+            raise errno_error(errno.EINVAL, "mknod type")
+        return await self._make(name, gid, mode, os.mknod, name,
+                                stat.S_IFMT(mode) | (mode & 0o7777), os.makedev(major, minor))
+
+    async def _make(self, name: str, gid: int, mode: int | None,
+                    maker: Callable[..., None], *args) -> Qid:
+        self._fs.check_writable()
+        _check_new_name(name)
+        if self._fmt != stat.S_IFDIR:
+            raise errno_error(errno.ENOTDIR, "not a directory")
+        return await self._call(self._make_sync, name, gid, mode, maker, args)
+
+    def _make_sync(self, name: str, gid: int, mode: int | None,
+                   maker: Callable[..., None], args: tuple) -> Qid:
+        maker(*args, dir_fd=self._node.fd)
+        fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=self._node.fd)
+        try:
+            st = _apply_creation_attrs(fd, os.stat(fd), mode, gid)
+            return self._fs.qids.qid_of(st)
+        finally:
+            os.close(fd)
+
+    async def link(self, target: File, name: str) -> None:
+        self._fs.check_writable()
+        _check_new_name(name)
+        if not isinstance(target, HostFile) or target._fs is not self._fs:
+            raise errno_error(errno.EXDEV, "link across exports")
+        await self._call(self._link_sync, target._node.fd, name)
+
+    def _link_sync(self, target_fd: int, name: str) -> None:
+        try:
+            hostsys.link_empty(target_fd, self._node.fd, name)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # Without CAP_DAC_READ_SEARCH (a guest user's identity, or a non-root
+            # server) AT_EMPTY_PATH says ENOENT; the magic link reaches the same inode.
+            os.link(_proc(target_fd), name, dst_dir_fd=self._node.fd, follow_symlinks=True)
+
+    async def renameat(self, oldname: str, newdir: File, newname: str) -> None:
+        self._fs.check_writable()
+        _check_new_name(oldname)
+        _check_new_name(newname)
+        new_fd = self._same_export_dir(newdir)
+        await self._call(_rename, self._node.fd, oldname, new_fd, newname)
+
+    async def unlinkat(self, name: str, flags: int) -> None:
+        self._fs.check_writable()
+        _check_new_name(name)
+        remover = os.rmdir if flags & AT_REMOVEDIR else os.unlink
+        await self._call(_remove_at, remover, self._node.fd, name)
+
+    def _same_export_dir(self, other: File) -> int:
+        if not isinstance(other, HostFile) or other._fs is not self._fs:
+            raise errno_error(errno.EXDEV, "rename across exports")
+        if other._fmt != stat.S_IFDIR:
+            raise errno_error(errno.ENOTDIR, "rename target directory")
+        return other._node.fd
+
+    # --- operations on this file itself ---------------------------------------------
+    async def rename(self, newdir: File, newname: str) -> None:
+        self._fs.check_writable()
+        _check_new_name(newname)
+        if self._is_root:
+            raise errno_error(errno.EBUSY, "the export root cannot move")
+        new_fd = self._same_export_dir(newdir)
+        await self._call(self._rename_sync, new_fd, newname)
+        assert isinstance(newdir, HostFile)
+        old = self._parent
+        self._parent, self._name = newdir._node.acquire(), newname
+        if old is not None:
+            old.release()
+
+    def _rename_sync(self, new_fd: int, newname: str) -> None:
+        parent, name = self._locate_sync()
+        try:
+            _rename(parent.fd, name, new_fd, newname)
+        finally:
+            parent.release()
+
+    async def remove(self) -> None:
+        self._fs.check_writable()
+        if self._is_root:
+            raise errno_error(errno.EBUSY, "the export root cannot be removed")
+        await self._call(self._remove_sync)
+
+    def _remove_sync(self) -> None:
+        parent, name = self._locate_sync()
+        try:
+            _remove_at(os.rmdir if self._fmt == stat.S_IFDIR else os.unlink, parent.fd, name)
+        finally:
+            parent.release()
+
+    def _locate_sync(self) -> tuple[_FdRef, str]:
+        """This file's parent directory (acquired) and name in it, checked to still be
+        this very inode; re-found through ".." for directories moved meanwhile."""
+        st = os.stat(self._node.fd)
+        if self._parent is not None and self._name:
+            if _names_inode(self._parent.fd, self._name, st):
+                return self._parent.acquire(), self._name
+        if self._fmt == stat.S_IFDIR and not self._is_root:
+            up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._node.fd)
+            ref = _FdRef(up)
+            try:
+                if self._fs.is_inside(up):
+                    name = _find_name(up, st)
+                    if name is not None:
+                        return ref.acquire(), name
+            finally:
+                ref.release()
+        raise errno_error(errno.ENOENT, "file no longer reachable by name")
+
+    # --- extended attributes ---------------------------------------------------------
+    def _xattr_path(self) -> tuple[str, bool, _FdRef | None]:
+        """(path, follow, parent to release). Non-symlinks: the magic link, followed to
+        the inode. Symlinks: parent-relative name, not followed."""
+        if self._fmt != stat.S_IFLNK:
+            return _proc(self._node.fd), True, None
+        parent, name = self._locate_sync()
+        return f"{_proc(parent.fd)}/{name}", False, parent
+
+    def _xattr_sync(self, op: Callable[..., T], *args) -> T:
+        path, follow, parent = self._xattr_path()
+        try:
+            return op(path, *args, follow_symlinks=follow)
+        finally:
+            if parent is not None:
+                parent.release()
+
+    async def xattr_get(self, name: str) -> bytes:
+        return await self._call(self._xattr_sync, os.getxattr, name)
+
+    async def xattr_list(self) -> list[str]:
+        return await self._call(self._xattr_sync, os.listxattr)
+
+    async def xattr_set(self, name: str, value: bytes, flags: int) -> None:
+        self._fs.check_writable()
+        await self._call(self._xattr_sync, os.setxattr, name, bytes(value), flags)
+
+    async def xattr_remove(self, name: str) -> None:
+        self._fs.check_writable()
+        await self._call(self._xattr_sync, os.removexattr, name)
+
+    # --- lifetime ----------------------------------------------------------------
+    async def close(self) -> None:
+        for ref in (self._io, self._parent, self._node):
+            if ref is not None:
+                ref.release()
+        self._io = self._parent = None
+
+
+def _apply_creation_attrs(fd: int, st: os.stat_result, mode: int | None,
+                          gid: int) -> os.stat_result:
+    """Make a new entry look as the guest asked: its permission bits exactly (the
+    guest already applied its umask; the server's own umask must not apply twice)
+    and the gid from the message where the host allows it."""
+    changed = False
+    if mode is not None and not stat.S_ISLNK(st.st_mode) and (st.st_mode ^ mode) & 0o777:
+        os.chmod(_proc(fd), (st.st_mode & 0o7000) | (mode & 0o777))
+        changed = True
+    if gid not in (_NO_ID, -1) and st.st_gid != gid:
+        try:
+            hostsys.fchown_empty(fd, -1, gid)
+            changed = True
+        except PermissionError:
+            pass  # not a member of that group: keep the host's choice, as Linux would
+    return os.stat(fd) if changed else st
+
+
+def _time_arg(valid: int, bit: int, set_bit: int, sec: int, nsec: int):
+    if not valid & bit:
+        return None
+    return (sec, nsec) if valid & set_bit else "now"
+
+
+def _rename(old_dir: int, oldname: str, new_dir: int, newname: str) -> None:
+    os.rename(oldname, newname, src_dir_fd=old_dir, dst_dir_fd=new_dir)
+
+
+def _remove_at(remover: Callable[..., None], dir_fd: int, name: str) -> None:
+    remover(name, dir_fd=dir_fd)
+
+
+def _names_inode(dir_fd: int, name: str, st: os.stat_result) -> bool:
+    try:
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _find_name(dir_fd: int, st: os.stat_result) -> str | None:
+    """The name under which ``dir_fd`` holds the inode of ``st`` (one scan)."""
+    fd = os.open(_proc(dir_fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        cookie = 0
+        while batch := hostsys.read_dir_chunk(fd, cookie, 65536):
+            for raw in batch:
+                if raw.ino == st.st_ino and raw.name not in (".", "..") \
+                        and _names_inode(fd, raw.name, st):
+                    return raw.name
+            cookie = batch[-1].next_cookie
+        return None
+    finally:
+        os.close(fd)

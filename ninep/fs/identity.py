@@ -1,0 +1,73 @@
+"""Run a function as a guest's user: per-thread fsuid/fsgid and supplementary groups.
+
+Linux keeps fsuid, fsgid and the group list per thread, so a worker thread can act as
+uid 1000 while the event loop and other workers stay root. Changing fsuid from 0 to
+non-zero also drops the filesystem capabilities (CAP_DAC_OVERRIDE, CAP_CHOWN, CAP_FOWNER,
+...) for that thread, so the host kernel makes exactly the permission decisions it would
+make for that user. Restoring fsuid 0 gives them back.
+
+The group list is set with the raw syscall: glibc's setgroups() is process-wide (it
+signals every thread), which would race with other guests' requests.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from functools import lru_cache
+from typing import Callable, TypeVar
+
+from . import hostsys
+from .backend import Credentials
+
+T = TypeVar("T")
+
+_SERVER_GID = os.getegid()
+_SERVER_GROUPS = tuple(os.getgroups())
+NOBODY_GID = 65534
+
+
+def server_is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@lru_cache(maxsize=256)
+def primary_gid(uid: int) -> int:
+    """The passwd group of ``uid``, for attaches that name a uid but no gid."""
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return NOBODY_GID
+
+
+def needs_switch(creds: Credentials) -> bool:
+    """True when operations for ``creds`` must run under a switched identity: the
+    server is root and the guest named a user other than the server's own."""
+    if creds.uid is None or not server_is_root():
+        return False
+    gid = creds.gid if creds.gid is not None else primary_gid(creds.uid)
+    return not (creds.uid == 0 and gid == _SERVER_GID)
+
+
+def run_as(creds: Credentials, fn: Callable[..., T], *args) -> T:
+    """Call ``fn(*args)`` in this thread as ``creds``, then restore the server identity.
+
+    Must run in a worker thread (never the event loop's) -- the identity is the
+    calling thread's. If switching fails nothing runs: acting as root by mistake is
+    the one outcome this must never produce.
+    """
+    if creds.uid is None:
+        raise ValueError("run_as needs a numeric uid")
+    gid = creds.gid if creds.gid is not None else primary_gid(creds.uid)
+    try:
+        hostsys.set_thread_groups(creds.groups)
+        hostsys.setfsgid(gid)
+        hostsys.setfsuid(creds.uid)
+        if hostsys.current_fsuid() != creds.uid or hostsys.current_fsgid() != gid:
+            raise PermissionError(1, "could not switch to the guest's identity")
+        return fn(*args)
+    finally:
+        # fsuid first: back to 0 restores the capabilities needed for the rest.
+        hostsys.setfsuid(0)
+        hostsys.setfsgid(_SERVER_GID)
+        hostsys.set_thread_groups(_SERVER_GROUPS)

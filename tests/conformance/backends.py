@@ -1,0 +1,100 @@
+"""The backends the conformance suite runs against, and the tree each must present.
+
+A factory takes an empty scratch directory (``pathlib.Path``) and returns a ``Backend``:
+the Filesystem, what it can do, and the credentials to attach with. Every backend must
+show the ``SEED_*`` tree below at its root (a read-only backend builds it in memory; the
+host backend writes it into the scratch directory). Tests that need a capability the
+backend lacks skip themselves (``require(backend, "writable")``).
+
+To add a backend: write a factory and decorate it with ``@register("name")``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from ninep.fs.backend import Credentials, Filesystem
+from ninep.fs.host import HostFilesystem
+
+SEED_DIRS = ("dir", "dir/sub", "emptydir")
+SEED_FILES = {
+    "dir/file.txt": b"hello, 9p\n",
+    "empty": b"",
+    "big": bytes(range(256)) * 512,  # 128 KiB: several reads, crosses pages
+}
+SEED_SYMLINKS = {"link": "dir/file.txt"}  # only where Capabilities.symlinks
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    writable: bool = True  # create/write/setattr/mkdir/rename/remove... work
+    symlinks: bool = True  # SEED_SYMLINKS present; symlink()/readlink work
+    hardlinks: bool = True
+    mknod: bool = True  # at least FIFOs and sockets
+    xattrs: bool = True  # user.* xattrs on regular files
+    chown: bool = False  # may change uid/gid to arbitrary ids (root host export)
+
+
+@dataclass
+class Backend:
+    name: str
+    filesystem: Filesystem
+    caps: Capabilities
+    creds: Credentials = field(default_factory=lambda: Credentials(None, None))
+
+
+BackendFactory = Callable[[Path], Backend]
+FACTORIES: dict[str, BackendFactory] = {}
+
+
+def register(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    def add(factory: BackendFactory) -> BackendFactory:
+        FACTORIES[name] = factory
+        return factory
+    return add
+
+
+def require(backend: Backend, capability: str) -> None:
+    if not getattr(backend.caps, capability):
+        pytest.skip(f"{backend.name} lacks {capability}")
+
+
+def write_seed(root: Path, *, symlinks: bool = True) -> None:
+    for d in SEED_DIRS:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for name, data in SEED_FILES.items():
+        (root / name).write_bytes(data)
+    if symlinks:
+        for name, target in SEED_SYMLINKS.items():
+            os.symlink(target, root / name)
+
+
+def _xattrs_supported(path: Path) -> bool:
+    probe = path / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+@register("host")
+def host_backend(scratch: Path) -> Backend:
+    write_seed(scratch)
+    return Backend("host", HostFilesystem(str(scratch)), Capabilities(
+        xattrs=_xattrs_supported(scratch), chown=os.geteuid() == 0))
+
+
+@register("host-readonly")
+def host_readonly_backend(scratch: Path) -> Backend:
+    write_seed(scratch)
+    return Backend("host-readonly", HostFilesystem(str(scratch), read_only=True),
+                   Capabilities(writable=False, hardlinks=False, mknod=False, xattrs=False))

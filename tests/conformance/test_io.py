@@ -1,0 +1,88 @@
+"""open modes, read, write, fsync; read-only backends refuse writes."""
+
+import errno
+
+from ninep.fs.backend import SetAttr
+from ninep.protocol.constants import OpenFlags, SetattrMask
+
+from .backends import SEED_FILES, require
+from .helpers import raises_errno, read_all, walk_to, walked
+
+
+async def test_read_whole_and_at_offsets(root):
+    async with walked(root, "dir/file.txt", OpenFlags.RDONLY) as f:
+        assert bytes(await f.read(0, 4096)) == SEED_FILES["dir/file.txt"]
+        assert bytes(await f.read(7, 2)) == b"9p"
+        assert bytes(await f.read(1000, 10)) == b""
+
+
+async def test_read_large_file_in_chunks(root):
+    async with walked(root, "big", OpenFlags.RDONLY) as f:
+        assert await read_all(f, 8192) == SEED_FILES["big"]
+        assert bytes(await f.read(0, len(SEED_FILES["big"]))) == SEED_FILES["big"]
+
+
+async def test_empty_file_reads_nothing(root):
+    async with walked(root, "empty", OpenFlags.RDONLY) as f:
+        assert bytes(await f.read(0, 100)) == b""
+
+
+async def test_write_then_read_back(root, backend):
+    require(backend, "writable")
+    async with walked(root, "dir/file.txt", OpenFlags.RDWR) as f:
+        assert await f.write(0, memoryview(b"HELLO")) == 5
+        await f.fsync(False)
+        await f.fsync(True)
+        assert bytes(await f.read(0, 100)) == b"HELLO, 9p\n"
+        assert await f.write(100, memoryview(b"!")) == 1  # sparse extension
+        assert len(await f.read(0, 200)) == 101
+
+
+async def test_open_truncate(root, backend):
+    require(backend, "writable")
+    async with walked(root, "dir/file.txt", OpenFlags.WRONLY | OpenFlags.TRUNC) as f:
+        assert (await f.getattr(0)).size == 0
+
+
+async def test_append_writes_at_end(root, backend):
+    require(backend, "writable")
+    async with walked(root, "dir/file.txt", OpenFlags.WRONLY | OpenFlags.APPEND) as f:
+        await f.write(0, memoryview(b"tail"))
+    async with walked(root, "dir/file.txt", OpenFlags.RDONLY) as f:
+        assert bytes(await f.read(0, 100)) == SEED_FILES["dir/file.txt"] + b"tail"
+
+
+async def test_write_changes_qid_version(root, backend):
+    require(backend, "writable")
+    async with walked(root, "empty", OpenFlags.WRONLY) as f:
+        before = (await f.getattr(0)).qid
+        await f.write(0, memoryview(b"x" * 10))
+        after = (await f.getattr(0)).qid
+        assert after.path == before.path and after.version != before.version
+
+
+async def test_read_only_backend_refuses_writes(root, backend):
+    if backend.caps.writable:
+        return
+    for flags in (OpenFlags.WRONLY, OpenFlags.RDWR, OpenFlags.RDONLY | OpenFlags.TRUNC):
+        f = await walk_to(root, "dir/file.txt")
+        with raises_errno(errno.EROFS):
+            await f.open(flags)
+        await f.close()
+    f = await walk_to(root, "dir/file.txt")
+    with raises_errno(errno.EROFS):
+        await f.setattr(SetAttr(valid=SetattrMask.SIZE, size=0))
+    for op in (lambda: root.mkdir("x", 0o755, 0),
+               lambda: root.create("x", OpenFlags.RDWR, 0o644, 0),
+               lambda: root.symlink("x", "y", 0), lambda: root.unlinkat("empty", 0),
+               lambda: f.xattr_set("user.x", b"1", 0), lambda: f.remove()):
+        with raises_errno(errno.EROFS):
+            await op()
+    await f.close()
+
+
+async def test_open_directory_for_writing_fails(root):
+    d = await walk_to(root, "dir")
+    with raises_errno(errno.EISDIR, errno.EROFS):
+        await d.open(OpenFlags.WRONLY)
+    await d.close()
