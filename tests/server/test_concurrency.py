@@ -1,0 +1,189 @@
+"""Tags, Tflush, locks across connections, disconnects, limits, malformed frames."""
+
+import errno
+import struct
+
+import trio
+import trio.testing
+
+from ninep.protocol import messages as m
+from ninep.protocol.constants import LockFlags, LockStatus, LockType, OpenFlags
+from ninep.server.connection import LockManager
+from ninep.server.session import Limits
+
+from srv_memfs import MemFilesystem
+from srv_wire import served
+
+RDWR = int(OpenFlags.RDWR)
+WR, RD, UN = int(LockType.WRLCK), int(LockType.RDLCK), int(LockType.UNLCK)
+
+
+def slow_fs():
+    fs = MemFilesystem(slow={"slow": 10.0})
+    fs.add("slow", b"late")
+    fs.add("fast", b"now")
+    return fs
+
+
+async def open_file(peer, fid, name, tag=100):
+    assert isinstance(await peer.rpc(m.Twalk(tag, 0, fid, (name,))), m.Rwalk)
+    assert isinstance(await peer.rpc(m.Tlopen(tag, fid, RDWR)), m.Rlopen)
+
+
+async def test_slow_request_does_not_block_others(autojump_clock):
+    fs = slow_fs()
+    async with served(fs) as ([peer], _):
+        await peer.start()
+        await open_file(peer, 1, "slow")
+        await open_file(peer, 2, "fast")
+        start = trio.current_time()
+        await peer.send(m.Tread(5, 1, 0, 100), m.Tread(6, 2, 0, 100))
+        assert await peer.recv() == m.Rread(6, b"now")
+        assert trio.current_time() - start < 1
+        assert await peer.recv() == m.Rread(5, b"late")
+        assert trio.current_time() - start >= 10
+
+
+async def test_flush_cancels_and_the_flushed_request_gets_no_reply(autojump_clock):
+    fs = slow_fs()
+    async with served(fs) as ([peer], _):
+        await peer.start()
+        await open_file(peer, 1, "slow")
+        await peer.send(m.Tread(5, 1, 0, 100))
+        await trio.sleep(1)
+        await peer.send(m.Tflush(6, 5))
+        assert await peer.recv() == m.Rflush(6)
+        assert trio.current_time() < 5  # the flush did not wait the 10 s out
+        # The connection goes on; tag 5 is free again.
+        assert isinstance(await peer.rpc(m.Tstatfs(5, 1)), m.Rstatfs)
+
+
+async def test_flush_of_unknown_tag_answers_at_once():
+    async with served(MemFilesystem()) as ([peer], _):
+        await peer.start()
+        assert await peer.rpc(m.Tflush(3, 999)) == m.Rflush(3)
+
+
+async def test_flush_after_completion_orders_reply_before_rflush(autojump_clock):
+    fs = slow_fs()
+    async with served(fs) as ([peer], _):
+        await peer.start()
+        await open_file(peer, 2, "fast")
+        # Both in one segment: the read completes without a checkpoint inside the
+        # backend, so whichever way the race goes the reply (if any) precedes Rflush.
+        await peer.send(m.Tread(5, 2, 0, 100), m.Tflush(6, 5))
+        first = await peer.recv()
+        if first == m.Rread(5, b"now"):
+            first = await peer.recv()
+        assert first == m.Rflush(6)
+
+
+async def test_duplicate_in_flight_tag_is_refused(autojump_clock):
+    fs = slow_fs()
+    async with served(fs) as ([peer], _):
+        await peer.start()
+        await open_file(peer, 1, "slow")
+        await peer.send(m.Tread(5, 1, 0, 100), m.Tstatfs(5, 1))
+        assert await peer.recv() == m.Rlerror(5, errno.EINVAL)
+        assert await peer.recv() == m.Rread(5, b"late")
+
+
+async def test_blocked_lock_is_granted_on_unlock_and_getlock_is_truthful(autojump_clock):
+    fs = slow_fs()
+    async with served(fs, connections=2) as ([a, b], _):
+        for peer in (a, b):
+            await peer.start()
+            await open_file(peer, 1, "fast")
+        assert await a.rpc(m.Tlock(1, 1, WR, 0, 10, 5, 42, "hostA")) == m.Rlock(1, LockStatus.SUCCESS)
+        # Truthful Tgetlock from the other connection.
+        assert await b.rpc(m.Tgetlock(2, 1, RD, 0, 0, 7, "hostB")) == m.Rgetlock(2, WR, 10, 5, 42, "hostA")
+        assert await b.rpc(m.Tgetlock(3, 1, RD, 20, 0, 7, "hostB")) == m.Rgetlock(3, UN, 20, 0, 7, "hostB")
+        # Without BLOCK: BLOCKED at once.
+        assert await b.rpc(m.Tlock(4, 1, WR, 0, 0, 0, 7, "hostB")) == m.Rlock(4, LockStatus.BLOCKED)
+        # With BLOCK: the reply waits for the unlock.
+        await b.send(m.Tlock(5, 1, WR, LockFlags.BLOCK, 0, 0, 7, "hostB"))
+        await trio.sleep(5)
+        assert await a.rpc(m.Tlock(6, 1, UN, 0, 0, 0, 42, "hostA")) == m.Rlock(6, LockStatus.SUCCESS)
+        assert await b.recv() == m.Rlock(5, LockStatus.SUCCESS)
+        assert trio.current_time() >= 5
+        assert await a.rpc(m.Tgetlock(7, 1, RD, 0, 0, 42, "hostA")) == m.Rgetlock(7, WR, 0, 0, 7, "hostB")
+
+
+async def test_flush_of_a_blocked_lock(autojump_clock):
+    async with served(slow_fs(), connections=2) as ([a, b], _):
+        for peer in (a, b):
+            await peer.start()
+            await open_file(peer, 1, "fast")
+        await a.rpc(m.Tlock(1, 1, WR, 0, 0, 0, 1, "a"))
+        await b.send(m.Tlock(2, 1, WR, LockFlags.BLOCK, 0, 0, 2, "b"))
+        await trio.sleep(1)
+        assert await b.rpc(m.Tflush(3, 2)) == m.Rflush(3)
+        # The flushed waiter took nothing: a's lock stands, b is still refused.
+        assert await b.rpc(m.Tlock(4, 1, RD, 0, 0, 0, 2, "b")) == m.Rlock(4, LockStatus.BLOCKED)
+
+
+async def test_locks_die_with_last_fid_and_with_connection(autojump_clock):
+    locks = LockManager()
+    async with served(slow_fs(), connections=2, locks=locks) as ([a, b], conns):
+        for peer in (a, b):
+            await peer.start()
+            await open_file(peer, 1, "fast")
+        await open_file(a, 2, "fast")  # a second fid on the same file
+        await a.rpc(m.Tlock(1, 1, WR, 0, 0, 0, 1, "a"))
+        await a.rpc(m.Tclunk(2, 2))  # not the last fid there: the lock stays
+        assert await b.rpc(m.Tlock(3, 1, RD, 0, 0, 0, 2, "b")) == m.Rlock(3, LockStatus.BLOCKED)
+        await b.send(m.Tlock(4, 1, RD, LockFlags.BLOCK, 0, 0, 2, "b"))
+        await a.rpc(m.Tclunk(5, 1))  # last fid: close releases, the waiter is granted
+        assert await b.recv() == m.Rlock(4, LockStatus.SUCCESS)
+        # b's lock dies with b's connection.
+        assert len(locks.table) == 1
+        await b.stream.aclose()
+        await trio.sleep(1)
+        assert len(locks.table) == 0
+
+
+async def test_disconnect_with_requests_in_flight_costs_only_those(autojump_clock):
+    fs = slow_fs()
+    async with served(fs, connections=2) as ([a, b], conns):
+        for peer in (a, b):
+            await peer.start()
+        await open_file(a, 1, "slow")
+        await a.send(*(m.Tread(10 + i, 1, 0, 10) for i in range(5)))
+        await trio.sleep(1)
+        await a.stream.aclose()
+        await trio.sleep(1)
+        assert conns[0].session.fids == {}
+        assert fs.open_files == 1  # only b's root fid is left
+        assert isinstance(await b.rpc(m.Tstatfs(1, 0)), m.Rstatfs)
+
+
+async def test_in_flight_limit_stops_reading(autojump_clock):
+    fs = slow_fs()
+    async with served(fs, limits=Limits(max_in_flight=2)) as ([peer], conns):
+        await peer.start()
+        await open_file(peer, 1, "slow")
+        await peer.send(*(m.Tread(10 + i, 1, 0, 10) for i in range(4)))
+        await trio.sleep(1)
+        assert len(conns[0]._requests) == 2  # the rest wait unread
+        replies = {(await peer.recv()).tag for _ in range(4)}
+        assert replies == {10, 11, 12, 13}
+        assert trio.current_time() >= 20  # two rounds of 10 s
+
+
+async def test_malformed_frame_ends_only_that_connection(autojump_clock):
+    async with served(MemFilesystem(), connections=2) as ([a, b], _):
+        for peer in (a, b):
+            await peer.start()
+        await a.send_raw(struct.pack("<IBH", 5, 100, 0))  # size below the header
+        assert await a.at_eof()
+        assert isinstance(await b.rpc(m.Tstatfs(1, 0)), m.Rstatfs)
+        # Too big for the negotiated msize: also the end.
+        await b.send_raw(struct.pack("<IBH", 1 << 30, 118, 1))
+        assert await b.at_eof()
+
+
+async def test_garbage_body_ends_the_connection():
+    async with served(MemFilesystem()) as ([peer], _):
+        await peer.start()
+        await peer.send_raw(struct.pack("<IBHI", 11, 110, 1, 0))  # Twalk cut short
+        assert await peer.at_eof()
