@@ -24,9 +24,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import resource
 import stat
-import threading
 from typing import Callable, Sequence, TypeVar
 
 import trio
@@ -38,6 +36,9 @@ from ..protocol.messages import Dirent, Qid
 from . import hostsys
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
 from .hostqid import QidMapper, qid_type
+from .hostpath import (
+    FdRef, apply_creation_attrs, check_component, check_new_name, find_name,
+    names_inode, proc_path, raise_fd_limit, remove_at, rename_at, time_arg)
 from .identity import needs_switch, run_as
 
 T = TypeVar("T")
@@ -48,56 +49,7 @@ O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 THREAD_IO_MIN = 256 * 1024
 _DIR_BUFSIZE_MAX = 256 * 1024
 _MODE_TO_DIRENT_SHIFT = 12  # DT_* == S_IFMT(mode) >> 12 on Linux
-_NO_ID = 0xFFFFFFFF
 _ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
-
-
-def _proc(fd: int) -> str:
-    """The magic link that reaches ``fd``'s inode without a name lookup."""
-    return f"/proc/self/fd/{fd}"
-
-
-class _FdRef:
-    """A refcounted fd shared by clones and parent links; closed at the last release.
-    Locked because walks may run in worker threads."""
-
-    __slots__ = ("fd", "_refs")
-    _lock = threading.Lock()
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._refs = 1
-
-    def acquire(self) -> "_FdRef":
-        with self._lock:
-            self._refs += 1
-        return self
-
-    def release(self) -> None:
-        with self._lock:
-            self._refs -= 1
-            last = self._refs == 0
-        if last:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _raise_fd_limit() -> None:
-    """Each fid holds one or two fds; a guest's dentry cache holds many fids."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _check_component(name: str) -> None:
-    if not name or "/" in name or "\0" in name:
-        raise errno_error(errno.EINVAL, f"bad path component {name!r}")
-
-
-def _check_new_name(name: str) -> None:
-    _check_component(name)
-    if name in (".", ".."):
-        raise errno_error(errno.EINVAL, f"bad new name {name!r}")
 
 
 class HostFilesystem(Filesystem):
@@ -115,10 +67,10 @@ class HostFilesystem(Filesystem):
         self.pass_statfs = pass_statfs
         self.qids = QidMapper()
         # The operator names the export: following symlinks in *that* path is fine.
-        self._root = _FdRef(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        self._root = FdRef(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         st = os.stat(self._root.fd)
         self.root_key = (st.st_dev, st.st_ino)
-        _raise_fd_limit()
+        raise_fd_limit()
 
     async def attach(self, aname: str, creds: Credentials) -> "HostFile":
         """``aname`` is ignored: the whole export is served to every attach."""
@@ -142,8 +94,8 @@ class HostFilesystem(Filesystem):
     def is_inside(self, fd: int) -> bool:
         """Whether ``fd`` is (still) below the export root, by the kernel's own path
         of each. Used only for "..": everything else is reached downwards."""
-        root = os.readlink(_proc(self.root_fd()))
-        here = os.readlink(_proc(fd))
+        root = os.readlink(proc_path(self.root_fd()))
+        here = os.readlink(proc_path(fd))
         return root == "/" or here == root or here.startswith(root + "/")
 
     def check_writable(self) -> None:
@@ -154,9 +106,9 @@ class HostFilesystem(Filesystem):
 class HostFile(File):
     """One fid on a host export. See the module docstring for the invariants."""
 
-    def __init__(self, fs: HostFilesystem, node: _FdRef, parent: _FdRef | None,
+    def __init__(self, fs: HostFilesystem, node: FdRef, parent: FdRef | None,
                  name: str | None, creds: Credentials, *, is_root: bool,
-                 st: os.stat_result, io: _FdRef | None = None) -> None:
+                 st: os.stat_result, io: FdRef | None = None) -> None:
         self._fs = fs
         self._node = node
         self._parent = parent  # None: root, or not known yet (reached by "..")
@@ -180,8 +132,8 @@ class HostFile(File):
             raise errno_error(errno.EBADF, "fid not open")
         return self._io.fd
 
-    def _new_file(self, node: _FdRef, parent: _FdRef | None, name: str | None,
-                  st: os.stat_result, io: _FdRef | None = None) -> "HostFile":
+    def _new_file(self, node: FdRef, parent: FdRef | None, name: str | None,
+                  st: os.stat_result, io: FdRef | None = None) -> "HostFile":
         is_root = (st.st_dev, st.st_ino) == self._fs.root_key
         if is_root and parent is not None:
             parent.release()
@@ -217,7 +169,7 @@ class HostFile(File):
                             parent, name = None, None
                         else:
                             parent, name = cur, component
-                        cur, st = _FdRef(new_fd), new_st
+                        cur, st = FdRef(new_fd), new_st
                 except OSError:
                     if not qids:
                         raise
@@ -236,7 +188,7 @@ class HostFile(File):
     def _step(self, dir_fd: int, dir_st: os.stat_result, at_root: bool,
               component: str) -> tuple[int, bool] | None:
         """One walk element: None to stay put, else (new O_PATH fd, went up)."""
-        _check_component(component)
+        check_component(component)
         if component in (".", ".."):
             if not stat.S_ISDIR(dir_st.st_mode):
                 raise errno_error(errno.ENOTDIR, component)
@@ -269,14 +221,14 @@ class HostFile(File):
         host |= os.O_CLOEXEC | os.O_NOCTTY
         if self._fmt == stat.S_IFDIR:
             host |= os.O_DIRECTORY
-        fd = await self._call(os.open, _proc(self._node.fd), host)
-        self._io = _FdRef(fd)
+        fd = await self._call(os.open, proc_path(self._node.fd), host)
+        self._io = FdRef(fd)
         self.qid = self._fs.qids.qid_of(os.stat(fd))
         return 0
 
     async def create(self, name: str, flags: int, mode: int, gid: int) -> tuple["HostFile", int]:
         self._fs.check_writable()
-        _check_new_name(name)
+        check_new_name(name)
         made = await self._call(self._create_sync, name, flags, mode, gid)
         if made is not None:
             return made, 0
@@ -301,12 +253,12 @@ class HostFile(File):
                 raise
             return None
         try:
-            path_fd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
+            path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
         except OSError:
             os.close(fd)
             raise
-        st = _apply_creation_attrs(path_fd, os.stat(fd), mode, gid)
-        return self._new_file(_FdRef(path_fd), self._node.acquire(), name, st, _FdRef(fd))
+        st = apply_creation_attrs(path_fd, os.stat(fd), mode, gid)
+        return self._new_file(FdRef(path_fd), self._node.acquire(), name, st, FdRef(fd))
 
     async def read(self, offset: int, count: int) -> bytes:
         if count >= THREAD_IO_MIN:
@@ -408,13 +360,13 @@ class HostFile(File):
         if valid & SetattrMask.MODE:
             if self._fmt == stat.S_IFLNK:
                 raise errno_error(errno.EOPNOTSUPP, "chmod of a symlink")
-            os.chmod(_proc(node), attr.mode & 0o7777)
+            os.chmod(proc_path(node), attr.mode & 0o7777)
         if valid & SetattrMask.SIZE:
             self._truncate(attr.size)
         if valid & (SetattrMask.ATIME | SetattrMask.MTIME):
-            atime = _time_arg(valid, SetattrMask.ATIME, SetattrMask.ATIME_SET,
+            atime = time_arg(valid, SetattrMask.ATIME, SetattrMask.ATIME_SET,
                               attr.atime_sec, attr.atime_nsec)
-            mtime = _time_arg(valid, SetattrMask.MTIME, SetattrMask.MTIME_SET,
+            mtime = time_arg(valid, SetattrMask.MTIME, SetattrMask.MTIME_SET,
                               attr.mtime_sec, attr.mtime_nsec)
             if self._fmt == stat.S_IFLNK:
                 parent, name = self._locate_sync()
@@ -423,7 +375,7 @@ class HostFile(File):
                 finally:
                     parent.release()
             else:
-                hostsys.utimensat(hostsys.AT_FDCWD, _proc(node), atime, mtime, nofollow=False)
+                hostsys.utimensat(hostsys.AT_FDCWD, proc_path(node), atime, mtime, nofollow=False)
 
     def _truncate(self, size: int) -> None:
         if self._fmt == stat.S_IFDIR:
@@ -436,7 +388,7 @@ class HostFile(File):
             if fcntl.fcntl(self._io.fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
                 os.ftruncate(self._io.fd, size)
                 return
-        fd = os.open(_proc(self._node.fd), os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(proc_path(self._node.fd), os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
         try:
             os.ftruncate(fd, size)
         finally:
@@ -474,7 +426,7 @@ class HostFile(File):
     async def _make(self, name: str, gid: int, mode: int | None,
                     maker: Callable[..., None], *args) -> Qid:
         self._fs.check_writable()
-        _check_new_name(name)
+        check_new_name(name)
         if self._fmt != stat.S_IFDIR:
             raise errno_error(errno.ENOTDIR, "not a directory")
         return await self._call(self._make_sync, name, gid, mode, maker, args)
@@ -484,14 +436,14 @@ class HostFile(File):
         maker(*args, dir_fd=self._node.fd)
         fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=self._node.fd)
         try:
-            st = _apply_creation_attrs(fd, os.stat(fd), mode, gid)
+            st = apply_creation_attrs(fd, os.stat(fd), mode, gid)
             return self._fs.qids.qid_of(st)
         finally:
             os.close(fd)
 
     async def link(self, target: File, name: str) -> None:
         self._fs.check_writable()
-        _check_new_name(name)
+        check_new_name(name)
         if not isinstance(target, HostFile) or target._fs is not self._fs:
             raise errno_error(errno.EXDEV, "link across exports")
         await self._call(self._link_sync, target._node.fd, name)
@@ -504,20 +456,20 @@ class HostFile(File):
                 raise
             # Without CAP_DAC_READ_SEARCH (a guest user's identity, or a non-root
             # server) AT_EMPTY_PATH says ENOENT; the magic link reaches the same inode.
-            os.link(_proc(target_fd), name, dst_dir_fd=self._node.fd, follow_symlinks=True)
+            os.link(proc_path(target_fd), name, dst_dir_fd=self._node.fd, follow_symlinks=True)
 
     async def renameat(self, oldname: str, newdir: File, newname: str) -> None:
         self._fs.check_writable()
-        _check_new_name(oldname)
-        _check_new_name(newname)
+        check_new_name(oldname)
+        check_new_name(newname)
         new_fd = self._same_export_dir(newdir)
-        await self._call(_rename, self._node.fd, oldname, new_fd, newname)
+        await self._call(rename_at, self._node.fd, oldname, new_fd, newname)
 
     async def unlinkat(self, name: str, flags: int) -> None:
         self._fs.check_writable()
-        _check_new_name(name)
+        check_new_name(name)
         remover = os.rmdir if flags & AT_REMOVEDIR else os.unlink
-        await self._call(_remove_at, remover, self._node.fd, name)
+        await self._call(remove_at, remover, self._node.fd, name)
 
     def _same_export_dir(self, other: File) -> int:
         if not isinstance(other, HostFile) or other._fs is not self._fs:
@@ -529,7 +481,7 @@ class HostFile(File):
     # --- operations on this file itself ---------------------------------------------
     async def rename(self, newdir: File, newname: str) -> None:
         self._fs.check_writable()
-        _check_new_name(newname)
+        check_new_name(newname)
         if self._is_root:
             raise errno_error(errno.EBUSY, "the export root cannot move")
         new_fd = self._same_export_dir(newdir)
@@ -543,7 +495,7 @@ class HostFile(File):
     def _rename_sync(self, new_fd: int, newname: str) -> None:
         parent, name = self._locate_sync()
         try:
-            _rename(parent.fd, name, new_fd, newname)
+            rename_at(parent.fd, name, new_fd, newname)
         finally:
             parent.release()
 
@@ -556,23 +508,23 @@ class HostFile(File):
     def _remove_sync(self) -> None:
         parent, name = self._locate_sync()
         try:
-            _remove_at(os.rmdir if self._fmt == stat.S_IFDIR else os.unlink, parent.fd, name)
+            remove_at(os.rmdir if self._fmt == stat.S_IFDIR else os.unlink, parent.fd, name)
         finally:
             parent.release()
 
-    def _locate_sync(self) -> tuple[_FdRef, str]:
+    def _locate_sync(self) -> tuple[FdRef, str]:
         """This file's parent directory (acquired) and name in it, checked to still be
         this very inode; re-found through ".." for directories moved meanwhile."""
         st = os.stat(self._node.fd)
         if self._parent is not None and self._name:
-            if _names_inode(self._parent.fd, self._name, st):
+            if names_inode(self._parent.fd, self._name, st):
                 return self._parent.acquire(), self._name
         if self._fmt == stat.S_IFDIR and not self._is_root:
             up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._node.fd)
-            ref = _FdRef(up)
+            ref = FdRef(up)
             try:
                 if self._fs.is_inside(up):
-                    name = _find_name(up, st)
+                    name = find_name(up, st)
                     if name is not None:
                         return ref.acquire(), name
             finally:
@@ -580,13 +532,13 @@ class HostFile(File):
         raise errno_error(errno.ENOENT, "file no longer reachable by name")
 
     # --- extended attributes ---------------------------------------------------------
-    def _xattr_path(self) -> tuple[str, bool, _FdRef | None]:
+    def _xattr_path(self) -> tuple[str, bool, FdRef | None]:
         """(path, follow, parent to release). Non-symlinks: the magic link, followed to
         the inode. Symlinks: parent-relative name, not followed."""
         if self._fmt != stat.S_IFLNK:
-            return _proc(self._node.fd), True, None
+            return proc_path(self._node.fd), True, None
         parent, name = self._locate_sync()
-        return f"{_proc(parent.fd)}/{name}", False, parent
+        return f"{proc_path(parent.fd)}/{name}", False, parent
 
     def _xattr_sync(self, op: Callable[..., T], *args) -> T:
         path, follow, parent = self._xattr_path()
@@ -616,59 +568,3 @@ class HostFile(File):
             if ref is not None:
                 ref.release()
         self._io = self._parent = None
-
-
-def _apply_creation_attrs(fd: int, st: os.stat_result, mode: int | None,
-                          gid: int) -> os.stat_result:
-    """Make a new entry look as the guest asked: its permission bits exactly (the
-    guest already applied its umask; the server's own umask must not apply twice)
-    and the gid from the message where the host allows it."""
-    changed = False
-    if mode is not None and not stat.S_ISLNK(st.st_mode) and (st.st_mode ^ mode) & 0o777:
-        os.chmod(_proc(fd), (st.st_mode & 0o7000) | (mode & 0o777))
-        changed = True
-    if gid not in (_NO_ID, -1) and st.st_gid != gid:
-        try:
-            hostsys.fchown_empty(fd, -1, gid)
-            changed = True
-        except PermissionError:
-            pass  # not a member of that group: keep the host's choice, as Linux would
-    return os.stat(fd) if changed else st
-
-
-def _time_arg(valid: int, bit: int, set_bit: int, sec: int, nsec: int):
-    if not valid & bit:
-        return None
-    return (sec, nsec) if valid & set_bit else "now"
-
-
-def _rename(old_dir: int, oldname: str, new_dir: int, newname: str) -> None:
-    os.rename(oldname, newname, src_dir_fd=old_dir, dst_dir_fd=new_dir)
-
-
-def _remove_at(remover: Callable[..., None], dir_fd: int, name: str) -> None:
-    remover(name, dir_fd=dir_fd)
-
-
-def _names_inode(dir_fd: int, name: str, st: os.stat_result) -> bool:
-    try:
-        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    return (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino)
-
-
-def _find_name(dir_fd: int, st: os.stat_result) -> str | None:
-    """The name under which ``dir_fd`` holds the inode of ``st`` (one scan)."""
-    fd = os.open(_proc(dir_fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        cookie = 0
-        while batch := hostsys.read_dir_chunk(fd, cookie, 65536):
-            for raw in batch:
-                if raw.ino == st.st_ino and raw.name not in (".", "..") \
-                        and _names_inode(fd, raw.name, st):
-                    return raw.name
-            cookie = batch[-1].next_cookie
-        return None
-    finally:
-        os.close(fd)

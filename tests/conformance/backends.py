@@ -98,3 +98,53 @@ def host_readonly_backend(scratch: Path) -> Backend:
     write_seed(scratch)
     return Backend("host-readonly", HostFilesystem(str(scratch), read_only=True),
                    Capabilities(writable=False, hardlinks=False, mknod=False, xattrs=False))
+
+
+# --- synthetic trees (owned by the synthetic-filesystem engineer) -----------------------
+def _seed_tree(directory_class, file_class):
+    from ninep.fs.synthetic import Symlink
+
+    root = directory_class()
+    for d in SEED_DIRS:
+        parent = root
+        for part in d.split("/"):
+            if part not in parent:
+                parent.add(part, directory_class())
+            parent = parent[part]
+    for name, data in SEED_FILES.items():
+        *dirs, leaf = name.split("/")
+        parent = root
+        for part in dirs:
+            parent = parent[part]
+        parent.add(leaf, file_class(data))
+    for name, target in SEED_SYMLINKS.items():
+        root.add(name, Symlink(target))
+    return root
+
+
+@register("synthetic")
+def synthetic_backend(scratch: Path) -> Backend:
+    from ninep.fs.synthetic import Directory, StaticFile, as_filesystem
+
+    return Backend("synthetic", as_filesystem(_seed_tree(Directory, StaticFile)), Capabilities(
+        writable=False, hardlinks=False, mknod=False, xattrs=False))
+
+
+@register("ramfs")
+def ramfs_backend(scratch: Path) -> Backend:
+    from ninep.fs.synthetic import RamDirectory, RamFile, RamFilesystem
+
+    return Backend("ramfs", RamFilesystem(_seed_tree(RamDirectory, RamFile)),
+                   Capabilities(chown=True))
+
+
+@register("union")
+def union_backend(scratch: Path) -> Backend:
+    """The host export as the base, with a synthetic tree mounted beside the seed."""
+    from ninep.fs.synthetic import Directory
+    from ninep.fs.union import UnionFilesystem
+
+    write_seed(scratch)
+    base = HostFilesystem(str(scratch))
+    return Backend("union", UnionFilesystem(base, {"mnt": Directory({"x": b"x"})}), Capabilities(
+        xattrs=_xattrs_supported(scratch), chown=os.geteuid() == 0))

@@ -1,7 +1,6 @@
 """getattr fields, setattr bit by bit, statfs."""
 
 import errno
-import os
 import stat
 import time
 
