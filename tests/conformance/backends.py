@@ -140,11 +140,12 @@ def ramfs_backend(scratch: Path) -> Backend:
 
 @register("union")
 def union_backend(scratch: Path) -> Backend:
-    """The host export as the base, with a synthetic tree mounted beside the seed."""
+    """The host export as the base, with a synthetic tree mounted inside the seed (in a
+    directory the suite renames into, so merged listings are exercised)."""
     from ninep.fs.synthetic import Directory
     from ninep.fs.union import UnionFilesystem
 
     write_seed(scratch)
     base = HostFilesystem(str(scratch))
-    return Backend("union", UnionFilesystem(base, {"mnt": Directory({"x": b"x"})}), Capabilities(
+    return Backend("union", UnionFilesystem(base, {"dir/sub/mnt": Directory({"x": b"x"})}), Capabilities(
         xattrs=_xattrs_supported(scratch), chown=os.geteuid() == 0))

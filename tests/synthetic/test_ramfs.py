@@ -31,7 +31,11 @@ async def test_create_write_read_and_metadata():
     assert (attr.mode, attr.uid, attr.gid, attr.size) == (stat.S_IFREG | 0o640, 1000, 100, 11)
     assert attr.qid.version == 2
     await file.close()
-    assert await errno_of(root.create("notes", OpenFlags.RDWR, 0o640, 0)) == errno.EEXIST
+    flags = OpenFlags.RDWR | OpenFlags.EXCL
+    assert await errno_of(root.create("notes", flags, 0o640, 0)) == errno.EEXIST
+    again, _ = await root.create("notes", OpenFlags.RDWR, 0o640, 0)  # no O_EXCL: opens it
+    assert await again.read(0, 5) == b"hello"
+    await again.close()
 
 
 async def test_truncate_append_and_setattr():

@@ -146,7 +146,7 @@ async def test_read_only_nodes_refuse_writes_and_mutations():
     for flags in (OpenFlags.WRONLY, OpenFlags.RDWR, OpenFlags.RDONLY | OpenFlags.TRUNC):
         with pytest.raises(OSError) as failure:
             await hello.open(flags)
-        assert failure.value.errno == errno.EACCES
+        assert failure.value.errno == errno.EROFS
     with pytest.raises(OSError) as failure:
         await root.open(OpenFlags.WRONLY)
     assert failure.value.errno == errno.EISDIR

@@ -155,7 +155,7 @@ class SyntheticFile(File):
         return list(self._xattrs())
 
     async def xattr_set(self, name: str, value: bytes, flags: int) -> None:
-        xattrs = self._xattrs()
+        xattrs = self._xattrs(changing=True)
         if flags & XATTR_CREATE and name in xattrs:
             raise errno_error(errno.EEXIST, name)
         if flags & XATTR_REPLACE and name not in xattrs:
@@ -164,20 +164,21 @@ class SyntheticFile(File):
         self.node.touch(modified=False)
 
     async def xattr_remove(self, name: str) -> None:
-        xattrs = self._xattrs()
+        xattrs = self._xattrs(changing=True)
         if xattrs.pop(name, None) is None:
             raise errno_error(errno.ENODATA, name)
         self.node.touch(modified=False)
 
-    def _xattrs(self) -> dict[str, bytes]:
+    def _xattrs(self, changing: bool = False) -> dict[str, bytes]:
         if self.node.xattrs is None:
-            raise errno_error(errno.EOPNOTSUPP)
+            # A program's nodes have none, and a client cannot give them any.
+            raise errno_error(errno.EROFS if changing else errno.EOPNOTSUPP)
         return self.node.xattrs
 
     # --- directory mutations (the node decides; program trees refuse with EROFS) -------
     async def create(self, name: str, flags: int, mode: int, gid: int) -> tuple[File, int]:
         directory = self._directory()
-        node = await directory.create_file(name, mode, gid, self.session)
+        node = await directory.create_file(name, flags, mode, gid, self.session)
         new = SyntheticFile(self.session, self.path + ((name, node),))
         try:
             await new.open(flags)

@@ -145,7 +145,9 @@ class Directory(Node, Filesystem):
         return DirectoryHandle(ctx, await self.list(ctx.session))
 
     # Mutations requested by clients. A program's tree is read-only to them.
-    async def create_file(self, name: str, mode: int, gid: int, session: Session) -> Node:
+    async def create_file(self, name: str, flags: int, mode: int, gid: int,
+                          session: Session) -> Node:
+        """Make (or, without O_EXCL, find) the regular file ``name``; the caller opens it."""
         raise errno_error(errno.EROFS)
 
     async def make_directory(self, name: str, mode: int, gid: int, session: Session) -> Node:

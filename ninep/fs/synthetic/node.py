@@ -227,7 +227,7 @@ class Node:
             if self.is_dir:
                 raise errno_error(errno.EISDIR)
             if not self.writable:
-                raise errno_error(errno.EACCES, "read-only file")
+                raise errno_error(errno.EROFS, "read-only file")
             await self.truncate(attr.size)
         if attr.valid & SetattrMask.MODE:
             self.mode = attr.mode & 0o7777
@@ -252,7 +252,7 @@ class Node:
         """Refuse opens the node cannot serve (the mode bits are advice to the client;
         what the node can do is the rule here, since the server usually runs as root)."""
         if opens_for_writing(flags) and not self.writable:
-            raise errno_error(errno.EACCES, "not writable")
+            raise errno_error(errno.EROFS, "read-only file")
         if opens_for_reading(flags) and not self.readable:
             raise errno_error(errno.EACCES, "not readable")
 

@@ -108,7 +108,13 @@ class RamDirectory(Directory):
             raise errno_error(errno.EEXIST, name)
         return self.add(name, node)
 
-    async def create_file(self, name: str, mode: int, gid: int, session: Session) -> Node:
+    async def create_file(self, name: str, flags: int, mode: int, gid: int,
+                          session: Session) -> Node:
+        existing = self._entries.get(name)
+        if existing is not None and not flags & OpenFlags.EXCL:
+            if existing.is_dir:
+                raise errno_error(errno.EISDIR, name)
+            return existing  # open(2) with O_CREAT and no O_EXCL opens what is there
         return self._new_entry(name, RamFile(**_creator_meta(mode, gid, session)))
 
     async def make_directory(self, name: str, mode: int, gid: int, session: Session) -> Node:
@@ -120,7 +126,7 @@ class RamDirectory(Directory):
     async def make_special(self, name: str, mode: int, rdev: int, gid: int, session: Session) -> Node:
         kind = stat.S_IFMT(mode)
         if kind in (stat.S_IFREG, 0):
-            return await self.create_file(name, mode, gid, session)
+            return await self.create_file(name, OpenFlags.EXCL, mode, gid, session)
         try:
             node = SpecialFile(kind, rdev, **_creator_meta(mode, gid, session))
         except ValueError as error:
