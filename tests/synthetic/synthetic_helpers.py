@@ -60,3 +60,23 @@ async def list_dir(root: File, path: str = "") -> dict[str, object]:
 
 async def attach(fs: Filesystem) -> File:
     return await fs.attach("", SERVER_CREDS)
+
+
+from contextlib import asynccontextmanager  # noqa: E402  (served() below needs the server)
+
+import trio  # noqa: E402
+
+
+@asynccontextmanager
+async def served(filesystem, **client_options):
+    """Serve ``filesystem`` on a loopback TCP port; yield a connected client."""
+    from ninep.client import connect
+    from ninep.server import serve
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve, filesystem, "tcp://127.0.0.1:0")
+        try:
+            async with connect(server.addresses[0], **client_options) as client:
+                yield client
+        finally:
+            server.shutdown()
