@@ -1,0 +1,187 @@
+"""YAML export configs for ``ninepd --config FILE``.
+
+    listen:                       # optional; --listen on the command line wins
+      - tcp://127.0.0.1:5640
+      - unix:///run/ninep.sock
+    msize: 1M                     # optional; 4096 .. (default 1 MiB)
+    exports:                      # aname -> export; the first one is the default
+      root:                       #   (what aname "" or "/" selects)
+        path: /srv/guest-root
+        read_only: false
+        squash: null              # or "UID:GID": every attach acts as that identity
+      share:
+        path: /srv/share
+        read_only: true
+
+Errors name the file, the line and the key: the document is *composed* (yaml's node
+tree keeps each node's position) rather than loaded, and checked node by node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+from .protocol.constants import MIN_MSIZE
+
+_TOP_KEYS = {"listen", "msize", "exports", "max_fids", "max_in_flight"}
+_EXPORT_KEYS = {"path", "read_only", "squash"}
+
+
+class ConfigError(Exception):
+    """A bad config; the message is ``FILE:LINE: key: problem``."""
+
+
+@dataclass
+class ExportConfig:
+    name: str
+    path: str
+    read_only: bool = False
+    squash: tuple[int, int] | None = None
+
+
+@dataclass
+class ServerConfig:
+    exports: list[ExportConfig] = field(default_factory=list)
+    listen: list[str] = field(default_factory=list)
+    msize: int | None = None
+    max_fids: int | None = None
+    max_in_flight: int | None = None
+
+
+def parse_squash(text: str) -> tuple[int, int]:
+    """"UID:GID" -> (uid, gid); ValueError says what is wrong."""
+    uid, sep, gid = str(text).partition(":")
+    if not sep or not uid.isdigit() or not gid.isdigit():
+        raise ValueError(f"squash must be UID:GID (numbers), not {text!r}")
+    return int(uid), int(gid)
+
+
+def parse_size(text: str | int) -> int:
+    """"65536", "64K", "1M" -> bytes."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1:], 1)
+    digits = s[:-1] if scale != 1 else s
+    if not digits.isdigit():
+        raise ValueError(f"not a size: {text!r}")
+    return int(digits) * scale
+
+
+class _Checker:
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+    def fail(self, node: yaml.Node | None, key: str, problem: str) -> ConfigError:
+        line = node.start_mark.line + 1 if node is not None else 1
+        return ConfigError(f"{self.filename}:{line}: {key}: {problem}")
+
+    def mapping(self, node: yaml.Node, key: str) -> list[tuple[yaml.ScalarNode, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, key, "expected a mapping")
+        for k, _ in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                raise self.fail(k, key, "keys must be plain names")
+        return node.value
+
+    def scalar(self, node: yaml.Node, key: str) -> object:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, key, "expected a single value")
+        return yaml.safe_load(yaml.serialize(node))
+
+    def string(self, node: yaml.Node, key: str) -> str:
+        value = self.scalar(node, key)
+        if not isinstance(value, str) or not value:
+            raise self.fail(node, key, "expected a non-empty string")
+        return value
+
+    def boolean(self, node: yaml.Node, key: str) -> bool:
+        value = self.scalar(node, key)
+        if not isinstance(value, bool):
+            raise self.fail(node, key, "expected true or false")
+        return value
+
+    def count(self, node: yaml.Node, key: str, minimum: int = 1) -> int:
+        try:
+            value = parse_size(self.scalar(node, key))
+        except ValueError as exc:
+            raise self.fail(node, key, str(exc)) from None
+        if value < minimum:
+            raise self.fail(node, key, f"must be at least {minimum}")
+        return value
+
+
+def parse_config(text: str, filename: str = "<config>") -> ServerConfig:
+    check = _Checker(filename)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise ConfigError(f"{filename}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if root is None:
+        raise ConfigError(f"{filename}:1: exports: the file is empty")
+    config = ServerConfig()
+    seen: set[str] = set()
+    for key_node, value in check.mapping(root, "(top level)"):
+        key = key_node.value
+        if key not in _TOP_KEYS:
+            raise check.fail(key_node, key, f"unknown key (expected one of {', '.join(sorted(_TOP_KEYS))})")
+        seen.add(key)
+        if key == "listen":
+            items = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            for item in items:
+                url = check.string(item, key)
+                if "://" not in url:
+                    raise check.fail(item, key, f"{url!r} is not a URL (tcp://, unix://, vsock://, fd://, systemd://)")
+                config.listen.append(url)
+        elif key == "msize":
+            config.msize = check.count(value, key, MIN_MSIZE)
+        elif key == "max_fids":
+            config.max_fids = check.count(value, key)
+        elif key == "max_in_flight":
+            config.max_in_flight = check.count(value, key)
+        elif key == "exports":
+            config.exports = _exports(check, value)
+    if "exports" not in seen or not config.exports:
+        raise check.fail(root, "exports", "at least one export is required")
+    return config
+
+
+def _exports(check: _Checker, node: yaml.Node) -> list[ExportConfig]:
+    out: list[ExportConfig] = []
+    for name_node, body in check.mapping(node, "exports"):
+        name = str(name_node.value)
+        where = f"exports.{name}"
+        settings: dict[str, object] = {}
+        for key_node, value in check.mapping(body, where):
+            key = key_node.value
+            full = f"{where}.{key}"
+            if key not in _EXPORT_KEYS:
+                raise check.fail(key_node, full, f"unknown key (expected one of {', '.join(sorted(_EXPORT_KEYS))})")
+            if key == "path":
+                settings["path"] = check.string(value, full)
+            elif key == "read_only":
+                settings["read_only"] = check.boolean(value, full)
+            elif key == "squash":
+                # The node's own text: YAML 1.1 would read "1:30" as the number 90.
+                if check.scalar(value, full) is not None:
+                    try:
+                        settings["squash"] = parse_squash(value.value)
+                    except ValueError as exc:
+                        raise check.fail(value, full, str(exc)) from None
+        if "path" not in settings:
+            raise check.fail(name_node, f"{where}.path", "missing (the directory to export)")
+        out.append(ExportConfig(name=name, **settings))
+    return out
+
+
+def load_config(path: str) -> ServerConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, path)

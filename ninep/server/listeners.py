@@ -1,0 +1,190 @@
+"""Where clients come from: listen URLs -> trio listeners (or one ready stream).
+
+    tcp://HOST:PORT        TCP (IPv6 as tcp://[::1]:PORT); PORT 0 picks a free port
+    unix:///PATH           a Unix stream socket; a stale socket file is removed first
+    vsock://CID:PORT       AF_VSOCK; CID -1 or "any" listens on every CID
+    fd://RFD,WFD           one client already connected on a pair of fds (inetd, socat);
+                           fd://N,N for a single socket (or tty) fd
+    systemd://             the listening sockets systemd passed (LISTEN_FDS/LISTEN_PID,
+                           fds from 3); an Accept=yes connection socket is served as is
+
+Firecracker and cloud-hypervisor turn a guest's connection to vsock port P into a
+connection to the host Unix socket ``<uds_path>_<P>``: ``unix:///run/vm.vsock_564``
+serves a guest that mounts over vsock port 564. A QEMU virtio-serial chardev
+(``-chardev socket,path=/run/vm.9p``) connects to ``unix:///run/vm.9p``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as stdsocket
+import stat
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import trio
+
+VMADDR_CID_ANY = 0xFFFFFFFF
+SD_LISTEN_FDS_START = 3
+
+
+class ListenError(Exception):
+    """A listen URL that is malformed or cannot be opened; the message says which."""
+
+
+@dataclass
+class Endpoint:
+    """One opened URL: a listener to accept from, or a single connected stream."""
+
+    url: str
+    address: str  # what to print: the bound address (a real port for tcp://...:0)
+    listener: trio.abc.Listener | None = None
+    stream: trio.abc.Stream | None = None
+
+
+def _split_host_port(rest: str, url: str) -> tuple[str, int]:
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]:")
+    else:
+        host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ListenError(f"{url}: expected HOST:PORT")
+    return host, int(port)
+
+
+async def open_endpoints(url: str) -> list[Endpoint]:
+    scheme, _, rest = url.partition("://")
+    opener = _OPENERS.get(scheme)
+    if opener is None or not _:
+        raise ListenError(f"{url}: unknown scheme (tcp, unix, vsock, fd, systemd)")
+    try:
+        return await opener(url, rest)
+    except OSError as exc:
+        raise ListenError(f"{url}: {exc.strerror or exc}") from exc
+
+
+async def _tcp(url: str, rest: str) -> list[Endpoint]:
+    host, port = _split_host_port(rest, url)
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    out = []
+    for listener in listeners:
+        name = listener.socket.getsockname()
+        shown = f"[{name[0]}]:{name[1]}" if listener.socket.family == stdsocket.AF_INET6 else f"{name[0]}:{name[1]}"
+        out.append(Endpoint(url, f"tcp://{shown}", listener=listener))
+    return out
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove ``path`` if it is a socket nobody listens on; refuse a live one."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenError(f"unix://{path}: exists and is not a socket")
+    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            os.unlink(path)
+            return
+        raise
+    else:
+        raise ListenError(f"unix://{path}: another server is listening there")
+    finally:
+        probe.close()
+
+
+async def _unix(url: str, rest: str) -> list[Endpoint]:
+    path = urlsplit(url).path or rest
+    if not path:
+        raise ListenError(f"{url}: expected unix:///PATH")
+    _remove_stale_socket(path)
+    sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return [Endpoint(url, f"unix://{path}", listener=trio.SocketListener(sock))]
+
+
+async def _vsock(url: str, rest: str) -> list[Endpoint]:
+    if not hasattr(stdsocket, "AF_VSOCK"):
+        raise ListenError(f"{url}: AF_VSOCK is not available on this host")
+    cid_text, _, port_text = rest.rpartition(":")
+    if cid_text in ("-1", "any", ""):
+        cid = VMADDR_CID_ANY
+    elif cid_text.isdigit():
+        cid = int(cid_text)
+    else:
+        raise ListenError(f"{url}: expected vsock://CID:PORT")
+    if not port_text.isdigit():
+        raise ListenError(f"{url}: expected vsock://CID:PORT")
+    sock = trio.socket.socket(stdsocket.AF_VSOCK, stdsocket.SOCK_STREAM)
+    try:
+        await sock.bind((cid, int(port_text)))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return [Endpoint(url, url, listener=trio.SocketListener(sock))]
+
+
+def _stream_for_fds(read_fd: int, write_fd: int) -> trio.abc.Stream:
+    if read_fd == write_fd:
+        try:
+            sock = stdsocket.socket(fileno=read_fd)
+        except OSError:
+            sock = None
+        if sock is not None:
+            if sock.type == stdsocket.SOCK_STREAM:
+                return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            sock.detach()
+        write_fd = os.dup(read_fd)  # a tty or pipe-like fd: two FdStreams need two fds
+    return trio.StapledStream(trio.lowlevel.FdStream(write_fd), trio.lowlevel.FdStream(read_fd))
+
+
+async def _fd(url: str, rest: str) -> list[Endpoint]:
+    read_text, _, write_text = rest.partition(",")
+    write_text = write_text or read_text
+    if not (read_text.isdigit() and write_text.isdigit()):
+        raise ListenError(f"{url}: expected fd://RFD,WFD")
+    return [Endpoint(url, url, stream=_stream_for_fds(int(read_text), int(write_text)))]
+
+
+def _is_listening(sock: stdsocket.socket) -> bool:
+    try:
+        return bool(sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_ACCEPTCONN))
+    except OSError:
+        return True
+
+
+async def _systemd(url: str, rest: str) -> list[Endpoint]:
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        raise ListenError(f"{url}: LISTEN_PID is not this process (not socket-activated)")
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    if count < 1:
+        raise ListenError(f"{url}: LISTEN_FDS names no sockets")
+    out = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        os.set_inheritable(fd, False)
+        sock = stdsocket.socket(fileno=fd)
+        where = f"systemd fd {fd}"
+        if _is_listening(sock):
+            out.append(Endpoint(url, where, listener=trio.SocketListener(trio.socket.from_stdlib_socket(sock))))
+        else:
+            out.append(Endpoint(url, where, stream=trio.SocketStream(trio.socket.from_stdlib_socket(sock))))
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for our children
+    return out
+
+
+_OPENERS = {"tcp": _tcp, "unix": _unix, "vsock": _vsock, "fd": _fd, "systemd": _systemd}
+
+
+def systemd_activated() -> bool:
+    return os.environ.get("LISTEN_PID") == str(os.getpid()) and int(os.environ.get("LISTEN_FDS", "0") or 0) > 0

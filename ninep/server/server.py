@@ -1,0 +1,174 @@
+"""The server: listeners, one Connection per client, graceful shutdown.
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(ninep.server.serve, fs, ["tcp://127.0.0.1:0"])
+        print(server.addresses)        # the real port
+        ...
+        server.shutdown()              # stop accepting, let requests finish, return
+
+Shutdown is a deadline on the handler nursery (as in trio's and hypercorn's servers):
+listeners close at once, every connection stops reading, requests in flight get
+``grace_period`` seconds to finish and be answered, then whatever is left is cancelled.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+from typing import Iterable, Mapping, Union
+
+import trio
+
+from ..fs.backend import Filesystem
+from .connection import Connection, LockManager
+from .listeners import Endpoint, open_endpoints
+from .session import Export, Limits
+
+log = logging.getLogger("ninep.server")
+
+DEFAULT_LISTEN = "tcp://127.0.0.1:5640"
+# accept() errors that mean "out of something, try again soon" (as trio.serve_listeners)
+_ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_client_numbers = itertools.count(1)
+
+Exportable = Union[Filesystem, Export, Mapping[str, Union[Filesystem, Export]]]
+
+
+def as_exports(what: Exportable) -> dict[str, Export]:
+    """A Filesystem (the default export), an Export, or aname -> either; the first
+    entry is the default that aname "" and "/" select."""
+    if isinstance(what, Export):
+        return {"": what}
+    if isinstance(what, Filesystem):
+        return {"": Export(what)}
+    exports = {name: (v if isinstance(v, Export) else Export(v)) for name, v in what.items()}
+    if not exports:
+        raise ValueError("no exports to serve")
+    return exports
+
+
+class Server:
+    def __init__(self, exports: Exportable, *, limits: Limits = Limits(), trace: bool = False,
+                 grace_period: float = 10.0) -> None:
+        self.exports = as_exports(exports)
+        self.limits = limits
+        self.trace = trace
+        self.grace_period = grace_period
+        self.locks = LockManager()
+        self.addresses: list[str] = []
+        self.connections: set[Connection] = set()
+        self._shutdown = trio.Event()
+        self._single_streams = 0
+        self._listeners = 0
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown.is_set()
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown (safe to call more than once)."""
+        self._shutdown.set()
+
+    async def run(self, urls: Iterable[str], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        endpoints: list[Endpoint] = []
+        try:
+            for url in urls:
+                endpoints += await open_endpoints(url)
+        except BaseException:
+            for endpoint in endpoints:
+                await (endpoint.listener or endpoint.stream).aclose()
+            raise
+        self.addresses = [e.address for e in endpoints]
+        try:
+            async with trio.open_nursery() as handlers:
+                async with trio.open_nursery() as acceptors:
+                    for endpoint in endpoints:
+                        if endpoint.listener is not None:
+                            self._listeners += 1
+                            acceptors.start_soon(self._accept_loop, endpoint, handlers)
+                        else:
+                            self._single_streams += 1
+                            handlers.start_soon(self._handle_single, endpoint)
+                    for address in self.addresses:
+                        log.info("serving 9P2000.L on %s", address)
+                    task_status.started(self)
+                    await self._shutdown.wait()
+                    acceptors.cancel_scope.cancel()
+                for endpoint in endpoints:
+                    if endpoint.listener is not None:
+                        await endpoint.listener.aclose()
+                for connection in list(self.connections):
+                    connection.stop_reading()
+                handlers.cancel_scope.deadline = trio.current_time() + self.grace_period
+        finally:
+            with trio.CancelScope(shield=True):
+                for export in self.exports.values():
+                    try:
+                        await export.filesystem.aclose()
+                    except Exception:
+                        log.exception("closing an export failed")
+
+    async def _accept_loop(self, endpoint: Endpoint, handlers: trio.Nursery) -> None:
+        listener = endpoint.listener
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RETRY:
+                    raise
+                log.error("%s: accept: %s; retrying", endpoint.address, exc)
+                await trio.sleep(0.1)
+                continue
+            handlers.start_soon(self._handle, stream, _peer_name(stream, endpoint))
+
+    async def _handle(self, stream: trio.abc.Stream, name: str) -> None:
+        connection = Connection(stream, self.exports, self.locks, limits=self.limits,
+                                trace=self.trace, name=name)
+        self.connections.add(connection)
+        log.debug("%s: connected", name)
+        try:
+            await connection.run()
+        except Exception:
+            log.exception("%s: connection failed", name)
+        finally:
+            self.connections.discard(connection)
+            log.debug("%s: closed after %d requests", name, connection.requests_served)
+
+    async def _handle_single(self, endpoint: Endpoint) -> None:
+        """fd:// and Accept=yes sockets: one client; when it leaves and nothing else
+        is being listened on, the server is done (inetd style)."""
+        await self._handle(endpoint.stream, endpoint.address)
+        self._single_streams -= 1
+        if self._single_streams == 0 and self._listeners == 0:
+            self.shutdown()
+
+
+def _peer_name(stream: trio.abc.Stream, endpoint: Endpoint) -> str:
+    """How log lines name a client: its address, or the endpoint and a number."""
+    sock = getattr(stream, "socket", None)
+    try:
+        peer = sock.getpeername() if sock is not None else None
+    except OSError:
+        peer = None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+    return f"{endpoint.address}#{next(_client_numbers)}"
+
+
+async def serve(filesystem_or_exports: Exportable, urls: str | Iterable[str] = DEFAULT_LISTEN, *,
+                task_status=trio.TASK_STATUS_IGNORED, trace: bool = False,
+                msize: int | None = None, limits: Limits | None = None,
+                grace_period: float = 10.0) -> None:
+    """Serve until cancelled or ``shutdown()`` is called on the started value.
+
+    ``task_status.started`` hands back the ``Server`` (its ``addresses`` show real
+    ports for ``tcp://...:0``)."""
+    if isinstance(urls, str):
+        urls = [urls]
+    limits = limits or Limits()
+    if msize is not None:
+        limits = Limits(max_msize=msize, max_fids=limits.max_fids,
+                        max_in_flight=limits.max_in_flight, max_buffered=limits.max_buffered)
+    server = Server(filesystem_or_exports, limits=limits, trace=trace, grace_period=grace_period)
+    await server.run(list(urls), task_status=task_status)
