@@ -1,0 +1,112 @@
+"""FrameReader: whole frames out of a byte stream, however the bytes are chunked."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ninep.protocol import codec
+from ninep.protocol.codec import FrameReader, ProtocolError
+
+# Hand-written frames (see test_protocol_golden.py for their meaning).
+FRAMES = [
+    bytes.fromhex("1500000064ffff0020000008003950323030302e4c"),        # Tversion
+    bytes.fromhex("0b000000780900" "01000000"),                         # Tclunk
+    bytes.fromhex("07000000790900"),                                     # Rclunk
+    bytes.fromhex("1e0000006e0400" "0100000002000000" "0300" "0300757372" "03006c6962" "010078"),  # Twalk
+    bytes.fromhex("0d000000750700" "02000000" "6869"),                  # Rread
+]
+STREAM = b"".join(FRAMES)
+
+
+def drain(reader: FrameReader) -> list[bytes]:
+    return list(reader)
+
+
+def test_whole_stream_at_once():
+    reader = FrameReader(8192)
+    reader.feed(STREAM)
+    assert drain(reader) == FRAMES
+    assert reader.buffered == 0
+    assert reader.next_frame() is None
+
+
+def test_byte_by_byte():
+    reader = FrameReader(8192)
+    frames = []
+    for i in range(len(STREAM)):
+        reader.feed(STREAM[i:i + 1])
+        frames += drain(reader)
+        assert reader.buffered == len(STREAM[:i + 1]) - sum(map(len, frames))
+    assert frames == FRAMES
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 5, 7, 11, 13, 64])
+def test_odd_chunks(chunk):
+    reader = FrameReader(8192)
+    frames = []
+    for i in range(0, len(STREAM), chunk):
+        reader.feed(memoryview(STREAM)[i:i + chunk])
+        frames += drain(reader)
+    assert frames == FRAMES
+    assert [type(codec.decode(f)).__name__ for f in frames] == [
+        "Tversion", "Tclunk", "Rclunk", "Twalk", "Rread"]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1))
+def test_any_chunking_gives_the_same_frames(cuts):
+    reader = FrameReader(8192)
+    frames, position = [], 0
+    for cut in cuts:
+        reader.feed(STREAM[position:position + cut])
+        position += cut
+        frames += drain(reader)
+    reader.feed(STREAM[position:])
+    frames += drain(reader)
+    assert frames == FRAMES
+
+
+def test_waits_for_the_rest_of_a_frame():
+    reader = FrameReader(8192)
+    reader.feed(FRAMES[0][:10])
+    assert reader.next_frame() is None
+    assert reader.buffered == 10
+    reader.feed(FRAMES[0][10:])
+    assert reader.next_frame() == FRAMES[0]
+
+
+@pytest.mark.parametrize("size_hex, what", [
+    ("00000000", "size field 0 outside 7..msize (8192)"),
+    ("06000000", "size field 6 outside 7..msize (8192)"),
+    ("01200000", "size field 8193 outside 7..msize (8192)"),
+    ("ffffffff", "size field 4294967295 outside 7..msize (8192)"),
+])
+def test_bad_size_is_refused_as_soon_as_the_size_is_in(size_hex, what):
+    reader = FrameReader(8192)
+    reader.feed(bytes.fromhex(size_hex)[:3])
+    assert reader.next_frame() is None  # 3 bytes: cannot judge yet
+    reader.feed(bytes.fromhex(size_hex)[3:])
+    with pytest.raises(ProtocolError, match="size field .* outside"):
+        reader.next_frame()
+    with pytest.raises(ProtocolError) as again:  # the stream is out of step for good
+        reader.next_frame()
+    assert str(again.value) == what
+
+
+def test_exactly_msize_is_accepted_and_msize_can_change_after_tversion():
+    reader = FrameReader(8192)
+    big = (8192).to_bytes(4, "little") + bytes([117]) + b"\x01\x00" + (8181).to_bytes(4, "little")
+    big += b"z" * 8181
+    reader.feed(big)
+    assert reader.next_frame() == big
+    reader.msize = 4096  # negotiated down by Tversion
+    reader.feed(big[:4])
+    with pytest.raises(ProtocolError, match="outside 7..msize"):
+        reader.next_frame()
+
+
+def test_minimum_frame():
+    reader = FrameReader(4096)
+    reader.feed(FRAMES[2])
+    assert reader.next_frame() == FRAMES[2]
