@@ -262,3 +262,19 @@ async def test_directory_is_itself_an_export():
     tree = Directory({"a": b"x"})
     root = await tree.attach("", None)  # type: ignore[arg-type]
     assert await read_all(root, "a") == b"x"
+
+
+async def test_callback_context_detection():
+    from ninep.fs.synthetic.node import callback
+
+    assert await callback(lambda: 1, 0)("ctx") == 1
+    assert await callback(lambda ctx: ctx, 0)("ctx") == "ctx"
+    assert await callback(lambda bound=7: bound, 0)("ctx") == 7  # defaults bind, not receive
+    assert await callback(lambda data: data, 1)(b"d", "ctx") == b"d"
+    assert await callback(lambda data, ctx: (data, ctx), 1)(b"d", "ctx") == (b"d", "ctx")
+    assert await callback(len, 1)(b"abc", "ctx") == 3  # no signature: never a context
+
+    async def later(ctx):
+        return ctx
+
+    assert await callback(later, 0)("ctx") == "ctx"

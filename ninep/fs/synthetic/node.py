@@ -8,7 +8,8 @@ subscription, a control file's reply).
 
 Callbacks written by users may take the context or not: ``fn()`` or ``fn(ctx)`` for
 content, ``fn(data)`` or ``fn(data, ctx)`` for writes. ``callback`` decides once, from
-the signature, and also awaits the result when the function is async.
+the signature (required positional parameters: ones with defaults bind values, they
+do not receive the context), and awaits the result when the function is async.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def callback(fn: Callable[..., Any], n_args: int) -> Callable[..., Awaitable[Any
     positional arguments, sync or async, to ``async f(*args, ctx)``."""
     try:
         params = inspect.signature(fn).parameters.values()
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        takes_ctx = len(positional) > n_args or any(p.kind == p.VAR_POSITIONAL for p in params)
+        # Parameters with defaults do not count: ``lambda s=session: ...`` binds a value.
+        required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                    and p.default is p.empty]
+        takes_ctx = len(required) > n_args or any(p.kind == p.VAR_POSITIONAL for p in params)
     except (TypeError, ValueError):  # builtins without a signature: never pass a context
         takes_ctx = False
 
