@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 from typing import Hashable, Mapping
@@ -30,7 +29,7 @@ import trio
 
 from ..protocol import messages as m
 from ..protocol.codec import FrameReader, ProtocolError, decode, encode, pack_dirents
-from ..protocol.constants import Errno
+from ..protocol.constants import HEADER_SIZE, Errno
 from .dispatch import Dispatcher
 from .locks import LockTable
 from .session import Export, Limits, Session
@@ -98,6 +97,9 @@ class Connection:
         self._room = trio.Event()
         self._closing = False
         self._socket = getattr(stream, "socket", None)  # trio.SocketStream: use sendmsg
+        # The stdlib socket under trio's (non-blocking already) for the direct send.
+        self._raw_socket = getattr(self._socket, "_sock", None)
+        self._writer_busy = False
         self.requests_served = 0
 
     # --- lifetime ------------------------------------------------------------------------
@@ -134,6 +136,83 @@ class Connection:
 
     # --- reading -------------------------------------------------------------------------
     async def _read_loop(self) -> None:
+        if self._raw_socket is not None:
+            await self._read_socket()
+        else:
+            await self._read_stream()
+
+    async def _read_socket(self) -> None:
+        """recv_into one reused buffer; a frame bigger than it (a 1 MiB Twrite) gets
+        a buffer of its own that the socket fills directly, and that becomes the
+        message's payload without another copy."""
+        sock = self._raw_socket
+        buffer = bytearray(_RECEIVE_SIZE)
+        view = memoryview(buffer)
+        start = end = 0
+        while True:
+            while end - start >= 4:
+                size = int.from_bytes(view[start:start + 4], "little")
+                if size < HEADER_SIZE or size > self._frames.msize:
+                    log.warning("%s: malformed frame, closing: size field %d outside 7..%d",
+                                self.name, size, self._frames.msize)
+                    return
+                if end - start < size:
+                    break
+                if not await self._take_frame(bytes(view[start:start + size])):
+                    return
+                start += size
+            if start == end:
+                start = end = 0
+            elif end - start >= 4 and int.from_bytes(view[start:start + 4], "little") > len(buffer):
+                size = int.from_bytes(view[start:start + 4], "little")
+                frame = bytearray(size)
+                frame[:end - start] = view[start:end]
+                if not await self._fill(memoryview(frame)[end - start:]):
+                    return
+                start = end = 0
+                if not await self._take_frame(frame):
+                    return
+                continue
+            elif len(buffer) - end < 4096:
+                view[:end - start] = view[start:end]  # make room: move the partial frame down
+                start, end = 0, end - start
+            try:
+                received = sock.recv_into(view[end:])
+            except (BlockingIOError, InterruptedError):
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                return
+            if received == 0:
+                return
+            end += received
+            await trio.lowlevel.checkpoint()  # a busy client must not starve the others
+
+    async def _fill(self, target: memoryview) -> bool:
+        sock = self._raw_socket
+        while len(target):
+            try:
+                received = sock.recv_into(target)
+            except (BlockingIOError, InterruptedError):
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                return False
+            if received == 0:
+                return False
+            target = target[received:]
+        return True
+
+    async def _take_frame(self, frame) -> bool:
+        try:
+            msg = decode(frame)
+        except ProtocolError as exc:
+            log.warning("%s: malformed frame, closing: %s", self.name, exc)
+            return False
+        await self._accept(msg)
+        return True
+
+    async def _read_stream(self) -> None:
         frames = self._frames
         while True:
             try:
@@ -221,6 +300,22 @@ class Connection:
             size = sum(map(len, buffers))
         if self.trace:
             trace_log.info("%s -> %s", self.name, describe(reply))
+        if (not self._out and not self._writer_busy and not self._requests
+                and self._raw_socket is not None):
+            # Nothing queued, nothing being sent, no other reply about to be queued
+            # (with more in flight, the writer batches them): try the socket now (one
+            # non-blocking syscall, no await, so nothing can cut the frame) and save
+            # the hop to the writer task. What does not fit goes to the writer.
+            try:
+                sent = self._raw_socket.sendmsg(buffers)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the writer will meet the error and end the connection
+            if sent == size:
+                return
+            buffers = _unsent(buffers, sent)
+            size -= sent
         self._out += buffers
         self._out_bytes += size
         self._out_ready.set()
@@ -235,12 +330,15 @@ class Connection:
                 continue
             buffers, self._out = self._out, []
             size = sum(map(len, buffers))
+            self._writer_busy = True
             try:
                 await self._send(buffers)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("%s: send failed: %s", self.name, exc)
                 connection_scope.cancel()
                 return
+            finally:
+                self._writer_busy = False
             self._out_bytes -= size
             self._room.set()
             if self._closing and not self._out:
@@ -255,17 +353,17 @@ class Connection:
         while views:
             batch = views[:_IOV_MAX]
             sent = await sock.sendmsg(batch)
-            # Drop what went out; keep the unsent tail of a partly sent buffer.
-            index = 0
-            while index < len(batch) and sent >= len(batch[index]):
-                sent -= len(batch[index])
-                index += 1
-            if index < len(batch) and sent:
-                views[index] = views[index][sent:]
-            del views[:index]
+            views[:len(batch)] = _unsent(batch, sent)
 
 
-def connection_error_is_quiet(exc: BaseException) -> bool:
-    """Errors that only mean the peer went away."""
-    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)) or (
-        isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE))
+def _unsent(buffers: list, sent: int) -> list:
+    """What is left of ``buffers`` after ``sent`` bytes went out (a partly sent
+    buffer keeps its unsent tail)."""
+    index = 0
+    while index < len(buffers) and sent >= len(buffers[index]):
+        sent -= len(buffers[index])
+        index += 1
+    rest = buffers[index:]
+    if rest and sent:
+        rest[0] = memoryview(rest[0])[sent:]
+    return rest

@@ -101,6 +101,7 @@ async def _unix(url: str, rest: str) -> list[Endpoint]:
     path = urlsplit(url).path or rest
     if not path:
         raise ListenError(f"{url}: expected unix:///PATH")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     _remove_stale_socket(path)
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     try:
