@@ -38,8 +38,9 @@ class _BytesHandle(Handle):
         super().__init__(ctx)
         self.content = content
 
-    async def read(self, offset: int, count: int) -> bytes:
-        return self.content[offset:offset + count]
+    async def read(self, offset: int, count: int) -> bytes | memoryview:
+        # A view, not a slice: the codec sends it without copying (content is immutable).
+        return memoryview(self.content)[offset:offset + count]
 
 
 class StaticFile(Node):
