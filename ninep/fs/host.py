@@ -44,11 +44,14 @@ from .identity import needs_switch, run_as
 T = TypeVar("T")
 
 O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-# Reads/writes at least this large run in a worker thread; smaller ones inline.
-# benchmarks/host_inline.py measured the crossover (docs/host-export.md).
-THREAD_IO_MIN = 256 * 1024
+# Writes (and reads where RWF_NOWAIT is unsupported) at least this large run in a
+# worker thread. benchmarks/host_inline.py: a thread hop costs 150-400 µs here, a
+# cached 1 MiB pread ~40 µs, so only transfers beyond any usual msize leave the loop.
+THREAD_IO_MIN = 1 << 20
 _DIR_BUFSIZE_MAX = 256 * 1024
-_MODE_TO_DIRENT_SHIFT = 12  # DT_* == S_IFMT(mode) >> 12 on Linux
+_MODE_TO_DIRENT_SHIFT = 12
+_VALID_BASIC = int(GetattrMask.BASIC)  # plain ints: IntFlag arithmetic is slow on a hot path
+_VALID_WITH_BTIME = int(GetattrMask.BASIC | GetattrMask.BTIME)  # DT_* == S_IFMT(mode) >> 12 on Linux
 _ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
@@ -108,16 +111,18 @@ class HostFile(File):
 
     def __init__(self, fs: HostFilesystem, node: FdRef, parent: FdRef | None,
                  name: str | None, creds: Credentials, *, is_root: bool,
-                 st: os.stat_result, io: FdRef | None = None) -> None:
+                 st: os.stat_result, io: FdRef | None = None,
+                 switch: bool | None = None) -> None:
         self._fs = fs
         self._node = node
         self._parent = parent  # None: root, or not known yet (reached by "..")
         self._name = name
         self._creds = creds
-        self._switch = needs_switch(creds)
+        self._switch = needs_switch(creds) if switch is None else switch
         self._is_root = is_root
         self._fmt = stat.S_IFMT(st.st_mode)
         self._io = io
+        self._nowait_reads = True
         self.qid = fs.qids.qid_of(st)
 
     # --- helpers ----------------------------------------------------------------
@@ -139,7 +144,7 @@ class HostFile(File):
             parent.release()
             parent, name = None, ""
         return HostFile(self._fs, node, parent, name, self._creds, is_root=is_root,
-                        st=st, io=io)
+                        st=st, io=io, switch=self._switch)
 
     # --- navigation ------------------------------------------------------------------
     async def walk(self, names: Sequence[str]) -> tuple[list[Qid], "HostFile | None"]:
@@ -204,7 +209,8 @@ class HostFile(File):
     async def clone(self) -> "HostFile":
         parent = self._parent.acquire() if self._parent is not None else None
         return HostFile(self._fs, self._node.acquire(), parent, self._name, self._creds,
-                        is_root=self._is_root, st=os.stat(self._node.fd))
+                        is_root=self._is_root, st=os.stat(self._node.fd),
+                        switch=self._switch)
 
     # --- open files ----------------------------------------------------------------
     async def open(self, flags: int) -> int:
@@ -260,10 +266,32 @@ class HostFile(File):
         st = apply_creation_attrs(path_fd, os.stat(fd), mode, gid)
         return self._new_file(FdRef(path_fd), self._node.acquire(), name, st, FdRef(fd))
 
-    async def read(self, offset: int, count: int) -> bytes:
-        if count >= THREAD_IO_MIN:
-            return await self._threaded_io(os.pread, count, offset)
-        return os.pread(self._io_fd(), count, offset)
+    async def read(self, offset: int, count: int) -> bytes | memoryview:
+        """Page-cache hits are read inline (RWF_NOWAIT never blocks on the disk);
+        only what would wait for the device goes to a worker thread. Measured in
+        docs/host-export.md: a thread hop costs more than a whole 1 MiB cached read."""
+        fd = self._io_fd()
+        if count <= 0:
+            return b""
+        if not self._nowait_reads:
+            if count >= THREAD_IO_MIN:
+                return await self._threaded_io(os.pread, count, offset)
+            return os.pread(fd, count, offset)
+        buf = bytearray(count)
+        try:
+            got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            got = 0
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self._nowait_reads = False  # this host filesystem cannot say "would block"
+            return await self.read(offset, count)
+        view = memoryview(buf)
+        if got == count or offset + got >= os.fstat(fd).st_size:
+            return view[:got]
+        rest = await self._threaded_io(os.preadv, [view[got:]], offset + got)
+        return view[:got + rest]
 
     async def write(self, offset: int, data: memoryview) -> int:
         self._fs.check_writable()
@@ -323,7 +351,7 @@ class HostFile(File):
         qid = self._fs.qids.qid(sx.mode, sx.dev, sx.ino,
                                 sx.mtime[0] * 1_000_000_000 + sx.mtime[1], sx.size)
         self.qid = qid
-        has_btime = bool(sx.mask & hostsys.STATX_BTIME)
+        has_btime = sx.mask & hostsys.STATX_BTIME
         return Attr(
             qid=qid, mode=sx.mode, uid=sx.uid, gid=sx.gid, nlink=sx.nlink, rdev=sx.rdev,
             size=sx.size, blksize=sx.blksize, blocks=sx.blocks,
@@ -332,7 +360,7 @@ class HostFile(File):
             ctime_sec=sx.ctime[0], ctime_nsec=sx.ctime[1],
             btime_sec=sx.btime[0] if has_btime else 0,
             btime_nsec=sx.btime[1] if has_btime else 0,
-            valid=GetattrMask.BASIC | (GetattrMask.BTIME if has_btime else 0))
+            valid=_VALID_WITH_BTIME if has_btime else _VALID_BASIC)
 
     def _getattr_fstat(self) -> Attr:
         st = os.stat(self._node.fd)
@@ -344,7 +372,7 @@ class HostFile(File):
             atime_sec=st.st_atime_ns // 10**9, atime_nsec=st.st_atime_ns % 10**9,
             mtime_sec=st.st_mtime_ns // 10**9, mtime_nsec=st.st_mtime_ns % 10**9,
             ctime_sec=st.st_ctime_ns // 10**9, ctime_nsec=st.st_ctime_ns % 10**9,
-            valid=GetattrMask.BASIC)
+            valid=_VALID_BASIC)
 
     async def setattr(self, attr: SetAttr) -> None:
         self._fs.check_writable()

@@ -14,7 +14,7 @@ import os
 import platform
 import struct
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -29,6 +29,9 @@ STATX_BTIME = 0x800
 
 # Raw syscall numbers, only where a glibc wrapper would do the wrong thing.
 _SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159}.get(platform.machine())
+_SYS_CAPGET = {"x86_64": 125, "aarch64": 90}.get(platform.machine())
+_SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(platform.machine())
+_CAP_VERSION_3 = 0x20080522
 
 
 def _check(result: int, what: str) -> int:
@@ -47,8 +50,11 @@ _STATX_BUFSIZE = 256
 _statx_fn = getattr(_libc, "statx", None)
 
 
-@dataclass(frozen=True, slots=True)
-class StatxResult:
+class StatxResult(NamedTuple):
+    """The fields of struct statx the host export uses; times are (sec, nsec).
+    A NamedTuple: getattr is hot, and tuples build several times faster than
+    frozen dataclasses."""
+
     mask: int
     blksize: int
     nlink: int
@@ -77,11 +83,9 @@ def statx_fd(fd: int) -> StatxResult | None:
     (mask, blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks, _amask,
      a_s, a_ns, _r1, b_s, b_ns, _r2, c_s, c_ns, _r3, m_s, m_ns, _r4,
      rdev_major, rdev_minor, dev_major, dev_minor) = _STATX.unpack_from(buf.raw)
-    return StatxResult(
-        mask=mask, blksize=blksize, nlink=nlink, uid=uid, gid=gid, mode=mode, ino=ino,
-        size=size, blocks=blocks, atime=(a_s, a_ns), btime=(b_s, b_ns),
-        ctime=(c_s, c_ns), mtime=(m_s, m_ns),
-        rdev=os.makedev(rdev_major, rdev_minor), dev=os.makedev(dev_major, dev_minor))
+    return StatxResult(mask, blksize, nlink, uid, gid, mode, ino, size, blocks,
+                       (a_s, a_ns), (b_s, b_ns), (c_s, c_ns), (m_s, m_ns),
+                       os.makedev(rdev_major, rdev_minor), os.makedev(dev_major, dev_minor))
 
 
 # --- getdents64 --------------------------------------------------------------------
@@ -199,3 +203,31 @@ def set_thread_groups(groups: Sequence[int]) -> None:
         raise OSError(38, f"setgroups syscall number unknown on {platform.machine()}")
     array = (ctypes.c_uint * max(len(groups), 1))(*groups)
     _check(_libc.syscall(_SYS_SETGROUPS, len(groups), array), "setgroups")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def get_thread_caps() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """This thread's (effective, permitted, inheritable) capability words, low then high."""
+    if _SYS_CAPGET is None:
+        raise OSError(38, f"capget syscall number unknown on {platform.machine()}")
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.syscall(_SYS_CAPGET, ctypes.byref(header), data), "capget")
+    return tuple((d.effective, d.permitted, d.inheritable) for d in data)  # type: ignore
+
+
+def set_thread_caps(caps: tuple[tuple[int, int, int], tuple[int, int, int]]) -> None:
+    """capset for the calling thread only (capabilities are per-thread in Linux)."""
+    if _SYS_CAPSET is None:
+        raise OSError(38, f"capset syscall number unknown on {platform.machine()}")
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)(*(_CapData(*words) for words in caps))
+    _check(_libc.syscall(_SYS_CAPSET, ctypes.byref(header), data), "capset")

@@ -53,21 +53,29 @@ def run_as(creds: Credentials, fn: Callable[..., T], *args) -> T:
     """Call ``fn(*args)`` in this thread as ``creds``, then restore the server identity.
 
     Must run in a worker thread (never the event loop's) -- the identity is the
-    calling thread's. If switching fails nothing runs: acting as root by mistake is
-    the one outcome this must never produce.
+    calling thread's. Besides fsuid/fsgid/groups, the thread's *effective*
+    capabilities are emptied for the call: setfsuid only drops the filesystem ones,
+    and a guest user must not keep CAP_MKNOD (device nodes), CAP_SYS_ADMIN (trusted.*
+    xattrs), CAP_SETFCAP (file capabilities) or CAP_LINUX_IMMUTABLE. If switching
+    fails nothing runs: acting as root by mistake must never happen.
     """
     if creds.uid is None:
         raise ValueError("run_as needs a numeric uid")
     gid = creds.gid if creds.gid is not None else primary_gid(creds.uid)
+    saved_caps = hostsys.get_thread_caps()
     try:
         hostsys.set_thread_groups(creds.groups)
         hostsys.setfsgid(gid)
         hostsys.setfsuid(creds.uid)
         if hostsys.current_fsuid() != creds.uid or hostsys.current_fsgid() != gid:
             raise PermissionError(1, "could not switch to the guest's identity")
+        (_, permitted_lo, inheritable_lo), (_, permitted_hi, inheritable_hi) = saved_caps
+        hostsys.set_thread_caps(((0, permitted_lo, inheritable_lo),
+                                 (0, permitted_hi, inheritable_hi)))
         return fn(*args)
     finally:
-        # fsuid first: back to 0 restores the capabilities needed for the rest.
+        # Capabilities first: restoring the group list needs CAP_SETGID.
+        hostsys.set_thread_caps(saved_caps)
         hostsys.setfsuid(0)
         hostsys.setfsgid(_SERVER_GID)
         hostsys.set_thread_groups(_SERVER_GROUPS)

@@ -143,3 +143,37 @@ async def test_squash_forces_the_identity(export):
     await root.close()
     await fs.aclose()
     assert os.lstat(export / "squashed").st_uid == 1000
+
+
+async def test_user_can_hard_link_own_file(user_root, export):
+    f, _ = await user_root.create("mine", OpenFlags.RDWR, 0o644, 1000)
+    await user_root.link(f, "alias")  # no CAP_DAC_READ_SEARCH: the /proc route
+    await f.close()
+    assert os.lstat(export / "alias").st_ino == os.lstat(export / "mine").st_ino
+
+
+async def test_user_xattrs_follow_permissions(user_root, export):
+    (export / "rootfile").write_bytes(b"")
+    f, _ = await user_root.create("mine", OpenFlags.RDWR, 0o644, 1000)
+    await f.xattr_set("user.tag", b"v", 0)
+    assert await f.xattr_get("user.tag") == b"v"
+    await f.close()
+    theirs = await walk_to(user_root, "rootfile")
+    with raises_errno(errno.EACCES, errno.EPERM):
+        await theirs.xattr_set("user.tag", b"v", 0)
+    with raises_errno(errno.EPERM):
+        await theirs.xattr_set("trusted.tag", b"v", 0)
+    await theirs.close()
+
+
+async def test_user_cannot_make_device_nodes(user_root, export):
+    with raises_errno(errno.EPERM):
+        await user_root.mknod("null", stat.S_IFCHR | 0o666, 1, 3, 1000)
+    assert not (export / "null").exists()
+
+
+async def test_capabilities_restored_after_user_operations(user_root):
+    before = hostsys.get_thread_caps()
+    for _ in range(4):
+        await (await walk_to(user_root, "d")).close()
+        assert await trio.to_thread.run_sync(hostsys.get_thread_caps) == before

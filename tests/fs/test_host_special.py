@@ -190,3 +190,42 @@ async def test_no_fd_leaks(root):
         await root.mkdir("y", 0o755, 0)
         await root.unlinkat("y", AT_REMOVEDIR)
     assert open_fd_count() == before
+
+
+async def test_uncached_read_goes_to_a_worker_and_is_complete(root, export, monkeypatch):
+    data = os.urandom(512 * 1024)
+    (export / "cold").write_bytes(data)
+    fd = os.open(export / "cold", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # evict it from the page cache
+    finally:
+        os.close(fd)
+    hops = []
+    real = host_module.HostFile._threaded_io
+
+    async def counting(self, fn, *args):
+        hops.append(fn)
+        return await real(self, fn, *args)
+
+    monkeypatch.setattr(host_module.HostFile, "_threaded_io", counting)
+    async with walked(root, "cold", OpenFlags.RDONLY) as f:
+        assert bytes(await f.read(0, len(data))) == data
+        hops_cold = len(hops)
+        assert bytes(await f.read(0, len(data))) == data  # cached now: inline
+        assert bytes(await f.read(len(data) - 10, 100)) == data[-10:]  # short at EOF: inline
+    if hops_cold == 0:
+        pytest.skip("page cache could not be dropped for the file here")
+    assert len(hops) == hops_cold
+
+
+async def test_read_without_nowait_support_falls_back(root, export, monkeypatch):
+    (export / "f").write_bytes(b"x" * 5000)
+
+    def no_nowait(*args):
+        raise OSError(errno.EOPNOTSUPP, "no RWF_NOWAIT here")
+
+    monkeypatch.setattr(os, "preadv", no_nowait)
+    async with walked(root, "f", OpenFlags.RDONLY) as f:
+        assert bytes(await f.read(0, 10000)) == b"x" * 5000
+        assert bytes(await f.read(4990, 100)) == b"x" * 10
