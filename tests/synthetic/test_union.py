@@ -121,3 +121,15 @@ async def test_host_export_with_synthetic_run_host(tmp_path):
         await root.close()
     finally:
         await union.aclose()
+
+
+async def test_nested_mounts_and_dotdot_between_them():
+    inner = Directory({"deep": b"inner\n"})
+    outer = Directory({"file": b"outer\n", "b": {}})
+    union = UnionFilesystem(ram_base(), {"run/a": outer, "run/a/b": inner})
+    root = await union.attach("", SERVER_CREDS)
+    assert await read_all(root, "run/a/b/deep") == b"inner\n"
+    assert await read_all(root, "run/a/b/../file") == b"outer\n"
+    assert await read_all(root, "run/a/b/../../../etc/hostname") == b"base\n"
+    assert set(await list_dir(root, "run/a")) == {".", "..", "file", "b"}
+    assert (await list_dir(root, "run/a"))["b"].qid == (await walk(root, "run/a/b")).qid
