@@ -65,12 +65,13 @@ class LockManager:
 
 
 class _Request:
-    __slots__ = ("tag", "scope", "done")
+    __slots__ = ("tag", "scope", "done", "reply_bytes")
 
-    def __init__(self, tag: int) -> None:
+    def __init__(self, tag: int, reply_bytes: int = 0) -> None:
         self.tag = tag
         self.scope = trio.CancelScope()
         self.done = trio.Event()
+        self.reply_bytes = reply_bytes  # what its reply may add to the output buffer
 
 
 class Connection:
@@ -93,6 +94,7 @@ class Connection:
         self._read_scope = trio.CancelScope()
         self._out: list = []
         self._out_bytes = 0  # queued + being sent
+        self._promised = 0  # bulk reply bytes of requests still running
         self._out_ready = trio.Event()
         self._room = trio.Event()
         self._closing = False
@@ -240,13 +242,18 @@ class Connection:
         if tag in self._requests:
             self.queue_reply(m.Rlerror(tag, Errno.EINVAL))  # duplicate tag in flight
             return
-        request = self._requests[tag] = _Request(tag)
+        # Bulk replies count against the output buffer from the moment they are
+        # asked for: 64 pipelined 1 MiB Treads must not queue 64 MiB.
+        promised = min(msg.count, self.session.msize) if isinstance(msg, (m.Tread, m.Treaddir)) else 0
+        request = self._requests[tag] = _Request(tag, promised)
+        self._promised += promised
         if isinstance(msg, m.Tflush):
             self._nursery.start_soon(self._flush, msg, request)
         else:
             self._nursery.start_soon(self._serve, msg, request)
         limits = self.limits
-        while len(self._requests) >= limits.max_in_flight or self._out_bytes >= limits.max_buffered:
+        while (len(self._requests) >= limits.max_in_flight
+               or self._out_bytes + self._promised >= limits.max_buffered):
             self._room = trio.Event()
             await self._room.wait()
 
@@ -257,6 +264,7 @@ class Connection:
                 reply = await self.dispatcher.handle(msg)
         finally:
             del self._requests[request.tag]
+            self._promised -= request.reply_bytes
             if reply is not None and not self._closing:
                 self.queue_reply(reply)
             request.done.set()  # after the reply is queued: Rflush must come behind it

@@ -48,8 +48,8 @@ def _split_host_port(rest: str, url: str) -> tuple[str, int]:
         host, sep, port = rest[1:].partition("]:")
     else:
         host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ListenError(f"{url}: expected HOST:PORT")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ListenError(f"{url}: expected HOST:PORT (port 0-65535)")
     return host, int(port)
 
 

@@ -76,8 +76,9 @@ class Server:
             for url in urls:
                 endpoints += await open_endpoints(url)
         except BaseException:
-            for endpoint in endpoints:
-                await (endpoint.listener or endpoint.stream).aclose()
+            with trio.CancelScope(shield=True):
+                for endpoint in endpoints:
+                    await (endpoint.listener or endpoint.stream).aclose()
             raise
         self.addresses = [e.address for e in endpoints]
         try:
@@ -95,14 +96,13 @@ class Server:
                     task_status.started(self)
                     await self._shutdown.wait()
                     acceptors.cancel_scope.cancel()
-                for endpoint in endpoints:
-                    if endpoint.listener is not None:
-                        await endpoint.listener.aclose()
+                await _close_listeners(endpoints)
                 for connection in list(self.connections):
                     connection.stop_reading()
                 handlers.cancel_scope.deadline = trio.current_time() + self.grace_period
         finally:
             with trio.CancelScope(shield=True):
+                await _close_listeners(endpoints)
                 for export in self.exports.values():
                     try:
                         await export.filesystem.aclose()
@@ -142,6 +142,12 @@ class Server:
         self._single_streams -= 1
         if self._single_streams == 0 and self._listeners == 0:
             self.shutdown()
+
+
+async def _close_listeners(endpoints: list[Endpoint]) -> None:
+    for endpoint in endpoints:
+        if endpoint.listener is not None:
+            await endpoint.listener.aclose()  # idempotent
 
 
 def _peer_name(stream: trio.abc.Stream, endpoint: Endpoint) -> str:
