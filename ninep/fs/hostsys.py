@@ -13,8 +13,7 @@ import ctypes
 import os
 import platform
 import struct
-from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -96,8 +95,7 @@ _getdents_fn = getattr(_libc, "getdents64", None)
 _U64 = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
-class RawDirent:
+class RawDirent(NamedTuple):
     ino: int
     next_cookie: int  # d_off as an unsigned 64-bit value: seek here to read what follows
     dtype: int
@@ -117,18 +115,20 @@ def read_dir_chunk(fd: int, cookie: int, bufsize: int) -> list[RawDirent]:
     os.lseek(fd, signed, os.SEEK_SET)
     buf = ctypes.create_string_buffer(bufsize)
     length = _check(_getdents_fn(fd, buf, bufsize), "getdents64")
-    raw = buf.raw[:length]
-    return list(_parse_dirents(raw))
+    return _parse_dirents(ctypes.string_at(buf, length))
 
 
-def _parse_dirents(raw: bytes) -> Iterator[RawDirent]:
-    pos = 0
-    while pos < len(raw):
-        ino, off, reclen, dtype = _DIRENT64.unpack_from(raw, pos)
-        name_bytes = raw[pos + _DIRENT64.size: pos + reclen]
-        name = os.fsdecode(name_bytes[: name_bytes.index(0)])
-        yield RawDirent(ino, off & _U64, dtype, name)
+def _parse_dirents(raw: bytes) -> list[RawDirent]:
+    out = []
+    append, unpack, make = out.append, _DIRENT64.unpack_from, RawDirent._make
+    header, end, pos = _DIRENT64.size, len(raw), 0
+    while pos < end:
+        ino, off, reclen, dtype = unpack(raw, pos)
+        name_start = pos + header
+        name = raw[name_start: raw.index(0, name_start)].decode("utf-8", "surrogateescape")
+        append(make((ino, off & _U64, dtype, name)))
         pos += reclen
+    return out
 
 
 # --- *at calls with AT_EMPTY_PATH / UTIME_* ------------------------------------------

@@ -229,3 +229,29 @@ async def test_read_without_nowait_support_falls_back(root, export, monkeypatch)
     async with walked(root, "f", OpenFlags.RDONLY) as f:
         assert bytes(await f.read(0, 10000)) == b"x" * 5000
         assert bytes(await f.read(4990, 100)) == b"x" * 10
+
+
+async def test_dt_unknown_entries_are_lstat_ed(root, export, monkeypatch):
+    os.symlink("d", export / "ln")
+    real = hostsys.read_dir_chunk
+
+    def without_types(fd, cookie, bufsize):
+        return [raw._replace(dtype=0) for raw in real(fd, cookie, bufsize)]
+
+    monkeypatch.setattr(hostsys, "read_dir_chunk", without_types)
+    async with walked(root, "", OpenFlags.RDONLY) as d:
+        types = {e.name: e.type for e in await list_dir(d)}
+    assert (types["d"], types["ln"]) == (4, 10)
+
+
+async def test_readdir_qids_match_walk_for_every_entry(root, export):
+    (export / "file").write_bytes(b"")
+    os.symlink("file", export / "sym")
+    async with walked(root, "", OpenFlags.RDONLY) as d:
+        entries = await list_dir(d)
+    for e in entries:
+        if e.name in (".", ".."):
+            continue
+        f = await walk_to(root, e.name)
+        assert (e.qid.path, e.qid.type) == (f.qid.path, f.qid.type), e.name
+        await f.close()
