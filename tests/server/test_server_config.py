@@ -1,0 +1,64 @@
+"""YAML export configs: the shipped files load; every error names file, line and key."""
+
+from pathlib import Path
+
+import pytest
+
+from ninep.config import ConfigError, load_config, parse_config, parse_size, parse_squash
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_configs_load():
+    root = load_config(str(REPO / "exports/guest-root.yaml"))
+    assert [e.name for e in root.exports] == ["root"]
+    assert root.exports[0].read_only is False and root.exports[0].squash is None
+    assert root.msize == 1 << 20
+    assert any(url.startswith("unix://") and url.endswith("_564") for url in root.listen)
+    share = load_config(str(REPO / "exports/readonly-share.yaml"))
+    assert share.exports[0].read_only is True
+    assert share.exports[0].squash == (65534, 65534)
+
+
+def test_several_exports_keep_their_order():
+    config = parse_config("""
+exports:
+  first: {path: /a}
+  second: {path: /b, read_only: true, squash: "1:30"}
+""")
+    assert [(e.name, e.path, e.read_only, e.squash) for e in config.exports] == [
+        ("first", "/a", False, None), ("second", "/b", True, (1, 30))]
+
+
+@pytest.mark.parametrize("text, where", [
+    ("exports:\n  root:\n    pth: /x\n", "f.yaml:3: exports.root.pth: unknown key"),
+    ("exports:\n  root:\n    read_only: true\n", "f.yaml:2: exports.root.path: missing"),
+    ("exports:\n  root:\n    path: /x\n    read_only: maybe\n", "f.yaml:4: exports.root.read_only: expected true or false"),
+    ("exports:\n  root:\n    path: /x\n    squash: root\n", "f.yaml:4: exports.root.squash: squash must be UID:GID"),
+    ("exports:\n  root:\n    path: [a, b]\n", "f.yaml:3: exports.root.path: expected a single value"),
+    ("listen: 5640\nexports: {a: {path: /}}\n", "f.yaml:1: listen: expected a non-empty string"),
+    ("listen:\n  - tcp://x:1\n  - nonsense\nexports: {a: {path: /}}\n", "f.yaml:3: listen: 'nonsense' is not a URL"),
+    ("msize: 1000\nexports: {a: {path: /}}\n", "f.yaml:1: msize: must be at least 4096"),
+    ("exprots:\n  a: {path: /}\n", "f.yaml:1: exprots: unknown key"),
+    ("listen: [tcp://x:1]\n", "f.yaml:1: exports: at least one export is required"),
+    ("exports: [/a]\n", "f.yaml:1: exports: expected a mapping"),
+    ("exports:\n  a: {path: /}\n   b: 1\n", "f.yaml:3: not valid YAML"),
+    ("", "f.yaml:1: exports: the file is empty"),
+])
+def test_errors_name_file_line_and_key(text, where):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "f.yaml")
+    assert str(info.value).startswith(where), str(info.value)
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_sizes_and_squash():
+    assert parse_size("1M") == 1 << 20 and parse_size("64K") == 65536 and parse_size(8192) == 8192
+    assert parse_squash("1000:100") == (1000, 100)
+    for bad in ("1000", "a:b", "-1:0"):
+        with pytest.raises(ValueError):
+            parse_squash(bad)
