@@ -49,11 +49,17 @@ def needs_switch(creds: Credentials) -> bool:
     return not (creds.uid == 0 and gid == _SERVER_GID)
 
 
+@lru_cache(maxsize=1)
+def _server_caps():
+    """The capabilities every server thread has (threads inherit the process's)."""
+    return hostsys.get_thread_caps()
+
+
 def run_as(creds: Credentials, fn: Callable[..., T], *args) -> T:
     """Call ``fn(*args)`` in this thread as ``creds``, then restore the server identity.
 
-    Must run in a worker thread (never the event loop's) -- the identity is the
-    calling thread's. Besides fsuid/fsgid/groups, the thread's *effective*
+    The identity is the calling thread's: run it in a worker thread, or on the
+    event-loop thread only around code that cannot yield to other tasks. Besides fsuid/fsgid/groups, the thread's *effective*
     capabilities are emptied for the call: setfsuid only drops the filesystem ones,
     and a guest user must not keep CAP_MKNOD (device nodes), CAP_SYS_ADMIN (trusted.*
     xattrs), CAP_SETFCAP (file capabilities) or CAP_LINUX_IMMUTABLE. If switching
@@ -62,7 +68,7 @@ def run_as(creds: Credentials, fn: Callable[..., T], *args) -> T:
     if creds.uid is None:
         raise ValueError("run_as needs a numeric uid")
     gid = creds.gid if creds.gid is not None else primary_gid(creds.uid)
-    saved_caps = hostsys.get_thread_caps()
+    saved_caps = _server_caps()
     try:
         hostsys.set_thread_groups(creds.groups)
         hostsys.setfsgid(gid)

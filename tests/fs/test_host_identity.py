@@ -11,11 +11,22 @@ import trio
 from conformance.helpers import raises_errno, walk_to
 from ninep.fs import hostsys
 from ninep.fs.backend import Credentials, SetAttr
+from ninep.fs.host import HostFilesystem
 from ninep.protocol.constants import OpenFlags, SetattrMask
 
 pytestmark = pytest.mark.root
 
 USER = Credentials(1000, 1000, ())
+
+
+@pytest.fixture(params=["worker", "inline"])
+async def hostfs(request, export):
+    """Both ways of switching identity: in a worker thread, or on the loop thread."""
+    fs = HostFilesystem(str(export), identity_inline=request.param == "inline")
+    yield fs
+    await fs.aclose()
+    # Whichever thread did the work, the event loop's thread is the server again.
+    assert (hostsys.current_fsuid(), hostsys.current_fsgid()) == (0, os.getegid())
 
 
 @pytest.fixture
@@ -136,7 +147,6 @@ async def test_identity_restored_and_root_unaffected(hostfs, user_root, export):
 
 
 async def test_squash_forces_the_identity(export):
-    from ninep.fs.host import HostFilesystem
     fs = HostFilesystem(str(export), squash=(1000, 1000))
     root = await fs.attach("", Credentials(0, 0, ()))
     await root.mkdir("squashed", 0o755, 0)
@@ -177,3 +187,9 @@ async def test_capabilities_restored_after_user_operations(user_root):
     for _ in range(4):
         await (await walk_to(user_root, "d")).close()
         assert await trio.to_thread.run_sync(hostsys.get_thread_caps) == before
+        assert hostsys.get_thread_caps() == before
+    d = await walk_to(user_root, "d")
+    with raises_errno(errno.EACCES):  # a failing operation restores too
+        await d.mkdir("x", 0o755, 1000)
+    await d.close()
+    assert hostsys.get_thread_caps() == before
