@@ -36,8 +36,8 @@ __all__ = [
 ]
 
 _SIZE = struct.Struct("<I")
-_HEADER = struct.Struct("<IBH")
 HEADER_SIZE = schema.HEADER_SIZE
+check_header = schema.check_header
 
 
 def _type_name(type_byte: int) -> str:
@@ -54,17 +54,6 @@ def unknown_type(type_byte: int) -> ProtocolError:
     return ProtocolError(f"unknown message type {type_byte}")
 
 
-def check_header(frame) -> tuple[int, int, int]:
-    """(size, type, tag) of ``frame`` after checking the size field against its length."""
-    length = len(frame)
-    if length < HEADER_SIZE:
-        raise ProtocolError(f"frame of {length} bytes is shorter than the 7-byte header")
-    size, type_byte, tag = _HEADER.unpack_from(frame)
-    if size != length:
-        raise ProtocolError(f"size field {size} disagrees with the frame length {length}")
-    return size, type_byte, tag
-
-
 # --- the interpreted reference ---------------------------------------------------------
 
 def _field_of(path: str | None, skip: int = 2) -> str:
@@ -75,7 +64,8 @@ def _field_of(path: str | None, skip: int = 2) -> str:
 
 def decode_interpreted(frame) -> Message:
     """``decode`` done by construct's interpreter over ``schema.FRAME`` (slow, reference)."""
-    _size, type_byte, _tag = check_header(frame)
+    check_header(frame)
+    type_byte = frame[4]
     name = _type_name(type_byte)
     try:
         parsed = schema.FRAME.parse(frame)
@@ -121,16 +111,12 @@ _ENCODERS = fastpath.ENCODERS
 
 def decode(frame) -> Message:
     """One whole frame -> message. Raises ProtocolError for anything malformed."""
-    length = len(frame)
-    if length < HEADER_SIZE:
-        raise ProtocolError(f"frame of {length} bytes is shorter than the 7-byte header")
-    size, type_byte, tag = _HEADER.unpack_from(frame)
-    if size != length:
-        raise ProtocolError(f"size field {size} disagrees with the frame length {length}")
-    decoder = _DECODERS.get(type_byte)
-    if decoder is None:
-        raise unknown_type(type_byte)
-    return decoder(frame, length, tag)
+    try:
+        decoder = _DECODERS[frame[4]]
+    except (IndexError, KeyError):
+        check_header(frame)
+        raise unknown_type(frame[4]) from None
+    return decoder(frame)
 
 
 def encode(msg: Message) -> list:

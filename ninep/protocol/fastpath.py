@@ -13,8 +13,8 @@ text for the same bad frame, ValueError for unencodable messages); the hypothesi
 tests/protocol/test_fastpath_equivalence.py hold it to that. construct's own
 ``.compile()`` is not used: it is documented as unsafe for untrusted input.
 
-Decoders: ``decode_X(buf, end, tag) -> message`` for a frame whose header ``decode`` has
-checked; the body starts at offset 7. Encoders: ``encode_X(msg) -> list of buffers``.
+Decoders: ``decode_X(frame) -> message``, header checks included (``codec.decode`` only
+dispatches on the type byte). Encoders: ``encode_X(msg) -> list of buffers``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,19 @@ def _truncated(message_name: str, field_ends: tuple, available: int) -> Protocol
         if end_offset > available:
             return errors.in_message(message_name, field, errors.TRUNCATED)
     raise AssertionError("bounds check failed but every field fits")  # pragma: no cover
+
+
+def _truncated_array(message_name: str, element_ends: tuple, element_size: int,
+                     available: int) -> ProtocolError:
+    """Same, for an array of fixed-size elements: every element before the partial one
+    fits, so the culprit is a field of the element ``available % element_size`` cuts."""
+    return _truncated(message_name, element_ends, available % element_size)
+
+
+def _short_frame(frame, message_name: str, field_ends: tuple) -> ProtocolError:
+    """A frame too short for its first run: header problems first, as the interpreter."""
+    schema.check_header(frame)
+    return _truncated(message_name, field_ends, len(frame))
 
 
 def _encode_failed(message_name: str, exc: Exception) -> ValueError:
@@ -94,22 +107,46 @@ class _DecoderGenerator(_Generator):
         self.run: list[tuple[str, str, str]] = []  # (struct letter, variable, field path)
         self.end = "end"
         self.uses_view = False
+        self.header_pending = False
+
+    def start_frame(self) -> None:
+        """Read the header as the start of the first run: one unpack for both."""
+        self.run = [("I", "size", ""), ("B", "_type", ""), ("H", "tag", "")]
+        self.header_pending = True
+
+    def layout(self, run) -> tuple[struct.Struct, str, str]:
+        """The run's Struct, its name in the namespace, and the field-end table."""
+        layout = struct.Struct("<" + "".join(letter for letter, _, _ in run))
+        field_ends, offset = [], 0
+        for letter, _, field in run:
+            offset += struct.calcsize("<" + letter)
+            field_ends.append((offset, field))
+        return layout, self.constant(layout, "run"), self.constant(tuple(field_ends), "ends")
 
     def flush(self) -> None:
         """Emit one bounds check and one unpack_from for the pending fixed run."""
         if not self.run:
             return
-        layout = struct.Struct("<" + "".join(letter for letter, _, _ in self.run))
-        field_ends, offset = [], 0
-        for letter, _, field in self.run:
-            offset += struct.calcsize("<" + letter)
-            field_ends.append((offset, field))
-        run_struct = self.constant(layout, "run")
-        ends = self.constant(tuple(field_ends), "ends")
+        layout, run_struct, ends = self.layout(self.run)
+        targets = "".join(f"{variable}, " for _, variable, _ in self.run)
+        if self.header_pending:
+            self.emit("end = len(buf)")
+            self.emit(f"if {layout.size} > end: raise _short_frame(buf, {self.name}, {ends})")
+            self.emit(f"{targets}= {run_struct}.unpack_from(buf)")
+            self.emit("if size != end: _check_header(buf)")
+            self.emit(f"pos = {layout.size}")
+            self.header_pending = False
+            self.run = []
+            return
         self.emit(f"if pos + {layout.size} > {self.end}: "
                   f"raise _truncated({self.name}, {ends}, {self.end} - pos)")
-        targets = "".join(f"{variable}, " for _, variable, _ in self.run)
-        self.emit(f"{targets}= {run_struct}.unpack_from(buf, pos)")
+        if len(self.run) == 1 and layout.size <= 2:
+            # A lone u8/u16 (string lengths, mostly): indexing beats a struct call.
+            variable = self.run[0][1]
+            self.emit(f"{variable} = buf[pos]" if layout.size == 1 else
+                      f"{variable} = buf[pos] | buf[pos + 1] << 8")
+        else:
+            self.emit(f"{targets}= {run_struct}.unpack_from(buf, pos)")
         self.emit(f"pos += {layout.size}")
         self.run = []
 
@@ -161,6 +198,8 @@ class _DecoderGenerator(_Generator):
         count = self.length_prefix(con.count, path)
         self.emit(f"if {count} > {con.maximum}: "
                   f"{self.fail(path, f'_too_many_elements({count}, {con.maximum})')}")
+        if _is_fixed(con.element):
+            return self.fixed_array(con, count, path)
         items = self.fresh("items")
         self.emit(f"{items} = []")
         self.emit(f"for _ in range({count}):")
@@ -170,6 +209,22 @@ class _DecoderGenerator(_Generator):
         self.emit(f"{items}.append({element})")
         self.depth -= 1
         return f"tuple({items})"
+
+    def fixed_array(self, con, count: str, path: str) -> str:
+        """Fixed-size elements (Rwalk qids): one bounds check, one iter_unpack."""
+        element = self.value(con.element, path)
+        layout, run_struct, ends = self.layout(self.run)
+        variables = "".join(f"{variable}, " for _, variable, _ in self.run)
+        self.run = []
+        extent = self.fresh("extent")
+        self.emit(f"{extent} = {count} * {layout.size}")
+        self.emit(f"if pos + {extent} > {self.end}: raise _truncated_array("
+                  f"{self.name}, {ends}, {layout.size}, {self.end} - pos)")
+        items = self.fresh("items")
+        self.emit(f"{items} = tuple([{element} for {variables}in "
+                  f"{run_struct}.iter_unpack(buf[pos:pos + {extent}])])")
+        self.emit(f"pos += {extent}")
+        return items
 
     def payload(self, path: str) -> str:
         count = self.length_prefix(schema.u32, path)
@@ -202,14 +257,14 @@ class _DecoderGenerator(_Generator):
 def _generate_message_decoder(namespace: dict, type_byte: int) -> str:
     cls = MESSAGE_CLASSES[type_byte]
     gen = _DecoderGenerator(namespace, cls.__name__)
-    gen.emit(f"pos = {schema.HEADER_SIZE}")
+    gen.start_frame()
     members = [gen.value(sub, "") for sub in schema.BODIES[type_byte].subcons]
     gen.flush()
     gen.emit(f"if pos != end: raise _in_message({gen.name}, '', _TRAILING)")
     cls_name = gen.constant(cls, cls.__name__)
     gen.emit(f"return {cls_name}({', '.join(['tag', *members])})")
     function = f"decode_{cls.__name__}"
-    return _define(namespace, function, "buf, end, tag", gen.prologue() + gen.lines)
+    return _define(namespace, function, "buf", gen.prologue() + gen.lines)
 
 
 def _generate_dirent_decoder(namespace: dict) -> str:
@@ -354,6 +409,9 @@ def _define(namespace: dict, function: str, parameters: str, body: list[str]) ->
 def _build():
     namespace = {
         "_truncated": _truncated,
+        "_truncated_array": _truncated_array,
+        "_short_frame": _short_frame,
+        "_check_header": schema.check_header,
         "_in_message": errors.in_message,
         "_TRUNCATED": errors.TRUNCATED,
         "_NOT_UTF8": errors.NOT_UTF8,

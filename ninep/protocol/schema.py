@@ -248,6 +248,20 @@ HEADER = Struct("size" / u32, "type" / u8, "tag" / u16)
 HEADER_SIZE = 7
 
 
+def check_header(frame) -> None:
+    """Refuse a frame shorter than the header or whose size field is not its length.
+
+    Both decoders do this before anything else, so a frame cut short in transit is
+    reported as such and not as whichever field happened to be missing.
+    """
+    length = len(frame)
+    if length < HEADER_SIZE:
+        raise ProtocolError(f"frame of {length} bytes is shorter than the 7-byte header")
+    size = int.from_bytes(frame[:4], "little")
+    if size != length:
+        raise ProtocolError(f"size field {size} disagrees with the frame length {length}")
+
+
 def _body(*fields) -> Struct:
     return Struct(*fields)
 
