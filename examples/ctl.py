@@ -4,7 +4,7 @@
     mount -t 9p -o trans=tcp,port=5640,cache=none 127.0.0.1 /mnt/ctl
 
     /version       the ninep version
-    /connections   one line per live attach: id, aname, uid, seconds connected
+    /connections   one line per live attach: id, uid, seconds connected
     /self          this attach's own counters (per-connection state)
     /stats/<id>    any attach's counters, listed on demand
     /ctl           write "reset" to zero this attach's counters, "drop <id>" to forget one
@@ -51,11 +51,10 @@ def make_tree() -> Directory:
     tree = Directory()
     stats_files: dict[str, GeneratedFile] = {}  # one node per session: stable qids
 
-    def sessions() -> dict[int, Session]:
-        return tree.filesystem.sessions
-
-    def list_stats() -> dict[str, GeneratedFile]:
-        live = {str(i): s for i, s in sessions().items()}
+    # The export serving a request is the session's: this tree may be mounted inside
+    # another one (a union, a bigger tree), so never ask ``tree.filesystem``.
+    def list_stats(session: Session) -> dict[str, GeneratedFile]:
+        live = {str(i): s for i, s in session.filesystem.sessions.items()}
         for gone in set(stats_files) - set(live):
             del stats_files[gone]
         for name, session in live.items():
@@ -63,10 +62,10 @@ def make_tree() -> Directory:
                 stats_files[name] = GeneratedFile(functools.partial(format_stats, session))
         return dict(stats_files)
 
-    def connections() -> str:
+    def connections(ctx: OpenContext) -> str:
         now = time.time()
-        return "".join(f"{s.id} {s.aname or '-'} {s.creds.uid if s.creds.uid is not None else '-'} "
-                       f"{now - s.started:.0f}\n" for s in sessions().values())
+        return "".join(f"{s.id} {s.creds.uid if s.creds.uid is not None else '-'} "
+                       f"{now - s.started:.0f}\n" for s in ctx.session.filesystem.sessions.values())
 
     def control(data: bytes, ctx: OpenContext) -> str:
         words = data.decode().split()

@@ -24,7 +24,7 @@ async def test_ctl_tree_counts_per_connection():
         async with connect(url, n_uname=1000) as one, connect(url, n_uname=2000) as two:
             assert (await one.root.read_file("version")).startswith(b"ninep ")
             lines = (await one.root.read_file("connections")).decode().splitlines()
-            assert [line.split()[2] for line in lines] == ["1000", "2000"]
+            assert [line.split()[1] for line in lines] == ["1000", "2000"]
             await one.root.read_file("version")
             mine = parse_stats(await one.root.read_file("self"))
             theirs = parse_stats(await two.root.read_file("self"))
@@ -47,4 +47,18 @@ async def test_ctl_tree_counts_per_connection():
         with trio.fail_after(5):  # both clients left: their sessions ended
             while tree.filesystem.sessions:
                 await trio.sleep(0.01)
+        server.shutdown()
+
+
+async def test_ctl_tree_mounted_inside_another_tree_sees_the_serving_export():
+    from ninep.fs.synthetic import Directory
+
+    outer = Directory({"ctl": ctl.make_tree()})
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve, outer, "tcp://127.0.0.1:0")
+        async with connect(server.addresses[0], n_uname=7) as client:
+            lines = (await client.root.read_file("ctl/connections")).decode().splitlines()
+            assert [line.split()[1] for line in lines] == ["7"]
+            ids = [e.name for e in await client.root.listdir("ctl/stats") if e.name not in (".", "..")]
+            assert len(ids) == 1
         server.shutdown()

@@ -126,3 +126,24 @@ async def test_feed_closed_before_open_reads_eof_immediately():
     assert await file.read(0, 10) == b"x"
     assert await file.read(0, 10) == b""
     await file.close()
+
+
+async def test_linux_follow_up_read_ends_the_read_call_without_eof():
+    """p9_client_read asks for the rest of the buffer after a short read; that one
+    Tread gets 0 so read(2) returns, and the stream goes on."""
+    feed = Feed()
+    root = await attach(Directory({"log": StreamFile(feed)}))
+    file = await open_stream(root, "log")
+    feed.publish("line 1\n")
+    assert await file.read(0, 4096) == b"line 1\n"
+    assert await file.read(7, 4096 - 7) == b""  # the kernel's follow-up: end of this read(2)
+    feed.publish("line 2\n")
+    assert await file.read(7, 4096) == b"line 2\n"  # the next read(2): whole buffer again
+    feed.publish("line 3\n")
+    assert await file.read(14, 4096) == b"line 3\n"  # one Tread per call (O_NONBLOCK): no 0
+    feed.publish("line 4\n")
+    assert await file.read(0, 100) == b"line 4\n"  # our client's style: offset 0 every time
+    feed.publish("a long line\n")
+    assert await file.read(21, 4) == b"a lo"  # full reads leave no follow-up to answer
+    assert await file.read(25, 4) == b"ng l"
+    await file.close()

@@ -239,6 +239,7 @@ class _StreamHandle(Handle):
         self.channel = node.feed.subscribe() if node.feed else None
         self.pending = b""  # the unread tail of a chunk larger than a read's count
         self.at_eof = False
+        self.last_short_read: tuple[int, int, int] | None = None  # offset, count, returned
         # Two reads of one open must not interleave halves of chunks.
         self.lock = trio.Lock()
 
@@ -250,8 +251,26 @@ class _StreamHandle(Handle):
                 return b""
         return as_bytes(await self.node._next(self.ctx))
 
+    def _continues_short_read(self, offset: int, count: int) -> bool:
+        """Whether this Tread is Linux's v9fs asking for the rest of one read(2).
+
+        The kernel (p9_client_read) keeps sending Treads until the caller's buffer is
+        full or a read returns 0, so ``cat`` on a stream would block until 128 KiB had
+        arrived. Its follow-up Tread has a signature: the offset right after the short
+        read and the count it left over. Answering that one with 0 ends the read(2)
+        with the chunk; the next read(2) comes with the whole buffer's count and
+        blocks for new data as it should. Clients that send one Tread per read call
+        (ours, Plan 9, Linux with O_NONBLOCK) never produce that signature."""
+        last, self.last_short_read = self.last_short_read, None
+        if last is None or self.pending:
+            return False
+        last_offset, last_count, returned = last
+        return offset == last_offset + returned and count == last_count - returned
+
     async def read(self, offset: int, count: int) -> bytes:
         async with self.lock:
+            if self._continues_short_read(offset, count):
+                return b""
             while not self.pending and not self.at_eof:
                 # Cancellation (Tflush, disconnect) lands here and loses nothing:
                 # a memory channel's receive either returns an item or is cancelled.
@@ -261,6 +280,8 @@ class _StreamHandle(Handle):
                 self.pending = chunk
             data, self.pending = self.pending[:count], self.pending[count:]
             self.node.atime_ns = now_ns()
+            if 0 < len(data) < count:
+                self.last_short_read = (offset, count, len(data))
             return data
 
     async def close(self) -> None:
