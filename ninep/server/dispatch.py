@@ -107,16 +107,30 @@ class Dispatcher:
             if fid.kind is FidKind.XATTR_WRITE and fid.file is not None:
                 error = await self._commit_xattr(fid)
         finally:
-            if self.session.last_fid_on(fid):
-                released = self.locks.table.release(fid.lock_key, self.session.connection_id)
-                if released:
-                    self.locks.released(released)
+            self._drop_locks(fid)
             if fid.file is not None:
                 try:
                     await fid.file.close()
                 except OSError as exc:
                     log.debug("close of fid %d failed: %s", fid.number, exc)
         return error
+
+    def _drop_locks(self, fid: Fid) -> None:
+        """Close semantics. flock(2) locks belong to the open file (this fid) and
+        the kernel's unlock at last close may carry another pid than the locker's, so
+        locks taken through this fid go with it; POSIX close drops all of a process's
+        locks on the file anyway. And the connection's last fid on a file takes
+        every lock the connection held there."""
+        table = self.locks.table
+        released: set[Hashable] = set()
+        if self.session.last_fid_on(fid):
+            released |= table.release(fid.lock_key, self.session.connection_id)
+        else:
+            for owner in fid.lock_owners:
+                released |= table.set(fid.lock_key, owner, LockType.UNLCK, 0, 0)[1]
+        fid.lock_owners.clear()
+        if released:
+            self.locks.released(released)
 
     async def _commit_xattr(self, fid: Fid) -> OSError | None:
         value = bytes(fid.xattr_value)
@@ -448,6 +462,8 @@ class Dispatcher:
                 if released:
                     self.locks.released(released)
                 if granted:
+                    if msg.type != LockType.UNLCK:
+                        fid.lock_owners.add(owner)
                     return m.Rlock(msg.tag, LockStatus.SUCCESS)
                 if not msg.flags & LockFlags.BLOCK:
                     return m.Rlock(msg.tag, LockStatus.BLOCKED)

@@ -73,6 +73,7 @@ class Fid:
     xattr_value: bytes | bytearray = b""
     xattr_size: int = 0
     xattr_flags: int = 0
+    lock_owners: set = field(default_factory=set)  # owners that locked through this fid
     users: int = 0
     retired: bool = False  # out of the table; close when the last user lets go
     closed: bool = False

@@ -187,3 +187,19 @@ async def test_garbage_body_ends_the_connection():
         await peer.start()
         await peer.send_raw(struct.pack("<IBHI", 11, 110, 1, 0))  # Twalk cut short
         assert await peer.at_eof()
+
+
+async def test_clunking_the_locking_fid_releases_like_flock(autojump_clock):
+    """flock(2): the lock belongs to the open file; its last close may come from
+    another pid (the kernel sends that pid's UNLCK, which matches nothing), then the
+    fid is clunked -- and that must free the lock even though other fids remain."""
+    async with served(slow_fs(), connections=2) as ([a, b], _):
+        for peer in (a, b):
+            await peer.start()
+            await open_file(peer, 1, "fast")
+        await open_file(a, 2, "fast")
+        assert await a.rpc(m.Tlock(1, 2, WR, 0, 0, 0, 100, "a")) == m.Rlock(1, LockStatus.SUCCESS)
+        assert await a.rpc(m.Tlock(2, 2, UN, 0, 0, 0, 101, "a")) == m.Rlock(2, LockStatus.SUCCESS)
+        assert await b.rpc(m.Tlock(3, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(3, LockStatus.BLOCKED)
+        await a.rpc(m.Tclunk(4, 2))  # fid 1 of connection a still refers to the file
+        assert await b.rpc(m.Tlock(5, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(5, LockStatus.SUCCESS)
