@@ -311,42 +311,47 @@ static int connect_vsock(const char *rest, const char *target)
 	return -ETIMEDOUT;
 }
 
-/* Copies bytes between the virtio-serial port and the kernel's socket end until
- * either side closes.  The kernel's 9p fd transport cannot drive a vport file
- * itself (mount fails EINVAL), hence this process. */
-static void __attribute__((noreturn)) relay(int port, int sock, char *argv0)
+/* Copies bytes one way, from `in` to `out`, until either side closes.  The kernel's
+ * 9p fd transport cannot drive a vport file itself (mount fails EINVAL), so a socket
+ * goes to the kernel and two of these processes pump it to and from the port.  One
+ * process per direction, with blocking I/O: a single process blocked writing one way
+ * could stop reading the other way, and the host side would then wait on the guest. */
+static void __attribute__((noreturn)) pump(int in, int out, const char *what, char *argv0)
 {
-	static char buf[2][65536];
-	struct pollfd fds[2] = { { port, POLLIN, 0 }, { sock, POLLIN, 0 } };
+	static char buf[65536];
 	argv0[0] = '@'; /* systemd's shutdown spares processes whose argv[0] starts with '@' */
 	prctl(PR_SET_NAME, "@ninep-relay");
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
 	for (;;) {
-		if (poll(fds, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			_exit(1);
+		ssize_t n = read(in, buf, sizeof buf), off = 0;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			say("relay: %s closed", what);
+			_exit(0);
 		}
-		for (int i = 0; i < 2; i++) {
-			ssize_t n, off = 0;
-			if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+		while (off < n) {
+			ssize_t w = write(out, buf + off, n - off);
+			if (w < 0 && errno == EINTR)
 				continue;
-			n = read(fds[i].fd, buf[i], sizeof buf[i]);
-			if (n <= 0) {
-				say("relay: %s closed", i ? "kernel socket" : "virtio-serial port");
-				_exit(0);
-			}
-			while (off < n) {
-				ssize_t w = write(fds[!i].fd, buf[i] + off, n - off);
-				if (w < 0 && errno == EINTR)
-					continue;
-				if (w <= 0)
-					_exit(1);
-				off += w;
-			}
+			if (w <= 0)
+				_exit(1);
+			off += w;
 		}
+	}
+}
+
+/* The child drops the kernel's end of the socketpair: it must see EOF when the kernel does. */
+static void start_pump(int in, int out, int kernel_end, const char *what, char *argv0)
+{
+	pid_t child = fork();
+	if (child < 0)
+		die("fork relay: %s", strerror(errno));
+	if (child == 0) {
+		close(kernel_end);
+		pump(in, out, what, argv0);
 	}
 }
 
@@ -379,7 +384,6 @@ static int connect_virtio_serial(const char *name, const char *target, char *arg
 	char dev[300];
 	int port = -1, sv[2], err, host_connected = 0;
 	long delay = 100;
-	pid_t child;
 	/* The port opens only once, so it is opened once and kept by the relay. */
 	do {
 		if (port < 0 && find_vport(name, dev, sizeof dev))
@@ -400,13 +404,8 @@ static int connect_virtio_serial(const char *name, const char *target, char *arg
 		return -ETIMEDOUT;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		die("socketpair: %s", strerror(errno));
-	child = fork();
-	if (child < 0)
-		die("fork relay: %s", strerror(errno));
-	if (child == 0) {
-		close(sv[0]);
-		relay(port, sv[1], argv0);
-	}
+	start_pump(port, sv[1], sv[0], "virtio-serial port", argv0);
+	start_pump(sv[1], port, sv[0], "kernel socket", argv0);
 	close(port);
 	close(sv[1]);
 	do {

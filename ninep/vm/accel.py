@@ -1,9 +1,10 @@
 """Choosing QEMU's accelerator, and finding a kernel to boot.
 
-/dev/kvm can open and still not run guests (nested setups where the guest hangs or
-aborts), so `auto` boots a 512-byte boot sector under KVM that writes to QEMU's
-isa-debug-exit port: only a real exit code proves KVM works.  The answer is cached
-per QEMU binary and host kernel.
+/dev/kvm can open and still not run guests: on these nested hosts a boot sector runs
+fine, but Linux hangs (default CPU) or QEMU aborts on an MSR (-cpu host).  So `auto`
+boots the real kernel with the bare init under KVM and waits for the init's own
+message; no message within PROBE_TIMEOUT_S means TCG.  The answer is cached per QEMU
+binary, guest kernel and host kernel.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from ninep.vm.initramfs import cache_dir
+from ninep.vm.initramfs import build_initramfs, cache_dir
 
 QEMU = "qemu-system-x86_64"
-#: mov al,0x31 ; out 0xf4,al ; hlt ; jmp $-1  -- QEMU exits with (0x31 << 1) | 1
-PROBE_BOOT_SECTOR = bytes.fromhex("b031e6f4f4ebfd").ljust(510, b"\0") + b"\x55\xaa"
-PROBE_EXIT_STATUS = (0x31 << 1) | 1
-PROBE_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 15.0
+#: The probe guest's init dies on purpose with this root=; seeing its message proves
+#: the kernel reached userspace under KVM.
+PROBE_ROOT = "kvm-probe"
 
 
 def qemu_binary() -> str:
@@ -32,28 +32,26 @@ def qemu_binary() -> str:
     return path
 
 
-def probe_kvm(qemu: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Does a guest really run under KVM here?  (Seconds at most; not cached.)"""
+def probe_kvm(qemu: str, kernel: Path, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Does a Linux guest really reach userspace under KVM here?  (Not cached.)"""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
-    with tempfile.TemporaryDirectory(prefix="ninep-kvm-probe-") as tmp:
-        disk = Path(tmp) / "boot.img"
-        disk.write_bytes(PROBE_BOOT_SECTOR)
-        argv = [qemu, "-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none",
-                "-m", "16", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                "-drive", f"file={disk},format=raw,if=ide"]
-        try:
-            result = subprocess.run(argv, capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return False
-    return result.returncode == PROBE_EXIT_STATUS
+    initrd = build_initramfs(None)  # the init alone: no modules needed to reach it
+    argv = [qemu, "-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none",
+            "-no-reboot", "-m", "256", "-serial", "stdio", "-kernel", str(kernel),
+            "-initrd", str(initrd), "-append", f"console=ttyS0 panic=-1 root={PROBE_ROOT}"]
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False  # the guest hung: the case seen on nested hosts
+    return f"root={PROBE_ROOT}".encode() in result.stdout
 
 
-def kvm_works(qemu: str | None = None) -> bool:
-    """probe_kvm, remembered per (QEMU binary, host kernel) in the cache directory."""
+def kvm_works(kernel: Path, qemu: str | None = None) -> bool:
+    """probe_kvm, remembered per (QEMU binary, guest kernel, host kernel) in the cache."""
     qemu = qemu or qemu_binary()
     stat = os.stat(qemu)
-    key = f"{qemu}:{stat.st_size}:{stat.st_mtime_ns}:{os.uname().release}"
+    key = f"{qemu}:{stat.st_size}:{stat.st_mtime_ns}:{kernel}:{os.uname().release}"
     cache_file = cache_dir() / "kvm-probe.json"
     try:
         cached = json.loads(cache_file.read_text())
@@ -61,18 +59,18 @@ def kvm_works(qemu: str | None = None) -> bool:
             return bool(cached["works"])
     except (OSError, ValueError, KeyError):
         pass
-    works = probe_kvm(qemu)
+    works = probe_kvm(qemu, kernel)
     cache_file.write_text(json.dumps({"key": key, "works": works}))
     return works
 
 
-def resolve_accel(accel: str, qemu: str | None = None) -> str:
+def resolve_accel(accel: str, kernel: Path, qemu: str | None = None) -> str:
     """auto -> kvm if the probe passes, else tcg; kvm and tcg pass through."""
     if accel not in ("auto", "kvm", "tcg"):
         raise ValueError(f"accel must be auto, kvm or tcg, not {accel!r}")
     if accel != "auto":
         return accel
-    return "kvm" if kvm_works(qemu) else "tcg"
+    return "kvm" if kvm_works(kernel, qemu) else "tcg"
 
 
 def kernel_release(kernel: Path) -> str | None:

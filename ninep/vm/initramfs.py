@@ -119,14 +119,14 @@ def _compiler() -> list[str]:
     raise BuildError("no C compiler: install musl-tools (musl-gcc) or gcc")
 
 
-def build_guest_init(source: Path = GUEST_INIT_SOURCE) -> Path:
-    """Compile guest-init once per source text and compiler; return the cached binary."""
+def compile_static(source: Path) -> Path:
+    """Compile one C file into a static binary, once per source text and compiler."""
     if not source.is_file():
-        raise BuildError(f"guest init source not found: {source}")
+        raise BuildError(f"C source not found: {source}")
     compiler = _compiler()
     text = source.read_bytes()
     key = hashlib.sha256(text + " ".join(compiler + INIT_CFLAGS).encode()).hexdigest()[:16]
-    binary = cache_dir() / f"ninep-init-{key}"
+    binary = cache_dir() / f"{source.stem}-{key}"
     if binary.exists():
         return binary
     partial = binary.with_suffix(f".tmp{os.getpid()}")
@@ -136,6 +136,11 @@ def build_guest_init(source: Path = GUEST_INIT_SOURCE) -> Path:
         raise BuildError(f"compiling {source} failed:\n{result.stderr}")
     partial.replace(binary)
     return binary
+
+
+def build_guest_init(source: Path = GUEST_INIT_SOURCE) -> Path:
+    """The guest init binary (cached by source hash)."""
+    return compile_static(source)
 
 
 # ---- kernel modules --------------------------------------------------------------
