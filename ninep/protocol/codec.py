@@ -170,7 +170,8 @@ class FrameReader:
             raise self._error
         if len(buffer) < size:
             return None
-        frame = bytes(buffer[:size])
+        with memoryview(buffer) as view, view[:size] as whole_frame:
+            frame = bytes(whole_frame)  # the one copy (slicing the bytearray would be two)
         del buffer[:size]  # cheap: bytearray drops a prefix by moving its start
         return frame
 
@@ -211,6 +212,8 @@ def unpack_dirents(data) -> list[Dirent]:
     """Rreaddir.data -> Dirents. Raises ProtocolError on a malformed record."""
     decode_dirent = fastpath.decode_dirent
     end = schema.payload_length(data)
+    if type(data) is not bytes:
+        data = bytes(data)  # one copy; decode_dirent wants bytes for its fast UTF-8 path
     position = 0
     entries = []
     while position < end:

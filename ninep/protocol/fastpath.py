@@ -19,6 +19,7 @@ dispatches on the type byte). Encoders: ``encode_X(msg) -> list of buffers``.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 from construct import FormatField, Renamed
@@ -57,6 +58,31 @@ def _short_frame(frame, message_name: str, field_ends: tuple) -> ProtocolError:
 
 def _encode_failed(message_name: str, exc: Exception) -> ValueError:
     return ValueError(f"cannot encode {message_name}: {exc}")
+
+
+def _constructor(cls):
+    """A function equivalent to ``cls(*fields)`` for a frozen slotted dataclass, faster.
+
+    A frozen dataclass's ``__init__`` stores each field through ``object.__setattr__``,
+    which costs about twice a direct slot store -- 2 us for Rgetattr's 21 fields. When the
+    class's ``__init__`` is the plain generated one (no ``__post_init__``, no hand-written
+    ``__init__`` that might validate), storing into the slots directly builds the very
+    same object. Otherwise the class itself is used.
+    """
+    init_code = getattr(cls.__init__, "__code__", None)
+    plain = (dataclasses.is_dataclass(cls) and hasattr(cls, "__slots__")
+             and not hasattr(cls, "__post_init__")
+             and init_code is not None and init_code.co_filename == "<string>")
+    if not plain:
+        return cls
+    names = [field.name for field in dataclasses.fields(cls)]
+    namespace = {"_new": object.__new__, "_cls": cls}
+    namespace.update({f"_set_{name}": cls.__dict__[name].__set__ for name in names})
+    source = (f"def make_{cls.__name__}({', '.join(names)}):\n    obj = _new(_cls)\n"
+              + "".join(f"    _set_{name}(obj, {name})\n" for name in names)
+              + "    return obj\n")
+    exec(compile(source, f"<ninep.protocol.fastpath make_{cls.__name__}>", "exec"), namespace)
+    return namespace[f"make_{cls.__name__}"]
 
 
 def _join(path: str, name: str) -> str:
@@ -107,6 +133,7 @@ class _DecoderGenerator(_Generator):
         self.run: list[tuple[str, str, str]] = []  # (struct letter, variable, field path)
         self.end = "end"
         self.uses_view = False
+        self.uses_strings = False
         self.header_pending = False
 
     def start_frame(self) -> None:
@@ -169,7 +196,7 @@ class _DecoderGenerator(_Generator):
             self.run.append((con.fmtstr[1], variable, path))
             return variable
         if isinstance(con, schema.Record):
-            cls = self.constant(con.cls, con.cls.__name__)
+            cls = self.constant(_constructor(con.cls), con.cls.__name__)
             members = [self.value(sub, path) for sub in con.subcon.subcons]
             return f"{cls}({', '.join(members)})"
         if isinstance(con, schema.String9P):
@@ -187,11 +214,12 @@ class _DecoderGenerator(_Generator):
         text = self.fresh("s")
         self.emit(f"if pos + {length} > {self.end}: {self.fail(path, '_TRUNCATED')}")
         self.emit("try:")
-        self.emit(f"    {text} = str(buf[pos:pos + {length}], 'utf-8')")
+        self.emit(f"    {text} = buf[pos:pos + {length}].decode()")  # strict UTF-8
         self.emit("except UnicodeDecodeError:")
         self.emit(f"    {self.fail(path, '_NOT_UTF8')} from None")
         self.emit(f"if '\\x00' in {text}: {self.fail(path, '_HAS_NUL')}")
         self.emit(f"pos += {length}")
+        self.uses_strings = True
         return text
 
     def array(self, con, path: str) -> str:
@@ -250,8 +278,13 @@ class _DecoderGenerator(_Generator):
                   f"{self.fail(path, f'_size_disagrees({size}, pos - {start})')}")
         return inner
 
-    def prologue(self) -> list[str]:
-        return ["    view = memoryview(buf)"] if self.uses_view else []
+    def prologue(self, convert: bool = True) -> list[str]:
+        lines = ["    view = memoryview(buf)"] if self.uses_view else []
+        if self.uses_strings and convert:
+            # bytes.decode is the fastest strict UTF-8 decoder; frames with strings are
+            # small, so a bytearray/memoryview frame is copied once rather than sliced.
+            lines.append("    if buf.__class__ is not bytes: buf = bytes(buf)")
+        return lines
 
 
 def _generate_message_decoder(namespace: dict, type_byte: int) -> str:
@@ -261,7 +294,7 @@ def _generate_message_decoder(namespace: dict, type_byte: int) -> str:
     members = [gen.value(sub, "") for sub in schema.BODIES[type_byte].subcons]
     gen.flush()
     gen.emit(f"if pos != end: raise _in_message({gen.name}, '', _TRAILING)")
-    cls_name = gen.constant(cls, cls.__name__)
+    cls_name = gen.constant(_constructor(cls), cls.__name__)
     gen.emit(f"return {cls_name}({', '.join(['tag', *members])})")
     function = f"decode_{cls.__name__}"
     return _define(namespace, function, "buf", gen.prologue() + gen.lines)
@@ -272,7 +305,8 @@ def _generate_dirent_decoder(namespace: dict) -> str:
     record = gen.value(schema.DIRENT, "")
     gen.flush()
     gen.emit(f"return {record}, pos")
-    return _define(namespace, "decode_dirent", "buf, pos, end", gen.prologue() + gen.lines)
+    # The caller (codec.unpack_dirents) hands over bytes, converted once for all records.
+    return _define(namespace, "decode_dirent", "buf, pos, end", gen.prologue(False) + gen.lines)
 
 
 # --- encoders ------------------------------------------------------------------------------

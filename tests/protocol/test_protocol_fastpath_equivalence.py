@@ -59,8 +59,15 @@ def test_every_type_round_trips_identically(type_byte, data):
     assert len(fast) == len(interpreted)
     assert [bytes(b) for b in fast] == [bytes(b) for b in interpreted]
     frame = b"".join(fast)
-    assert codec.decode(frame) == msg
+    decoded = codec.decode(frame)
+    assert decoded == msg
     assert codec.decode_interpreted(frame) == msg
+    # built by fastpath's slot-storing constructor: still the real frozen class
+    assert type(decoded) is type(msg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.tag = 0
+    if not hasattr(msg, "data"):
+        assert hash(decoded) == hash(msg)
 
 
 @SETTINGS
@@ -133,3 +140,23 @@ def test_the_generated_code_is_derived_for_every_schema_entry():
         names = [f.name for f in dataclasses.fields(cls)]
         assert names == ["tag", *schema.body_field_names(type_byte)]
     assert "unpack_from" in fastpath.SOURCE["decode_Rgetattr"]
+
+
+def test_fast_constructor_only_replaces_plain_generated_inits():
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Plain:
+        a: int
+        b: str
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Validating:
+        a: int
+
+        def __post_init__(self):
+            if self.a < 0:
+                raise ValueError("negative")
+
+    make_plain = fastpath._constructor(Plain)
+    assert make_plain is not Plain
+    assert make_plain(1, "x") == Plain(1, "x") and type(make_plain(1, "x")) is Plain
+    assert fastpath._constructor(Validating) is Validating
