@@ -64,6 +64,13 @@ def _field_of(path: str | None, skip: int = 2) -> str:
 
 def decode_interpreted(frame) -> Message:
     """``decode`` done by construct's interpreter over ``schema.FRAME`` (slow, reference)."""
+    try:
+        return _decode_interpreted(frame)
+    except ProtocolError as e:
+        raise errors.attach_header(e, frame)
+
+
+def _decode_interpreted(frame) -> Message:
     check_header(frame)
     type_byte = frame[4]
     name = _type_name(type_byte)
@@ -115,8 +122,11 @@ def decode(frame) -> Message:
         decoder = _DECODERS[frame[4]]
     except (IndexError, KeyError):
         check_header(frame)
-        raise unknown_type(frame[4]) from None
-    return decoder(frame)
+        raise errors.attach_header(unknown_type(frame[4]), frame) from None
+    try:
+        return decoder(frame)
+    except ProtocolError as e:
+        raise errors.attach_header(e, frame)
 
 
 def encode(msg: Message) -> list:

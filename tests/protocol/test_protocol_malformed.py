@@ -147,3 +147,17 @@ def test_unencodable_messages_raise_value_error_on_both_paths(msg):
         codec.encode(msg)
     with pytest.raises(ValueError):
         codec.encode_interpreted(msg)
+
+
+def test_errors_in_a_well_framed_body_carry_the_tag_so_the_server_can_reply():
+    not_utf8_walk = frame("16000000 6e 2a00 01000000 02000000 0100 0300 61ff62")
+    for decode in (codec.decode, codec.decode_interpreted):
+        with pytest.raises(ProtocolError) as bad_body:
+            decode(not_utf8_walk)
+        assert (bad_body.value.tag, bad_body.value.message_type) == (42, 110)
+        with pytest.raises(ProtocolError) as unknown:
+            decode(frame("07000000 00 2b00"))
+        assert unknown.value.tag == 43
+        with pytest.raises(ProtocolError) as broken_framing:
+            decode(frame("0c000000 78 2a00 01000000"))
+        assert broken_framing.value.tag is None
