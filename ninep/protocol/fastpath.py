@@ -10,7 +10,7 @@ layout is written here by hand -- add a message to ``schema.BODIES`` and it appe
 
 The generated code must raise exactly what the interpreter raises (same ProtocolError
 text for the same bad frame, ValueError for unencodable messages); the hypothesis tests in
-tests/protocol/test_fastpath_equivalence.py hold it to that. construct's own
+tests/protocol/test_protocol_fastpath_equivalence.py hold it to that. construct's own
 ``.compile()`` is not used: it is documented as unsafe for untrusted input.
 
 Decoders: ``decode_X(frame) -> message``, header checks included (``codec.decode`` only
@@ -200,17 +200,17 @@ class _DecoderGenerator(_Generator):
             members = [self.value(sub, path) for sub in con.subcon.subcons]
             return f"{cls}({', '.join(members)})"
         if isinstance(con, schema.String9P):
-            return self.string(path)
+            return self.string(con, path)
         if isinstance(con, schema.BoundedArray):
             return self.array(con, path)
         if isinstance(con, schema.Payload):
-            return self.payload(path)
+            return self.payload(con, path)
         if isinstance(con, schema.Sized):
             return self.sized(con, path)
         raise TypeError(f"fastpath cannot generate code for {con!r} at {path}")
 
-    def string(self, path: str) -> str:
-        length = self.length_prefix(schema.u16, path)
+    def string(self, con, path: str) -> str:
+        length = self.length_prefix(con.length, path)
         text = self.fresh("s")
         self.emit(f"if pos + {length} > {self.end}: {self.fail(path, '_TRUNCATED')}")
         self.emit("try:")
@@ -254,8 +254,8 @@ class _DecoderGenerator(_Generator):
         self.emit(f"pos += {extent}")
         return items
 
-    def payload(self, path: str) -> str:
-        count = self.length_prefix(schema.u32, path)
+    def payload(self, con, path: str) -> str:
+        count = self.length_prefix(con.count, path)
         self.emit(f"if {count} > {self.end} - pos: "
                   f"{self.fail(path, f'_count_exceeds_data({count}, {self.end} - pos)')}")
         data = self.fresh("data")
@@ -347,11 +347,13 @@ class _EncoderGenerator(_Generator):
                 self.value(sub, f"{record}.{sub.name}")
         elif isinstance(con, schema.String9P):
             raw = self.bind(f"_encode_string({expression})", "b")
-            self.run.append(("H", f"len({raw})"))
+            self.run.append((con.length.fmtstr[1], f"len({raw})"))
             self.flush()
             self.emit(f"{self.parts}.append({raw})")
         elif isinstance(con, schema.BoundedArray):
             items = self.bind(expression, "seq")
+            self.emit(f"if {items}.__class__ is str: raise ValueError("
+                      f"'a 9P array needs a sequence of elements, not a str')")
             self.emit(f"if len({items}) > {con.maximum}: raise ValueError("
                       f"_too_many_elements(len({items}), {con.maximum}))")
             self.run.append((con.count.fmtstr[1], f"len({items})"))
@@ -365,7 +367,7 @@ class _EncoderGenerator(_Generator):
         elif isinstance(con, schema.Payload):
             data = self.bind(expression, "data")
             length = self.bind(f"_payload_length({data})", "n")
-            self.run.append(("I", length))
+            self.run.append((con.count.fmtstr[1], length))
             self.payload = (data, length)
         elif isinstance(con, schema.Sized):
             self.flush()  # what precedes the block belongs to the outer parts

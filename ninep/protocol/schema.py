@@ -112,8 +112,10 @@ class WireError(ConstructError):
 class String9P(Construct):
     """s: len[2] then len bytes of UTF-8, no NUL."""
 
+    length = Int16ul
+
     def _parse(self, stream, context, path):
-        length = Int16ul._parsereport(stream, context, path)
+        length = self.length._parsereport(stream, context, path)
         raw = stream_read(stream, length, path)
         try:
             return decode_string(raw)
@@ -122,7 +124,7 @@ class String9P(Construct):
 
     def _build(self, obj, stream, context, path):
         raw = encode_string(obj)
-        Int16ul._build(len(raw), stream, context, path)
+        self.length._build(len(raw), stream, context, path)
         stream_write(stream, raw, len(raw), path)
         return obj
 
@@ -146,6 +148,8 @@ class BoundedArray(Construct):
         return tuple(self.element._parsereport(stream, context, path) for _ in range(n))
 
     def _build(self, obj, stream, context, path):
+        if isinstance(obj, str):  # a str is a sequence too: "usr" must not walk u, s, r
+            raise ValueError("a 9P array needs a sequence of elements, not a str")
         if len(obj) > self.maximum:
             raise ValueError(f"{len(obj)} elements, at most {self.maximum} allowed")
         self.count._build(len(obj), stream, context, path)
@@ -164,8 +168,10 @@ class Payload(Construct):
     a memoryview slice of the frame instead.
     """
 
+    count = Int32ul
+
     def _parse(self, stream, context, path):
-        count = Int32ul._parsereport(stream, context, path)
+        count = self.count._parsereport(stream, context, path)
         left = stream_size(stream) - stream_tell(stream, path)
         if count > left:
             raise WireError(errors.count_exceeds_data(count, left), path)
@@ -174,7 +180,7 @@ class Payload(Construct):
     def _build(self, obj, stream, context, path):
         payload_length(obj)  # refuses what is not a buffer, exactly like the fast path
         raw = bytes(obj)
-        Int32ul._build(len(raw), stream, context, path)
+        self.count._build(len(raw), stream, context, path)
         stream_write(stream, raw, len(raw), path)
         return obj
 

@@ -128,6 +128,7 @@ UNENCODABLE = [
     ("NUL in a name", m.Twalk(1, 1, 2, ("a\x00b",))),
     ("17 walk names", m.Twalk(1, 1, 2, ("a",) * 17)),
     ("17 qids", m.Rwalk(1, (Q,) * 17)),
+    ("walk names as one str", m.Twalk(1, 1, 2, "usr")),
     ("lone surrogate", m.Rreadlink(1, "\udc80")),
     ("string too long", m.Rerror(1, "x" * 65536)),
     ("not a str", m.Rerror(1, b"bytes")),
