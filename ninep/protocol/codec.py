@@ -19,20 +19,21 @@ reference the fast path is tested against.
 
 from __future__ import annotations
 
+import io
 import struct
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from construct import ConstructError, ExplicitError, StreamError, TerminatedError
 
 from . import errors, fastpath, schema
 from .constants import MessageType
 from .errors import ProtocolError
-from .messages import MESSAGE_CLASSES, Dirent, Message
+from .messages import MESSAGE_CLASSES, Dirent, Message, Qid
 
 __all__ = [
     "ProtocolError", "decode", "encode", "encode_bytes", "decode_interpreted",
     "encode_interpreted", "FrameReader", "pack_dirents", "unpack_dirents",
-    "dirent_size", "check_header",
+    "unpack_dirents_interpreted", "dirent_size", "check_header",
 ]
 
 _SIZE = struct.Struct("<I")
@@ -104,8 +105,9 @@ def encode_interpreted(msg: Message) -> list[bytes]:
     except ConstructError as e:
         raise ValueError(f"cannot encode {type(msg).__name__}: {e}") from None
     frame = header + body
-    if hasattr(msg, "data"):
-        cut = len(frame) - schema.payload_length(msg.data)
+    last_field = body_schema.subcons[-1] if body_schema.subcons else None
+    if last_field is not None and isinstance(last_field.subcon, schema.Payload):
+        cut = len(frame) - schema.payload_length(getattr(msg, last_field.name))
         return [frame[:cut], frame[cut:]]
     return [frame]
 
@@ -193,9 +195,13 @@ class FrameReader:
 
 # --- Rreaddir records ----------------------------------------------------------------------
 
+# qid[13] offset[8] type[1] + the name's len[2], measured on the schema, not restated.
+_DIRENT_FIXED_SIZE = len(fastpath.encode_dirent(Dirent(Qid(0, 0, 0), 0, 0, "")))
+
+
 def dirent_size(name: str) -> int:
     """Wire size of one Rreaddir record: qid[13] offset[8] type[1] name[s]."""
-    return 24 + len(name.encode("utf-8"))
+    return _DIRENT_FIXED_SIZE + len(name.encode("utf-8"))
 
 
 def pack_dirents(entries: Iterable[Dirent], count: int) -> tuple[bytes, int]:
@@ -234,8 +240,6 @@ def unpack_dirents(data) -> list[Dirent]:
 
 def unpack_dirents_interpreted(data) -> list[Dirent]:
     """``unpack_dirents`` by construct's interpreter (reference for the tests)."""
-    import io
-
     raw = bytes(data)
     stream = io.BytesIO(raw)
     entries = []
