@@ -35,7 +35,7 @@ from ..protocol.constants import (
 from ..protocol.messages import Dirent, Qid
 from . import hostsys
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
-from .hostqid import QidMapper
+from .hostqid import INODE_MASK, QidMapper
 from .hostpath import (
     FdRef, apply_creation_attrs, check_component, check_new_name, find_name,
     names_inode, proc_path, raise_fd_limit, remove_at, rename_at, time_arg)
@@ -333,28 +333,30 @@ class HostFile(File):
         dir_st = os.stat(self._node.fd)
         qids = self._fs.qids
         self.qid = self_qid = qids.qid_of(dir_st)
+        dev = dir_st.st_dev
+        base = qids.device_base(dev)
         entries: list[Dirent] = []
         used = 0
-        for raw in hostsys.read_dir_chunk(fd, offset, bufsize):
-            used += 24 + len(raw.name)  # qid[13] offset[8] type[1] name[s]; ~bytes for ASCII
+        for ino, cookie, dtype, name in hostsys.read_dir_chunk(fd, offset, bufsize):
+            used += 24 + len(name)  # qid[13] offset[8] type[1] name[s]; ~bytes for ASCII
             if entries and used > count:
                 break  # the server could not send more anyway
-            name, dtype = raw.name, raw.dtype
             if name == "." or (name == ".." and self._is_root):
                 qid = self_qid  # the root's ".." is the root itself
             elif dtype == _DT_UNKNOWN:
-                qid, dtype = self._lstat_entry(fd, raw)
+                qid, dtype = self._lstat_entry(fd, dev, ino, name)
             else:
-                qid = Qid(_DTYPE_TO_QID.get(dtype, 0), 0, qids.path(dir_st.st_dev, raw.ino))
-            entries.append(Dirent(qid, raw.next_cookie, dtype, name))
+                path = base | ino if base is not None and ino <= INODE_MASK else qids.path(dev, ino)
+                qid = Qid(_DTYPE_TO_QID.get(dtype, 0), 0, path)
+            entries.append(Dirent(qid, cookie, dtype, name))
         return entries
 
-    def _lstat_entry(self, dir_fd: int, raw: hostsys.RawDirent) -> tuple[Qid, int]:
+    def _lstat_entry(self, dir_fd: int, dev: int, ino: int, name: str) -> tuple[Qid, int]:
         """For filesystems that do not fill d_type."""
         try:
-            st = os.stat(raw.name, dir_fd=dir_fd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:  # gone meanwhile: keep what getdents said
-            return Qid(0, 0, self._fs.qids.path(os.stat(dir_fd).st_dev, raw.ino)), _DT_UNKNOWN
+            return Qid(0, 0, self._fs.qids.path(dev, ino)), _DT_UNKNOWN
         return self._fs.qids.qid_of(st), stat.S_IFMT(st.st_mode) >> _MODE_TO_DIRENT_SHIFT
 
     async def fsync(self, datasync: bool) -> None:

@@ -114,11 +114,10 @@ def find_name(dir_fd: int, st: os.stat_result) -> str | None:
     try:
         cookie = 0
         while batch := hostsys.read_dir_chunk(fd, cookie, 65536):
-            for raw in batch:
-                if raw.ino == st.st_ino and raw.name not in (".", "..") \
-                        and names_inode(fd, raw.name, st):
-                    return raw.name
-            cookie = batch[-1].next_cookie
+            for ino, _cookie, _dtype, name in batch:
+                if ino == st.st_ino and name not in (".", "..") and names_inode(fd, name, st):
+                    return name
+            cookie = batch[-1][1]
         return None
     finally:
         os.close(fd)

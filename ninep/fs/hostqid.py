@@ -15,7 +15,7 @@ from ..protocol.constants import QidType
 from ..protocol.messages import Qid
 
 _INODE_BITS = 48
-_INODE_MASK = (1 << _INODE_BITS) - 1
+INODE_MASK = (1 << _INODE_BITS) - 1
 _FALLBACK_INDEX = 0xFFFF
 
 
@@ -28,16 +28,23 @@ class QidMapper:
         index = self._device_index.get(dev)
         if index is None and len(self._device_index) < _FALLBACK_INDEX:
             index = self._device_index[dev] = len(self._device_index)
-        if index is not None and ino <= _INODE_MASK:
+        if index is not None and ino <= INODE_MASK:
             return (index << _INODE_BITS) | ino
         key = (dev, ino)
         path = self._fallback.get(key)
         if path is None:
-            if len(self._fallback) > _INODE_MASK:
+            if len(self._fallback) > INODE_MASK:
                 raise OverflowError("qid fallback table full")
             path = (_FALLBACK_INDEX << _INODE_BITS) | len(self._fallback)
             self._fallback[key] = path
         return path
+
+    def device_base(self, dev: int) -> int | None:
+        """``path(dev, ino) == base | ino`` for every ino <= INODE_MASK, or None when
+        ``dev`` lives in the fallback table. Lets readdir skip a call per entry."""
+        self.path(dev, 0)
+        index = self._device_index.get(dev)
+        return None if index is None else index << _INODE_BITS
 
     def qid(self, mode: int, dev: int, ino: int, mtime_ns: int, size: int) -> Qid:
         return Qid(qid_type(mode), qid_version(mtime_ns, size), self.path(dev, ino))

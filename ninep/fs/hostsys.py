@@ -95,11 +95,10 @@ _getdents_fn = getattr(_libc, "getdents64", None)
 _U64 = (1 << 64) - 1
 
 
-class RawDirent(NamedTuple):
-    ino: int
-    next_cookie: int  # d_off as an unsigned 64-bit value: seek here to read what follows
-    dtype: int
-    name: str
+# One directory entry as getdents64 gives it: (d_ino, next_cookie, d_type, name).
+# next_cookie is d_off as an unsigned 64-bit value: seek there to read what follows.
+# Plain tuples: readdir makes one per entry, and it is the hot loop of `ls`.
+RawDirent = tuple[int, int, int, str]
 
 
 def read_dir_chunk(fd: int, cookie: int, bufsize: int) -> list[RawDirent]:
@@ -119,14 +118,14 @@ def read_dir_chunk(fd: int, cookie: int, bufsize: int) -> list[RawDirent]:
 
 
 def _parse_dirents(raw: bytes) -> list[RawDirent]:
-    out = []
-    append, unpack, make = out.append, _DIRENT64.unpack_from, RawDirent._make
+    out: list[RawDirent] = []
+    append, unpack = out.append, _DIRENT64.unpack_from
     header, end, pos = _DIRENT64.size, len(raw), 0
     while pos < end:
         ino, off, reclen, dtype = unpack(raw, pos)
         name_start = pos + header
         name = raw[name_start: raw.index(0, name_start)].decode("utf-8", "surrogateescape")
-        append(make((ino, off & _U64, dtype, name)))
+        append((ino, off & _U64, dtype, name))
         pos += reclen
     return out
 

@@ -71,3 +71,13 @@ async def test_qids_unique_across_a_mount(root, export, tmpfs_inside):
     assert mnt.qid.path >> 48 != root.qid.path >> 48
     await up.close()
     await mnt.close()
+
+
+def test_device_base_agrees_with_path():
+    m = QidMapper()
+    for dev in (3, 8, 3):
+        base = m.device_base(dev)
+        assert base is not None and all(m.path(dev, ino) == base | ino for ino in (1, 99, 2**48 - 1))
+    for dev in range(100, 100 + 0xFFFF):  # fill every index slot
+        m.path(dev, 1)
+    assert m.device_base(10**9) is None  # past the index slots: fallback table

@@ -236,7 +236,7 @@ async def test_dt_unknown_entries_are_lstat_ed(root, export, monkeypatch):
     real = hostsys.read_dir_chunk
 
     def without_types(fd, cookie, bufsize):
-        return [raw._replace(dtype=0) for raw in real(fd, cookie, bufsize)]
+        return [(ino, next_cookie, 0, name) for ino, next_cookie, _, name in real(fd, cookie, bufsize)]
 
     monkeypatch.setattr(hostsys, "read_dir_chunk", without_types)
     async with walked(root, "", OpenFlags.RDONLY) as d:
