@@ -178,6 +178,8 @@ class FakeServer:
 
     async def on_write(self, r: m.Twrite):
         data = self.lookup(self.path_of(r.fid))
+        if r.offset > len(data):
+            data.extend(bytes(r.offset - len(data)))  # a hole reads as zeros
         data[r.offset:r.offset + len(r.data)] = r.data
         return m.Rwrite(r.tag, len(r.data))
 
