@@ -63,7 +63,8 @@ class VmConfig:
     msize: int = 512000
     timeout: float = 180.0                # whole run, QEMU killed after it
     guest_timeout: int = 60               # ninep.timeout: how long the guest retries
-    server_delay: float = 0.0             # start the server this long after QEMU
+    server_delay: float = 0.0             # start the server this long after QEMU ...
+    server_wait_for: str | None = None    # ... or after the first console line matching this
     quiet: bool = False
     interactive: bool = False             # console on this terminal instead of captured
     disk_image: Path | None = None        # transport "disk"
@@ -256,6 +257,7 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
         processes: list[trio.Process] = []
         qemu: trio.Process | None = None
         timed_out = False
+        server_started = False
         started = time.monotonic()
         try:
             async def start_server() -> None:
@@ -269,7 +271,8 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
                     processes.append(await trio.lowlevel.open_process(plan.helper_argv, env=env))
 
             with trio.move_on_after(config.timeout) as scope:
-                if config.server_delay == 0:
+                late_server = config.server_delay > 0 or config.server_wait_for is not None
+                if not late_server:
                     await start_server()
                     if plan.server_ready is not None:
                         await wait_until_serving(plan.server_ready, trio.current_time() + 20)
@@ -282,10 +285,11 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
                 processes.append(qemu)
                 started = time.monotonic()
                 async with trio.open_nursery() as nursery:
-                    if config.server_delay > 0:
-                        async def delayed_server() -> None:
-                            await trio.sleep(config.server_delay)
-                            await start_server()
+                    async def delayed_server() -> None:
+                        await trio.sleep(config.server_delay)
+                        await start_server()
+
+                    if late_server and config.server_wait_for is None:
                         nursery.start_soon(delayed_server)
                     pending = b""
                     async for chunk in qemu.stdout or _nothing():
@@ -297,6 +301,11 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
                             for pattern in watch:
                                 if pattern not in seen and re.search(pattern, line):
                                     seen[pattern] = time.monotonic() - started
+                            if (late_server and config.server_wait_for is not None
+                                    and not server_started and
+                                    re.search(config.server_wait_for, line)):
+                                server_started = True
+                                nursery.start_soon(delayed_server)
                             if on_line is not None:
                                 on_line(line)
                     if pending:
