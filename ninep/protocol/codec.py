@@ -226,16 +226,10 @@ def pack_dirents(entries: Iterable[Dirent], count: int) -> tuple[bytes, int]:
 
 def unpack_dirents(data) -> list[Dirent]:
     """Rreaddir.data -> Dirents. Raises ProtocolError on a malformed record."""
-    decode_dirent = fastpath.decode_dirent
     end = schema.payload_length(data)
     if type(data) is not bytes:
-        data = bytes(data)  # one copy; decode_dirent wants bytes for its fast UTF-8 path
-    position = 0
-    entries = []
-    while position < end:
-        entry, position = decode_dirent(data, position, end)
-        entries.append(entry)
-    return entries
+        data = bytes(data)  # one copy; the decoder wants bytes for its fast UTF-8 path
+    return fastpath.decode_dirents(data, end)
 
 
 def unpack_dirents_interpreted(data) -> list[Dirent]:

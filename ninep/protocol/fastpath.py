@@ -300,13 +300,20 @@ def _generate_message_decoder(namespace: dict, type_byte: int) -> str:
     return _define(namespace, function, "buf", gen.prologue() + gen.lines)
 
 
-def _generate_dirent_decoder(namespace: dict) -> str:
+def _generate_dirents_decoder(namespace: dict) -> str:
+    """All the records of an Rreaddir's data, in one loop (no call per record)."""
     gen = _DecoderGenerator(namespace, "Dirent")
+    gen.emit("pos = 0")
+    gen.emit("entries = []")
+    gen.emit("while pos < end:")
+    gen.depth += 1
     record = gen.value(schema.DIRENT, "")
     gen.flush()
-    gen.emit(f"return {record}, pos")
-    # The caller (codec.unpack_dirents) hands over bytes, converted once for all records.
-    return _define(namespace, "decode_dirent", "buf, pos, end", gen.prologue(False) + gen.lines)
+    gen.emit(f"entries.append({record})")
+    gen.depth -= 1
+    gen.emit("return entries")
+    # The caller (codec.unpack_dirents) hands over bytes, so strings take the fast path.
+    return _define(namespace, "decode_dirents", "buf, end", gen.prologue(False) + gen.lines)
 
 
 # --- encoders ------------------------------------------------------------------------------
@@ -467,10 +474,10 @@ def _build():
         decoders[type_byte] = namespace[_generate_message_decoder(namespace, type_byte)]
         encoders[MESSAGE_CLASSES[type_byte]] = namespace[
             _generate_message_encoder(namespace, type_byte)]
-    dirent_decoder = namespace[_generate_dirent_decoder(namespace)]
+    dirents_decoder = namespace[_generate_dirents_decoder(namespace)]
     dirent_encoder = namespace[_generate_dirent_encoder(namespace)]
-    return decoders, encoders, dirent_decoder, dirent_encoder
+    return decoders, encoders, dirents_decoder, dirent_encoder
 
 
-DECODERS, ENCODERS, decode_dirent, encode_dirent = _build()
-"""type byte -> decoder; message class -> encoder; Rreaddir record decoder/encoder."""
+DECODERS, ENCODERS, decode_dirents, encode_dirent = _build()
+"""type byte -> decoder; message class -> encoder; Rreaddir data decoder; record encoder."""
