@@ -10,7 +10,7 @@ See docs/library.md for the whole API, in the order a new user needs it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from ..backend import Filesystem
 from .adapter import SyntheticFile, SyntheticFilesystem

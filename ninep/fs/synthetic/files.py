@@ -169,7 +169,8 @@ class Feed:
     def __init__(self, *, backlog: int = 256, history: int = 0):
         self.backlog = backlog
         self._history: deque[bytes] = deque(maxlen=history)
-        self._subscribers: set[trio.MemorySendChannel[bytes]] = set()
+        # each subscriber's receiving end -> the sending end publish() writes to
+        self._subscribers: dict[trio.MemoryReceiveChannel[bytes], trio.MemorySendChannel[bytes]] = {}
         self.closed = False
         self.published = 0
         self.dropped = 0
@@ -182,17 +183,15 @@ class Feed:
             return  # an empty chunk would read as end of file
         self.published += 1
         self._history.append(chunk)
-        for channel in list(self._subscribers):
+        for channel in self._subscribers.values():
             try:
                 channel.send_nowait(chunk)
             except trio.WouldBlock:
                 self.dropped += 1
-            except trio.BrokenResourceError:  # the reader went away between checks
-                self._subscribers.discard(channel)
 
     def close(self) -> None:
         self.closed = True
-        for channel in self._subscribers:
+        for channel in self._subscribers.values():
             channel.close()
         self._subscribers.clear()
 
@@ -207,11 +206,14 @@ class Feed:
         if self.closed:
             send.close()
         else:
-            self._subscribers.add(send)
+            self._subscribers[receive] = send
         return receive
 
     def unsubscribe(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
-        receive.close()  # publish() then drops the sender on BrokenResourceError
+        send = self._subscribers.pop(receive, None)
+        if send is not None:
+            send.close()
+        receive.close()
 
 
 class StreamFile(Node):
