@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -32,7 +33,8 @@ async def test_ninepd_serves_an_example_tree():
     port = free_port()
     command = [sys.executable, "-c", "from ninep.cli import main_entry; main_entry()",
                "--synthetic", "examples.hello:tree", "--listen", f"tcp://127.0.0.1:{port}"]
-    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
+    environment = dict(os.environ, PYTHONPATH=str(REPO))  # where "examples" is found
+    process = subprocess.Popen(command, cwd="/", env=environment, stderr=subprocess.DEVNULL)
     try:
         with trio.fail_after(20):
             while True:
