@@ -49,7 +49,8 @@ def with_size(frame: bytes) -> bytes:
     return len(frame).to_bytes(4, "little") + frame[4:]
 
 
-@pytest.mark.parametrize("type_byte", ALL_TYPES, ids=[MESSAGE_CLASSES[t].__name__ for t in ALL_TYPES])
+@pytest.mark.parametrize("type_byte", ALL_TYPES,
+                         ids=[MESSAGE_CLASSES[t].__name__ for t in ALL_TYPES])
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_every_type_round_trips_identically(type_byte, data):
@@ -98,7 +99,8 @@ def test_inserted_bytes(msg, where, extra):
 
 
 @SETTINGS
-@given(type_byte=st.one_of(st.sampled_from(ALL_TYPES), st.integers(0, 255)), tag=st.integers(0, 0xFFFF), body=st.binary(max_size=80))
+@given(type_byte=st.one_of(st.sampled_from(ALL_TYPES), st.integers(0, 255)),
+       tag=st.integers(0, 0xFFFF), body=st.binary(max_size=80))
 def test_garbage_bodies(type_byte, tag, body):
     frame = (7 + len(body)).to_bytes(4, "little") + bytes([type_byte]) + tag.to_bytes(2, "little")
     assert_same_outcome(frame + body)
