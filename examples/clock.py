@@ -69,5 +69,5 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     try:
         trio.run(main, arguments.listen, arguments.tick_every)
-    except KeyboardInterrupt:  # Ctrl-C on the server: stop quietly, clients see EOF
+    except* KeyboardInterrupt:  # Ctrl-C on the server: stop quietly
         pass

@@ -90,4 +90,7 @@ def make_tree() -> Directory:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", default="tcp://127.0.0.1:5640")
-    trio.run(ninep.serve, make_tree(), parser.parse_args().listen)
+    try:
+        trio.run(ninep.serve, make_tree(), parser.parse_args().listen)
+    except* KeyboardInterrupt:  # Ctrl-C: stop without a traceback
+        pass

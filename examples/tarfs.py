@@ -170,5 +170,5 @@ if __name__ == "__main__":
         print(f"tarfs: skipped {name!r} (outside the root, or a link to nothing)")
     try:
         trio.run(ninep.serve, filesystem, arguments.listen)
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:  # Ctrl-C: stop without a traceback
         pass
