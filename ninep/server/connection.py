@@ -298,7 +298,14 @@ class Connection:
 
     # --- writing -------------------------------------------------------------------------
     def queue_reply(self, reply: m.Message) -> None:
-        buffers = encode(reply)
+        try:
+            buffers = encode(reply)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A backend handed back something the wire cannot carry (a name with NUL,
+            # a field out of range): that request fails, the connection goes on.
+            log.error("%s: cannot encode %s: %s", self.name, type(reply).__name__, exc)
+            reply = m.Rlerror(reply.tag, Errno.EIO)
+            buffers = encode(reply)
         size = sum(map(len, buffers))
         if size > self.session.msize:
             # Only variable replies without a count (a huge Rreadlink) can get here.

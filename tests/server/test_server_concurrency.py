@@ -203,3 +203,14 @@ async def test_clunking_the_locking_fid_releases_like_flock(autojump_clock):
         assert await b.rpc(m.Tlock(3, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(3, LockStatus.BLOCKED)
         await a.rpc(m.Tclunk(4, 2))  # fid 1 of connection a still refers to the file
         assert await b.rpc(m.Tlock(5, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(5, LockStatus.SUCCESS)
+
+
+async def test_a_reply_the_wire_cannot_carry_fails_only_that_request():
+    fs = MemFilesystem()
+    link = fs.add("link", mode=0o120777)
+    link.target = "bad\0target"  # NUL cannot be encoded in a 9P string
+    async with served(fs) as ([peer], _):
+        await peer.start()
+        await peer.rpc(m.Twalk(1, 0, 1, ("link",)))
+        assert await peer.rpc(m.Treadlink(2, 1)) == m.Rlerror(2, errno.EIO)
+        assert isinstance(await peer.rpc(m.Tstatfs(3, 0)), m.Rstatfs)

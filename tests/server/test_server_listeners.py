@@ -159,3 +159,28 @@ async def test_client_that_stops_reading_does_not_block_others():
         # Bounded: the hog's queue stops growing near max_buffered (+ one batch).
         assert hog_conn._out_bytes <= (2 << 20) + (2 << 20)
         nursery.cancel_scope.cancel()
+
+
+async def test_fd_pipes_serve_one_client():
+    to_server_r, to_server_w = os.pipe()
+    to_client_r, to_client_w = os.pipe()
+    async with trio.open_nursery() as nursery:
+        await start(nursery, MemFilesystem(), f"fd://{to_server_r},{to_client_w}")
+        peer = Peer(trio.StapledStream(trio.lowlevel.FdStream(to_server_w),
+                                       trio.lowlevel.FdStream(to_client_r)))
+        await peer.start()
+        assert isinstance(await peer.rpc(m.Tstatfs(1, 0)), m.Rstatfs)
+        await peer.stream.aclose()
+    # serve() returned once the only client left.
+
+
+async def test_vsock_listener_if_the_host_has_vsock():
+    if not hasattr(socket, "AF_VSOCK"):
+        pytest.skip("no AF_VSOCK")
+    try:
+        endpoints = await open_endpoints("vsock://-1:0")
+    except ListenError as exc:
+        pytest.skip(f"vsock unavailable here: {exc}")
+    [endpoint] = endpoints
+    assert endpoint.listener is not None
+    await endpoint.listener.aclose()
