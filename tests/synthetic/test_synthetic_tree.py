@@ -278,3 +278,22 @@ async def test_callback_context_detection():
         return ctx
 
     assert await callback(later, 0)("ctx") == "ctx"
+
+
+async def test_zero_versions_option_reports_version_zero_everywhere():
+    from ninep.fs.synthetic import SyntheticFilesystem
+
+    tree = Directory({"n": GeneratedFile(lambda: "x"), "ctl": ControlFile(on_write=print)})
+    fs = SyntheticFilesystem(tree, zero_versions=True)
+    assert tree.filesystem is fs and as_filesystem(tree) is fs
+    root = await fs.attach("", None)  # type: ignore[arg-type]
+    await read_all(root, "n")
+    await read_all(root, "n")
+    qids, n = await root.walk(["n"])
+    attr = await n.getattr(0)
+    assert qids[0].version == n.qid.version == attr.qid.version == attr.data_version == 0
+    assert tree["n"].version == 2  # the node still counts; only the wire says 0
+    assert {d.qid.version for d in (await list_dir(root)).values()} == {0}
+    default_root = await attach(Directory({"n": GeneratedFile(lambda: "x")}))
+    await read_all(default_root, "n")
+    assert (await walk(default_root, "n")).qid.version == 1  # without the option

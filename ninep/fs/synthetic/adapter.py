@@ -23,12 +23,21 @@ Path = tuple[tuple[str, Node], ...]
 
 
 class SyntheticFilesystem(Filesystem):
-    """Serves the tree under ``root``. ``sessions`` are the live attaches, by id."""
+    """Serves the tree under ``root``. ``sessions`` are the live attaches, by id.
 
-    def __init__(self, root: Directory):
+    ``zero_versions=True`` reports qid.version 0 for every node instead of versions
+    that follow the content. Linux 6.6 and later read a file whose qid.version is 0
+    as synthetic and never cache it (fs/9p/fid.h, v9fs_fid_add_modes), so generated
+    and streaming files read correctly even on ``cache=loose`` mounts; older kernels
+    ignore the difference."""
+
+    def __init__(self, root: Directory, *, zero_versions: bool = False):
         if not isinstance(root, Directory):
             raise TypeError("the root of a synthetic tree must be a Directory")
         self.root = root
+        self.zero_versions = zero_versions
+        if root._filesystem is None:  # serving the tree directly then uses these options
+            root._filesystem = self
         self.sessions: dict[int, Session] = {}
         self._session_ids = itertools.count(1)
 
@@ -56,7 +65,13 @@ class SyntheticFile(File):
 
     @property
     def qid(self) -> Qid:  # type: ignore[override]  # computed: version follows content
-        return self.node.qid
+        return self._qid(self.node)
+
+    def _qid(self, node: Node) -> Qid:
+        qid = node.qid
+        if self.session.filesystem.zero_versions and qid.version:
+            return Qid(qid.type, 0, qid.path)
+        return qid
 
     def _directory(self) -> Directory:
         node = self.node
@@ -75,7 +90,7 @@ class SyntheticFile(File):
                 if not qids:
                     raise
                 return qids, None
-            qids.append(path[-1][1].qid)
+            qids.append(self._qid(path[-1][1]))
         self.session.stats["walks"] += 1
         return qids, SyntheticFile(self.session, path)
 
@@ -132,12 +147,15 @@ class SyntheticFile(File):
         parent = self.path[-2][1] if len(self.path) > 1 else self.node
         listing = [(".", self.node), ("..", parent), *handle.children]
         # The cookie of entry i is i + 1: the index of the entry after it.
-        return [Dirent(node.qid, index + 1, node.dirent_type, name)
+        return [Dirent(self._qid(node), index + 1, node.dirent_type, name)
                 for index, (name, node) in enumerate(listing[offset:], start=offset)]
 
     # --- metadata ---------------------------------------------------------------------------
     async def getattr(self, mask: int) -> Attr:
-        return self.node.attr()
+        attr = self.node.attr()
+        if self.session.filesystem.zero_versions:
+            attr.qid, attr.data_version = self._qid(self.node), 0
+        return attr
 
     async def setattr(self, attr: SetAttr) -> None:
         await self.node.setattr(attr)
@@ -188,14 +206,14 @@ class SyntheticFile(File):
         return new, 0
 
     async def mkdir(self, name: str, mode: int, gid: int) -> Qid:
-        return (await self._directory().make_directory(name, mode, gid, self.session)).qid
+        return self._qid(await self._directory().make_directory(name, mode, gid, self.session))
 
     async def symlink(self, name: str, target: str, gid: int) -> Qid:
-        return (await self._directory().make_symlink(name, target, gid, self.session)).qid
+        return self._qid(await self._directory().make_symlink(name, target, gid, self.session))
 
     async def mknod(self, name: str, mode: int, major: int, minor: int, gid: int) -> Qid:
         rdev = (major << 8) | (minor & 0xFF) | ((minor & ~0xFF) << 12)  # Linux makedev
-        return (await self._directory().make_special(name, mode, rdev, gid, self.session)).qid
+        return self._qid(await self._directory().make_special(name, mode, rdev, gid, self.session))
 
     async def link(self, target: File, name: str) -> None:
         if not isinstance(target, SyntheticFile) or target.session.filesystem is not self.session.filesystem:

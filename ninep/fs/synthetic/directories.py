@@ -172,7 +172,9 @@ class Directory(Node, Filesystem):
     # --- a Directory is a whole export ---------------------------------------------------
     @property
     def filesystem(self) -> Filesystem:
-        """The ``SyntheticFilesystem`` serving this tree (one per root, made once)."""
+        """The ``SyntheticFilesystem`` serving this tree: the first one made over it
+        (``SyntheticFilesystem(tree, zero_versions=True)`` chooses options), else
+        one with default options, made on first use."""
         if self._filesystem is None:
             from .adapter import SyntheticFilesystem  # adapter imports this module
             self._filesystem = SyntheticFilesystem(self)
