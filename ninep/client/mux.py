@@ -117,6 +117,8 @@ class Multiplexer:
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._quiet = trio.Event()  # set when closing and nothing is in flight
+        self.requests_sent = 0  # counters for tests and benchmarks (Tflush included)
+        self.flushes_sent = 0
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -160,6 +162,11 @@ class Multiplexer:
     def raise_if_closed(self) -> None:
         if self._failure is not None:
             raise ConnectionLost(f"connection lost: {self._failure}") from self._failure
+
+    def agree_msize(self, msize: int) -> None:
+        """Use the msize Tversion agreed on: for request sizes and to bound replies."""
+        self.msize = msize
+        self._frames.msize = msize
 
     # --- reading ---------------------------------------------------------------------
     async def _read_replies(self) -> None:
@@ -215,6 +222,7 @@ class Multiplexer:
                 try:
                     for buffer in buffers:
                         await self._stream.send_all(buffer)
+                    self.requests_sent += 1
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._fail(exc)
                     await trio.aclose_forcefully(self._stream)
@@ -295,6 +303,7 @@ class Multiplexer:
         tag = self._allocate_tag()
         pending = _Pending(request=Tflush(tag, oldtag))
         self._pending[tag] = pending
+        self.flushes_sent += 1
         with trio.move_on_after(self.flush_timeout, shield=True):
             try:
                 await self._send(pending)

@@ -64,8 +64,7 @@ class Client(Multiplexer):
         if problem:
             await self.aclose()
             raise VersionError(problem)
-        self.msize = reply.msize
-        self._frames.msize = reply.msize
+        self.agree_msize(reply.msize)
         return reply.msize, reply.version
 
     async def auth(self, afid: int, uname: str, aname: str, n_uname: int = NONUNAME) -> m.Qid:

@@ -322,3 +322,30 @@ async def test_concurrent_requests_on_one_connection(session):
                 nursery.start_soon(read, i)
         assert results == {i: bytes([i]) * (1000 + i) for i in range(16)}
         assert client.in_flight == 0
+
+
+async def test_cancelled_requests_are_flushed_and_diod_survives_the_hangup(session):
+    _, _, sub, host = session
+    for i in range(32):
+        (host / f"f{i}").write_bytes(os.urandom(200_000))
+    async with client_for(session) as client:
+        # Whether a cancelled request is still unanswered (and so gets a Tflush) depends
+        # on timing; a few rounds make sure some do.
+        for _ in range(20):
+            sent_before = client.requests_sent
+            async with trio.open_nursery() as nursery:
+                for i in range(32):
+                    nursery.start_soon(client.root.read_file, f"{sub}/f{i}")
+                with trio.fail_after(5):  # until the Twalks, some Tlopens and Treads are out
+                    while client.requests_sent < sent_before + 32 + 16:
+                        await trio.sleep(0)
+                nursery.cancel_scope.cancel()  # reads and walks die mid-flight
+            if client.flushes_sent:
+                break
+        assert client.flushes_sent > 0
+        with trio.fail_after(5):  # orphaned walks are clunked in the background
+            while len(client.fids) > 1 or client.in_flight:
+                await trio.sleep(0.01)
+        assert await client.root.read_file(f"{sub}/f0") == (host / "f0").read_bytes()
+    async with client_for(session) as again:  # diod is still serving
+        assert len(await again.root.listdir(sub)) == 34
