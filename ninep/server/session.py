@@ -102,10 +102,10 @@ class Fid:
 
 
 def negotiate_version(requested_msize: int, version: str, max_msize: int) -> tuple[int, str]:
-    """Tversion: our msize is the smaller one, never below MIN_MSIZE; only 9P2000.L
-    (optionally with a ".suffix", which the spec says to ignore) is spoken."""
+    """Tversion: our msize is the smaller one, never below MIN_MSIZE; exactly
+    "9P2000.L" is spoken, anything else gets "unknown"."""
     msize = max(MIN_MSIZE, min(requested_msize, max_msize))
-    if version == VERSION_9P2000L or version.startswith(VERSION_9P2000L + "."):
+    if version == VERSION_9P2000L:
         return msize, VERSION_9P2000L
     return msize, VERSION_UNKNOWN
 

@@ -33,7 +33,8 @@ def fs():
 async def test_version_negotiation():
     async with served(MemFilesystem(), limits=Limits(max_msize=8192)) as ([peer], _):
         assert await peer.rpc(m.Tversion(0xFFFF, 1 << 20, "9P2000.L")) == m.Rversion(0xFFFF, 8192, "9P2000.L")
-        assert await peer.rpc(m.Tversion(0xFFFF, 100, "9P2000.L.google")) == m.Rversion(0xFFFF, 4096, "9P2000.L")
+        assert await peer.rpc(m.Tversion(0xFFFF, 100, "9P2000.L")) == m.Rversion(0xFFFF, 4096, "9P2000.L")
+        assert await peer.rpc(m.Tversion(0xFFFF, 8192, "9P2000.L.google")) == m.Rversion(0xFFFF, 8192, "unknown")
         assert await peer.rpc(m.Tversion(0xFFFF, 8192, "9P2000.u")) == m.Rversion(0xFFFF, 8192, "unknown")
         # Not negotiated: everything else is refused.
         assert err(errno.EPROTO)(await peer.rpc(m.Tattach(1, 0, NOFID, "", "", 0)))
