@@ -15,8 +15,8 @@ SCRIPT = r"""
 D=/hosttest; mkdir $D && cd $D || exit 1
 echo hello > f && ln f hard && ln -s f soft
 echo "LINKS:$(stat -c %h f) CAT:$(cat soft) LINK:$(readlink soft)"
-chmod 4750 f && echo "MODE:$(stat -c %a f)"
 chown 1000:1000 f && echo "OWN:$(stat -c %u:%g f)"
+chmod 4750 f && echo "MODE:$(stat -c %a f)"
 touch -d '2001-01-01 00:00:00' f && echo "MTIME:$(stat -c %Y f)"
 mkfifo p && (echo piped > p &) && read line < p && echo "FIFO:$line"
 mknod null c 1 3 && echo x > null && echo "NULL:ok"
