@@ -1,36 +1,22 @@
-"""The client against a real server: diod 1.0.24 exporting a temporary directory.
+"""The client against diod 1.0.24 (an independent C server) exporting a temporary directory.
 
-Every result is checked against the host directory with os.stat and friends. diod runs
-as root with -n (no auth), so the client attaches as uname "root". Notes on diod: it has
-no Tunlinkat (the client falls back to walk + Tremove, as the kernel does), and it
-crashes when a client hangs up with two or more requests in flight, so every test ends
-with a check that diod is still alive.
+diod runs as root with -n (no auth), so the client attaches as uname "root". diod has no
+Tunlinkat (the client falls back to walk + Tremove, as the kernel does), and it crashes
+when a client hangs up with two or more requests in flight, so every check ends with a
+check that diod is still alive. The checks themselves are in client_host_checks.py.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
 import socket
-import stat
 import subprocess
 import time
 import uuid
 
 import pytest
-import trio
 
-from ninep.client import connect
-from ninep.protocol.constants import (
-    V9FS_MAGIC,
-    DirentType,
-    GetattrMask,
-    LockStatus,
-    LockType,
-    OpenFlags,
-    QidType,
-)
+from client_host_checks import CHECKS, Target
 
 pytestmark = [pytest.mark.diod, pytest.mark.root]
 
@@ -66,7 +52,7 @@ def diod(tmp_path_factory):
         process = subprocess.Popen(
             [DIOD, "-f", "-n", "-c", "/dev/null", "-l", f"127.0.0.1:{port}", "-e", str(export),
              "-L", "stderr"],
-            stdout=log_file, stderr=subprocess.STDOUT, umask=0o022)  # modes below assume it
+            stdout=log_file, stderr=subprocess.STDOUT, umask=0o022)  # modes assume it
     try:
         wait_until_listening(port, process)
         yield f"tcp://127.0.0.1:{port}", export, process
@@ -79,273 +65,11 @@ def diod(tmp_path_factory):
             process.wait()
 
 
-@pytest.fixture
-def session(diod, request):
-    """A fresh directory under the export for this test; checks diod survived it."""
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__[len("check_"):])
+async def test_against_diod(diod, check):
     url, export, process = diod
-    name = f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}"
-    host_dir = export / name
-    host_dir.mkdir()
-    yield url, str(export), name, host_dir
+    sub = f"{check.__name__[6:40]}-{uuid.uuid4().hex[:6]}"
+    (export / sub).mkdir()
+    await check(Target(url=url, aname=str(export), export=export, sub=sub, server="diod"))
     time.sleep(0.05)  # give a crash the chance to happen
-    assert process.poll() is None, "diod died during the test"
-
-
-def client_for(session):
-    url, export, _, _ = session
-    return connect(url, aname=export, uname="root", n_uname=0)
-
-
-async def test_create_write_read_back_and_getattr(session):
-    _, _, sub, host = session
-    payload = os.urandom(300_000)  # several Twrites and Treads at diod's 64 KiB msize
-    async with client_for(session) as client:
-        await client.root.write_file(f"{sub}/data.bin", payload, mode=0o640)
-        assert (host / "data.bin").read_bytes() == payload
-        assert await client.root.read_file(f"{sub}/data.bin") == payload
-        assert client.msize <= 65536 + 24
-
-        attr = await client.root.stat(f"{sub}/data.bin")
-        st = os.lstat(host / "data.bin")
-        assert attr.valid & GetattrMask.BASIC == GetattrMask.BASIC
-        assert (attr.mode, attr.uid, attr.gid, attr.nlink) == (st.st_mode, st.st_uid, st.st_gid,
-                                                               st.st_nlink)
-        assert stat.S_IMODE(attr.mode) == 0o640
-        assert (attr.size, attr.blocks, attr.rdev) == (st.st_size, st.st_blocks, st.st_rdev)
-        assert attr.qid.path == st.st_ino and attr.qid.type == QidType.FILE
-        assert attr.mtime_sec * 10**9 + attr.mtime_nsec == st.st_mtime_ns
-        assert attr.ctime_sec * 10**9 + attr.ctime_nsec == st.st_ctime_ns
-
-        # Appending at an offset through an explicitly opened fid.
-        async with client.root.open(f"{sub}/data.bin", OpenFlags.RDWR) as opened:
-            assert await opened.write(b"tail", offset=len(payload)) == 4
-            await opened.fsync()
-            assert await opened.read(4, offset=len(payload)) == b"tail"
-        assert (host / "data.bin").read_bytes() == payload + b"tail"
-
-
-async def test_listdir_matches_the_host(session):
-    _, _, sub, host = session
-    (host / "dir").mkdir()
-    (host / "file").write_bytes(b"x")
-    (host / "link").symlink_to("file")
-    for i in range(300):  # enough for several Treaddirs
-        (host / "dir" / f"name-{i:04d}").touch()
-    async with client_for(session) as client:
-        entries = {e.name: e for e in await client.root.listdir(sub)}
-        assert set(entries) - {".", ".."} == set(os.listdir(host))
-        assert entries["dir"].type == DirentType.DIR
-        assert entries["file"].type == DirentType.REG
-        assert entries["link"].type == DirentType.LNK
-        assert entries["file"].qid.path == os.lstat(host / "file").st_ino
-        names = [e.name for e in await client.root.listdir(f"{sub}/dir")]
-        assert sorted(set(names) - {".", ".."}) == sorted(os.listdir(host / "dir"))
-        assert len(names) == len(set(names))  # no entry twice across pages
-
-
-async def test_mkdir_symlink_readlink_link_and_mknod(session):
-    _, _, sub, host = session
-    async with client_for(session) as client:
-        root = client.root
-        qid = await root.mkdir(f"{sub}/made", 0o750)
-        st = os.stat(host / "made")
-        assert stat.S_ISDIR(st.st_mode) and qid.path == st.st_ino and qid.type & QidType.DIR
-        assert stat.S_IMODE(st.st_mode) == 0o750
-
-        await root.symlink(f"{sub}/made/ln", "../target")
-        assert os.readlink(host / "made" / "ln") == "../target"
-        assert await root.readlink(f"{sub}/made/ln") == "../target"
-
-        await root.write_file(f"{sub}/orig", b"shared")
-        await root.link(f"{sub}/orig", f"{sub}/made/hard")
-        assert os.stat(host / "made" / "hard").st_ino == os.stat(host / "orig").st_ino
-        assert os.stat(host / "orig").st_nlink == 2
-        assert (await root.stat(f"{sub}/orig")).nlink == 2
-
-        await root.mknod(f"{sub}/fifo", stat.S_IFIFO | 0o600)
-        assert stat.S_ISFIFO(os.lstat(host / "fifo").st_mode)
-
-        with pytest.raises(FileExistsError):
-            await root.mkdir(f"{sub}/made")
-        with pytest.raises(FileNotFoundError):
-            await root.walk(f"{sub}/made/nothing/here")
-
-
-async def test_renameat_and_rename(session):
-    _, _, sub, host = session
-    (host / "a").mkdir()
-    (host / "b").mkdir()
-    (host / "a" / "one").write_bytes(b"1")
-    (host / "a" / "two").write_bytes(b"2")
-    async with client_for(session) as client:
-        await client.root.rename(f"{sub}/a/one", f"{sub}/b/uno")  # Trenameat
-        assert (host / "b" / "uno").read_bytes() == b"1" and not (host / "a" / "one").exists()
-
-        async with client.root.walk(f"{sub}/a/two") as moving, client.root.walk(f"{sub}/b") as b:
-            await client.rename(moving.fid, b.fid, "dos")  # Trename
-            assert (host / "b" / "dos").read_bytes() == b"2"
-        assert sorted(os.listdir(host / "b")) == ["dos", "uno"] and os.listdir(host / "a") == []
-
-
-async def test_setattr_chmod_chown_truncate_and_times(session):
-    _, _, sub, host = session
-    (host / "f").write_bytes(b"0123456789")
-    async with client_for(session) as client:
-        async with client.root.walk(f"{sub}/f") as f:
-            await f.chmod(0o604)
-            assert stat.S_IMODE(os.stat(host / "f").st_mode) == 0o604
-            await f.chown(1234, 5678)
-            st = os.stat(host / "f")
-            assert (st.st_uid, st.st_gid) == (1234, 5678)
-            await f.truncate(3)
-            assert (host / "f").read_bytes() == b"012"
-            await f.utime(atime_ns=1_000_000_123, mtime_ns=2_000_000_456)
-            st = os.stat(host / "f")
-            assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_123, 2_000_000_456)
-            before = time.time_ns()
-            await f.utime()  # both "now"
-            st = os.stat(host / "f")
-            assert st.st_mtime_ns >= before - 10**9 and st.st_atime_ns >= before - 10**9
-            attr = await f.getattr()
-            assert (attr.uid, attr.gid, attr.size) == (1234, 5678, 3)
-            assert attr.atime_sec * 10**9 + attr.atime_nsec == st.st_atime_ns
-
-
-async def test_xattrs_set_get_list_remove(session):
-    _, _, sub, host = session
-    (host / "f").touch()
-    try:
-        os.setxattr(host / "f", "user.from_host", b"host value")
-    except OSError as exc:
-        pytest.skip(f"the export's filesystem has no user xattrs: {exc}")
-    async with client_for(session) as client:
-        path = f"{sub}/f"
-        await client.root.set_xattr("user.from_client", b"client value", path=path)
-        assert os.getxattr(host / "f", "user.from_client") == b"client value"
-        assert await client.root.get_xattr("user.from_host", path) == b"host value"
-        assert set(await client.root.list_xattrs(path)) >= {"user.from_client", "user.from_host"}
-        with pytest.raises(OSError) as caught:
-            await client.root.get_xattr("user.absent", path)
-        assert caught.value.errno == errno.ENODATA
-        await client.root.remove_xattr("user.from_client", path)
-        assert "user.from_client" not in os.listxattr(host / "f")
-
-
-async def test_statfs_matches_statvfs(session):
-    _, export, _, host = session
-    async with client_for(session) as client:
-        remote = await client.root.statfs()
-    local = os.statvfs(export)
-    assert remote.type == V9FS_MAGIC  # diod without -p hides the host's f_type
-    assert (remote.bsize, remote.blocks, remote.files, remote.namelen) == (
-        local.f_bsize, local.f_blocks, local.f_files, local.f_namemax)
-    assert abs(remote.bfree - local.f_bfree) < 10_000
-
-
-# diod implements Tlock with flock() on its host file descriptor (whole-file locks).
-HOST_LOCK_PROBE = """
-import fcntl, sys
-with open(sys.argv[1], "r+b") as f:
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print("conflict")
-    else:
-        print("free")
-"""
-
-
-def host_lock_state(path) -> str:
-    return subprocess.run(["python3", "-c", HOST_LOCK_PROBE, str(path)], check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
-async def test_lock_and_getlock(session):
-    _, _, sub, host = session
-    (host / "locked").write_bytes(b"x" * 100)
-    async with client_for(session) as client, client_for(session) as other:
-        async with client.root.open(f"{sub}/locked", OpenFlags.RDWR) as mine, \
-                other.root.open(f"{sub}/locked", OpenFlags.RDWR) as theirs:
-            status = await mine.lock(LockType.WRLCK, 0, 0, proc_id=42, client_id="mine")
-            assert status == LockStatus.SUCCESS
-            assert await trio.to_thread.run_sync(host_lock_state, host / "locked") == "conflict"
-            held = await theirs.getlock(LockType.WRLCK, 0, 0, proc_id=7, client_id="theirs")
-            assert held.type == LockType.WRLCK and held.start == 0
-            assert await theirs.lock(LockType.WRLCK, proc_id=7, client_id="theirs") == \
-                LockStatus.BLOCKED
-            own = await mine.getlock(LockType.WRLCK, 0, 0, proc_id=42, client_id="mine")
-            assert own.type == LockType.UNLCK  # one's own lock is no conflict
-
-            assert await mine.lock(LockType.UNLCK, 0, 0, proc_id=42, client_id="mine") == \
-                LockStatus.SUCCESS
-            assert await trio.to_thread.run_sync(host_lock_state, host / "locked") == "free"
-            free = await theirs.getlock(LockType.WRLCK, 0, 0, proc_id=7, client_id="theirs")
-            assert free.type == LockType.UNLCK
-            assert await theirs.lock(LockType.WRLCK, proc_id=7, client_id="theirs") == \
-                LockStatus.SUCCESS
-
-
-async def test_unlink_rmdir_and_remove(session):
-    _, _, sub, host = session
-    (host / "dir").mkdir()
-    (host / "dir" / "inner").touch()
-    (host / "file").touch()
-    (host / "gone").touch()
-    async with client_for(session) as client:
-        root = client.root
-        with pytest.raises(OSError) as caught:
-            await root.rmdir(f"{sub}/dir")
-        assert caught.value.errno == errno.ENOTEMPTY
-        await root.unlink(f"{sub}/dir/inner")  # diod: EOPNOTSUPP -> walk + Tremove
-        await root.rmdir(f"{sub}/dir")
-        await root.unlink(f"{sub}/file")
-        with pytest.raises(IsADirectoryError):
-            await root.unlink(sub)
-        doomed = await root.walk(f"{sub}/gone")
-        await doomed.remove()
-        assert os.listdir(host) == []
-        assert len(client.fids) == 1  # only the root fid is left
-
-
-async def test_concurrent_requests_on_one_connection(session):
-    _, _, sub, host = session
-    for i in range(16):
-        (host / f"f{i}").write_bytes(bytes([i]) * (1000 + i))
-    async with client_for(session) as client:
-        results = {}
-
-        async def read(i):
-            results[i] = await client.root.read_file(f"{sub}/f{i}")
-
-        async with trio.open_nursery() as nursery:
-            for i in range(16):
-                nursery.start_soon(read, i)
-        assert results == {i: bytes([i]) * (1000 + i) for i in range(16)}
-        assert client.in_flight == 0
-
-
-async def test_cancelled_requests_are_flushed_and_diod_survives_the_hangup(session):
-    _, _, sub, host = session
-    for i in range(32):
-        (host / f"f{i}").write_bytes(os.urandom(200_000))
-    async with client_for(session) as client:
-        # Whether a cancelled request is still unanswered (and so gets a Tflush) depends
-        # on timing; a few rounds make sure some do.
-        for _ in range(20):
-            sent_before = client.requests_sent
-            async with trio.open_nursery() as nursery:
-                for i in range(32):
-                    nursery.start_soon(client.root.read_file, f"{sub}/f{i}")
-                with trio.fail_after(5):  # until the Twalks, some Tlopens and Treads are out
-                    while client.requests_sent < sent_before + 32 + 16:
-                        await trio.sleep(0)
-                nursery.cancel_scope.cancel()  # reads and walks die mid-flight
-            if client.flushes_sent:
-                break
-        assert client.flushes_sent > 0
-        with trio.fail_after(5):  # orphaned walks are clunked in the background
-            while len(client.fids) > 1 or client.in_flight:
-                await trio.sleep(0.01)
-        assert await client.root.read_file(f"{sub}/f0") == (host / "f0").read_bytes()
-    async with client_for(session) as again:  # diod is still serving
-        assert len(await again.root.listdir(sub)) == 34
+    assert process.poll() is None, "diod died"
