@@ -49,6 +49,7 @@ O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # cached 1 MiB pread ~40 µs, so only transfers beyond any usual msize leave the loop.
 THREAD_IO_MIN = 1 << 20
 _DIR_BUFSIZE_MAX = 256 * 1024
+_SIZE_FIRST_MIN = 64 * 1024  # reads asking for more than this fstat first
 _MODE_TO_DIRENT_SHIFT = 12
 _DT_UNKNOWN, _DT_DIR, _DT_LNK = 0, 4, 10
 _DTYPE_TO_QID = {_DT_DIR: int(QidType.DIR), _DT_LNK: int(QidType.SYMLINK)}
@@ -287,6 +288,12 @@ class HostFile(File):
             if count >= THREAD_IO_MIN:
                 return await self._threaded_io(os.pread, count, offset)
             return os.pread(fd, count, offset)
+        if count > _SIZE_FIRST_MIN:
+            # Clients ask for msize-sized reads of small files; zero-filling a 1 MiB
+            # buffer costs more than the fstat that sizes it.
+            count = min(count, os.fstat(fd).st_size - offset)
+            if count <= 0:
+                return b""
         buf = bytearray(count)
         try:
             got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)

@@ -4,12 +4,13 @@ An export may span several host filesystems (mounts inside it), whose inode numb
 overlap. Each device seen gets a small index stored in the top 16 bits, the inode
 fills the low 48. Devices beyond 0xFFFE, or inodes wider than 48 bits, go to a
 fallback table numbered in the reserved index 0xFFFF, so no two files ever share a
-path. Pure: no I/O.
+path. No I/O.
 """
 
 from __future__ import annotations
 
 import stat
+import threading
 
 from ..protocol.constants import QidType
 from ..protocol.messages import Qid
@@ -20,24 +21,32 @@ _FALLBACK_INDEX = 0xFFFF
 
 
 class QidMapper:
+    """Thread-safe: walks may run in worker threads. The common case (a known device,
+    a 48-bit inode) is one dict lookup without the lock."""
+
     def __init__(self) -> None:
         self._device_index: dict[int, int] = {}
         self._fallback: dict[tuple[int, int], int] = {}
+        self._lock = threading.Lock()
 
     def path(self, dev: int, ino: int) -> int:
         index = self._device_index.get(dev)
-        if index is None and len(self._device_index) < _FALLBACK_INDEX:
-            index = self._device_index[dev] = len(self._device_index)
         if index is not None and ino <= INODE_MASK:
             return (index << _INODE_BITS) | ino
-        key = (dev, ino)
-        path = self._fallback.get(key)
-        if path is None:
-            if len(self._fallback) > INODE_MASK:
-                raise OverflowError("qid fallback table full")
-            path = (_FALLBACK_INDEX << _INODE_BITS) | len(self._fallback)
-            self._fallback[key] = path
-        return path
+        with self._lock:
+            index = self._device_index.get(dev)
+            if index is None and len(self._device_index) < _FALLBACK_INDEX:
+                index = self._device_index[dev] = len(self._device_index)
+            if index is not None and ino <= INODE_MASK:
+                return (index << _INODE_BITS) | ino
+            key = (dev, ino)
+            path = self._fallback.get(key)
+            if path is None:
+                if len(self._fallback) > INODE_MASK:
+                    raise OverflowError("qid fallback table full")
+                path = (_FALLBACK_INDEX << _INODE_BITS) | len(self._fallback)
+                self._fallback[key] = path
+            return path
 
     def device_base(self, dev: int) -> int | None:
         """``path(dev, ino) == base | ino`` for every ino <= INODE_MASK, or None when

@@ -20,6 +20,10 @@ async def test_read_large_file_in_chunks(root):
     async with walked(root, "big", OpenFlags.RDONLY) as f:
         assert await read_all(f, 8192) == SEED_FILES["big"]
         assert bytes(await f.read(0, len(SEED_FILES["big"]))) == SEED_FILES["big"]
+        # msize-sized requests on a smaller file: exactly what is there
+        assert bytes(await f.read(0, 1 << 20)) == SEED_FILES["big"]
+        assert bytes(await f.read(100_000, 1 << 20)) == SEED_FILES["big"][100_000:]
+        assert bytes(await f.read(len(SEED_FILES["big"]), 1 << 20)) == b""
 
 
 async def test_empty_file_reads_nothing(root):
