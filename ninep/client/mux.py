@@ -30,6 +30,10 @@ from ..protocol.messages import (
     Rerror,
     Rflush,
     Rlerror,
+    Rread,
+    Rreaddir,
+    Rwalk,
+    Rwrite,
     Tclunk,
     Tflush,
     Twalk,
@@ -43,6 +47,19 @@ JOIN_BELOW = 64 * 1024  # smaller Twrite payloads are copied behind their header
 def reply_class(request_cls: type[Message]) -> type[Message]:
     """The R-message class that answers ``request_cls`` (its type byte plus one)."""
     return MESSAGE_CLASSES[request_cls.TYPE + 1]
+
+
+def _reply_problem(request: Message, reply: Message) -> str | None:
+    """What is wrong with a well-formed ``reply`` given its ``request``, if anything."""
+    if isinstance(reply, Rread) and len(reply.data) > request.count:  # type: ignore[attr-defined]
+        return f"{len(reply.data)} bytes for a Tread of {request.count}"  # type: ignore[attr-defined]
+    if isinstance(reply, Rreaddir) and len(reply.data) > request.count:  # type: ignore[attr-defined]
+        return f"{len(reply.data)} bytes for a Treaddir of {request.count}"  # type: ignore[attr-defined]
+    if isinstance(reply, Rwrite) and reply.count > len(request.data):  # type: ignore[attr-defined]
+        return f"count {reply.count} for a Twrite of {len(request.data)}"  # type: ignore[attr-defined]
+    if isinstance(reply, Rwalk) and len(reply.qids) > len(request.wnames):  # type: ignore[attr-defined]
+        return f"{len(reply.qids)} qids for {len(request.wnames)} names"  # type: ignore[attr-defined]
+    return None
 
 
 class FidPool:
@@ -159,6 +176,13 @@ class Multiplexer:
             pending.done.set()
         self._quiet.set()
 
+    async def abort(self, cause: BaseException) -> None:
+        """End the connection because of ``cause`` (a reply that broke the protocol in a
+        way only its reader could see): every request fails with ConnectionLost."""
+        self._fail(cause)
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stream)
+
     def raise_if_closed(self) -> None:
         if self._failure is not None:
             raise ConnectionLost(f"connection lost: {self._failure}") from self._failure
@@ -200,6 +224,9 @@ class Multiplexer:
                 f"server answered {type(pending.request).__name__} "
                 f"with {type(reply).__name__} (tag {reply.tag})"
             )
+        problem = _reply_problem(pending.request, reply)
+        if problem:
+            raise ProtocolError(f"{type(reply).__name__} (tag {reply.tag}): {problem}")
         pending.reply = reply
         pending.done.set()
         if pending.cancelled:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import trio
 
 from ..protocol import messages as m
-from ..protocol.codec import unpack_dirents
+from ..protocol.codec import ProtocolError, unpack_dirents
 from ..protocol.constants import (
     MAX_WALK_ELEMENTS,
     MIN_MSIZE,
@@ -114,7 +114,12 @@ class Client(Multiplexer):
     async def readdir(self, fid: int, offset: int, count: int) -> list[m.Dirent]:
         """One Treaddir; an empty list means the end of the directory."""
         reply = await self.rpc(m.Treaddir, fid=fid, offset=offset, count=count)
-        return unpack_dirents(reply.data)  # type: ignore[attr-defined]
+        try:
+            return unpack_dirents(reply.data)  # type: ignore[attr-defined]
+        except ProtocolError as exc:
+            await self.abort(exc)
+            self.raise_if_closed()
+            raise
 
     async def fsync(self, fid: int, datasync: bool = False) -> None:
         await self.rpc(m.Tfsync, fid=fid, datasync=int(datasync))

@@ -178,8 +178,9 @@ class RemoteFile:
 
     @property
     def io_size(self) -> int:
-        """Bytes per Tread/Twrite: the iounit, or what fits in msize."""
-        return self.iounit or self.client.msize - IOHDRSZ
+        """Bytes per Tread/Twrite: the iounit, or what fits in msize if that is less."""
+        fits = self.client.msize - IOHDRSZ
+        return min(self.iounit, fits) if self.iounit else fits
 
     async def read(self, count: int, offset: int = 0) -> bytes:
         """One Tread of at most ``count`` bytes (fewer at the end of the file)."""

@@ -195,3 +195,11 @@ async def test_cancelled_helper_leaves_no_fid_behind():
                 await arrived.wait()
                 nursery.cancel_scope.cancel()
         assert set(server.fids) == {client.root.fid} and len(client.fids) == 1
+
+
+async def test_an_iounit_larger_than_msize_allows_is_clamped():
+    content = b"z" * 20000
+    async with served(msize=4096, iounit=1 << 20, tree={"f": bytearray(content)}) as (server,
+                                                                                      client):
+        assert await client.root.read_file("f") == content
+        assert max(r.count for r in server.requests(m.Tread)) == 4096 - IOHDRSZ

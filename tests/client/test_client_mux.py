@@ -144,6 +144,36 @@ async def test_frame_larger_than_msize_closes_the_connection():
         await expect_connection_lost(client, server, ProtocolError)
 
 
+@pytest.mark.parametrize("request_name, bad_reply", [
+    ("read", lambda r: m.Rread(r.tag, b"x" * (r.count + 1))),
+    ("write", lambda r: m.Rwrite(r.tag, len(r.data) + 1)),
+    ("walk", lambda r: m.Rwalk(r.tag, (m.Qid(0, 0, 1),) * (len(r.wnames) + 1))),
+    ("readdir", lambda r: m.Rreaddir(r.tag, b"\x01\x02\x03")),  # a truncated record
+])
+async def test_replies_that_contradict_their_request_close_the_connection(request_name,
+                                                                          bad_reply):
+    async with served(tree={"d": {}}) as (server, client):
+        request_cls = {"read": m.Tread, "write": m.Twrite, "walk": m.Twalk,
+                       "readdir": m.Treaddir}[request_name]
+
+        async def contradict(request):
+            return bad_reply(request)
+
+        calls = {
+            "read": lambda: client.read(client.root.fid, 0, 10),
+            "write": lambda: client.write(client.root.fid, 0, b"abc"),
+            "walk": lambda: client.walk(client.root.fid, client.fids.allocate(), ["d"]),
+            "readdir": lambda: client.readdir(client.root.fid, 0, 100),
+        }
+        server.handlers[request_cls] = contradict
+        with pytest.raises(ConnectionLost) as caught:
+            await calls[request_name]()
+        assert isinstance(caught.value.__cause__, ProtocolError)
+        assert client.closed
+        with trio.fail_after(1):
+            await server.closed_by_peer.wait()
+
+
 async def test_server_hanging_up_fails_waiting_requests():
     async with served() as (server, client):
         async def hang_up(request):
