@@ -151,6 +151,7 @@ class Connection:
         buffer = bytearray(_RECEIVE_SIZE)
         view = memoryview(buffer)
         start = end = 0
+        waited = True  # whether we yielded to trio since the last successful recv
         while True:
             while end - start >= 4:
                 size = int.from_bytes(view[start:start + 4], "little")
@@ -178,17 +179,21 @@ class Connection:
             elif len(buffer) - end < 4096:
                 view[:end - start] = view[start:end]  # make room: move the partial frame down
                 start, end = 0, end - start
+            if not waited:
+                # Data twice without waiting: a busy client must not starve the others.
+                await trio.lowlevel.checkpoint()
             try:
                 received = sock.recv_into(view[end:])
             except (BlockingIOError, InterruptedError):
                 await trio.lowlevel.wait_readable(sock)
+                waited = True
                 continue
             except OSError:
                 return
             if received == 0:
                 return
             end += received
-            await trio.lowlevel.checkpoint()  # a busy client must not starve the others
+            waited = False
 
     async def _fill(self, target: memoryview) -> bool:
         sock = self._raw_socket
