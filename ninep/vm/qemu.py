@@ -239,11 +239,12 @@ async def _kill(process: trio.Process | None) -> None:
 
 async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
                  on_line: Callable[[str], None] | None = None,
-                 workdir: Path | None = None) -> VmResult:
+                 workdir: Path | None = None, stop_when: str | None = None) -> VmResult:
     """Boot, collect the console, return when QEMU exits or the timeout hits.
 
     `watch`: regexes whose first match time (seconds since QEMU started) lands in
     `VmResult.seen`.  `on_line`: called with every console line as it arrives.
+    `stop_when`: a regex; QEMU is killed as soon as a console line matches it.
     """
     with tempfile.TemporaryDirectory(prefix="ninep-vm-") as tmp:
         workdir = workdir or Path(tmp)
@@ -257,7 +258,7 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
         processes: list[trio.Process] = []
         qemu: trio.Process | None = None
         timed_out = False
-        server_started = False
+        server_started = stopped = False
         started = time.monotonic()
         try:
             async def start_server() -> None:
@@ -306,6 +307,9 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
                                     re.search(config.server_wait_for, line)):
                                 server_started = True
                                 nursery.start_soon(delayed_server)
+                            if stop_when is not None and re.search(stop_when, line):
+                                stopped = True
+                                qemu.kill()
                             if on_line is not None:
                                 on_line(line)
                     if pending:
@@ -321,7 +325,7 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
         return VmResult(
             console=console,
             exit_status=int(statuses[-1]) if statuses else None,
-            qemu_returncode=None if qemu is None or timed_out else qemu.returncode,
+            qemu_returncode=None if qemu is None or timed_out or stopped else qemu.returncode,
             timed_out=timed_out,
             elapsed=time.monotonic() - started,
             seen=seen,

@@ -69,7 +69,8 @@ def default_server() -> str:
 
 async def boot_script(rootfs: Path, script: str | None, *, transport: str = "virtio-serial",
                       server: str | None = None, timeout: float = 150.0,
-                      watch: tuple[str, ...] = (), **options) -> VmResult:
+                      watch: tuple[str, ...] = (), stop_when: str | None = None,
+                      **options) -> VmResult:
     """Boot the default kernel on `rootfs` over 9P and run `script` (None: the real init).
 
     `options` go to VmConfig (overlay=True, cache="none", server_delay=2.0, ...).
@@ -77,4 +78,4 @@ async def boot_script(rootfs: Path, script: str | None, *, transport: str = "vir
     config = VmConfig(rootfs=Path(rootfs).resolve(), kernel=options.pop("kernel", None)
                       or default_kernel(), transport=transport, server=server or default_server(),
                       script=script, accel="tcg", timeout=timeout, **options)
-    return await run_vm(config, watch=watch)
+    return await run_vm(config, watch=watch, stop_when=stop_when)

@@ -1,0 +1,32 @@
+"""Debian (debootstrap minbase + systemd + udev) boots its real systemd over the 9P root.
+
+The first run debootstraps from deb.debian.org and caches a tarball under
+~/.cache/ninep; later runs extract it (seconds).  The marker unit in the image
+prints a line once multi-user.target is reached and powers the guest off.
+"""
+
+import re
+
+import pytest
+
+from ninep.vm.rootfs import BOOT_MARKER, build_debian_rootfs
+from ninep.vm.testing import KERNEL_REACHED_INIT, ROOT_MOUNTED, boot_script
+
+pytestmark = [pytest.mark.vm, pytest.mark.debian]
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.mark.timeout(1200)  # a cold cache means a debootstrap first
+async def test_debian_systemd_reaches_multi_user_over_9p(tmp_path):
+    root = build_debian_rootfs(tmp_path / "debian")
+    result = await boot_script(root, None, timeout=240, extra_append=("ninep.marker=1",),
+                               stop_when=re.escape(BOOT_MARKER),
+                               watch=(KERNEL_REACHED_INIT, "Reached target.*multi-user.target"))
+    console = ANSI_ESCAPE.sub("", result.console)
+    assert not result.timed_out, console[-4000:]
+    assert KERNEL_REACHED_INIT in console
+    assert f"{ROOT_MOUNTED} virtio-serial://ninep on /newroot" in console
+    assert re.search(r"systemd\[1\]: systemd 252.* running in system mode", console), console[-4000:]
+    assert "Reached target multi-user.target - Multi-User System." in console
+    assert BOOT_MARKER in console.splitlines()
+    assert "Failed to start" not in console, [l for l in console.splitlines() if "Failed" in l]
