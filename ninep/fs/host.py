@@ -22,7 +22,6 @@ See docs/host-export.md for the choices and measurements.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 from typing import Callable, Sequence, TypeVar
@@ -30,12 +29,13 @@ from typing import Callable, Sequence, TypeVar
 import trio
 
 from ..protocol.constants import (
-    ACCMODE, AT_REMOVEDIR, GetattrMask, OpenFlags, QidType, SetattrMask, V9FS_MAGIC,
+    ACCMODE, AT_REMOVEDIR, OpenFlags, QidType, SetattrMask, V9FS_MAGIC,
     dotl_to_host_flags)
 from ..protocol.messages import Dirent, Qid
 from . import hostsys
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
 from .hostqid import INODE_MASK, QidMapper
+from .hostattr import attributes_of, check_offset, truncate
 from .hostpath import (
     FdRef, apply_creation_attrs, check_component, check_new_name, find_name,
     names_inode, proc_path, raise_fd_limit, remove_at, rename_at, time_arg)
@@ -50,11 +50,9 @@ O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 THREAD_IO_MIN = 1 << 20
 _DIR_BUFSIZE_MAX = 256 * 1024
 _SIZE_FIRST_MIN = 64 * 1024  # reads asking for more than this fstat first
-_MODE_TO_DIRENT_SHIFT = 12
+_MODE_TO_DIRENT_SHIFT = 12  # DT_* == S_IFMT(mode) >> 12 on Linux
 _DT_UNKNOWN, _DT_DIR, _DT_LNK = 0, 4, 10
 _DTYPE_TO_QID = {_DT_DIR: int(QidType.DIR), _DT_LNK: int(QidType.SYMLINK)}
-_VALID_BASIC = int(GetattrMask.BASIC)  # plain ints: IntFlag arithmetic is slow on a hot path
-_VALID_WITH_BTIME = int(GetattrMask.BASIC | GetattrMask.BTIME)  # DT_* == S_IFMT(mode) >> 12 on Linux
 _ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
@@ -282,6 +280,7 @@ class HostFile(File):
         only what would wait for the device goes to a worker thread. Measured in
         docs/host-export.md: a thread hop costs more than a whole 1 MiB cached read."""
         fd = self._io_fd()
+        check_offset(offset)
         if count <= 0:
             return b""
         if not self._nowait_reads:
@@ -312,6 +311,7 @@ class HostFile(File):
 
     async def write(self, offset: int, data: memoryview) -> int:
         self._fs.check_writable()
+        check_offset(offset)
         if len(data) >= THREAD_IO_MIN:
             return await self._threaded_io(os.pwrite, data, offset)
         return os.pwrite(self._io_fd(), data, offset)
@@ -373,34 +373,9 @@ class HostFile(File):
 
     # --- metadata ------------------------------------------------------------------
     async def getattr(self, mask: int) -> Attr:
-        sx = hostsys.statx_fd(self._node.fd)
-        if sx is None:
-            return self._getattr_fstat()
-        qid = self._fs.qids.qid(sx.mode, sx.dev, sx.ino,
-                                sx.mtime[0] * 1_000_000_000 + sx.mtime[1], sx.size)
-        self.qid = qid
-        has_btime = sx.mask & hostsys.STATX_BTIME
-        return Attr(
-            qid=qid, mode=sx.mode, uid=sx.uid, gid=sx.gid, nlink=sx.nlink, rdev=sx.rdev,
-            size=sx.size, blksize=sx.blksize, blocks=sx.blocks,
-            atime_sec=sx.atime[0], atime_nsec=sx.atime[1],
-            mtime_sec=sx.mtime[0], mtime_nsec=sx.mtime[1],
-            ctime_sec=sx.ctime[0], ctime_nsec=sx.ctime[1],
-            btime_sec=sx.btime[0] if has_btime else 0,
-            btime_nsec=sx.btime[1] if has_btime else 0,
-            valid=_VALID_WITH_BTIME if has_btime else _VALID_BASIC)
-
-    def _getattr_fstat(self) -> Attr:
-        st = os.stat(self._node.fd)
-        self.qid = self._fs.qids.qid_of(st)
-        return Attr(
-            qid=self.qid, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
-            nlink=st.st_nlink, rdev=st.st_rdev, size=st.st_size, blksize=st.st_blksize,
-            blocks=st.st_blocks,
-            atime_sec=st.st_atime_ns // 10**9, atime_nsec=st.st_atime_ns % 10**9,
-            mtime_sec=st.st_mtime_ns // 10**9, mtime_nsec=st.st_mtime_ns % 10**9,
-            ctime_sec=st.st_ctime_ns // 10**9, ctime_nsec=st.st_ctime_ns % 10**9,
-            valid=_VALID_BASIC)
+        attr = attributes_of(self._node.fd, self._fs.qids)
+        self.qid = attr.qid
+        return attr
 
     async def setattr(self, attr: SetAttr) -> None:
         self._fs.check_writable()
@@ -418,7 +393,7 @@ class HostFile(File):
                 raise errno_error(errno.EOPNOTSUPP, "chmod of a symlink")
             os.chmod(proc_path(node), attr.mode & 0o7777)
         if valid & SetattrMask.SIZE:
-            self._truncate(attr.size)
+            truncate(self._node.fd, self._fmt, self._io.fd if self._io else None, attr.size)
         if valid & (SetattrMask.ATIME | SetattrMask.MTIME):
             atime = time_arg(valid, SetattrMask.ATIME, SetattrMask.ATIME_SET,
                               attr.atime_sec, attr.atime_nsec)
@@ -432,23 +407,6 @@ class HostFile(File):
                     parent.release()
             else:
                 hostsys.utimensat(hostsys.AT_FDCWD, proc_path(node), atime, mtime, nofollow=False)
-
-    def _truncate(self, size: int) -> None:
-        if self._fmt == stat.S_IFDIR:
-            raise errno_error(errno.EISDIR, "truncate of a directory")
-        if self._fmt != stat.S_IFREG:
-            raise errno_error(errno.EINVAL, "truncate of a special file")
-        # An fid opened for writing truncates through its own fd: that works even
-        # after the file was unlinked or chmod'ed to 000, as ftruncate(2) does.
-        if self._io is not None:
-            if fcntl.fcntl(self._io.fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
-                os.ftruncate(self._io.fd, size)
-                return
-        fd = os.open(proc_path(self._node.fd), os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
-        try:
-            os.ftruncate(fd, size)
-        finally:
-            os.close(fd)
 
     async def statfs(self) -> StatFs:
         fd = self._node.fd

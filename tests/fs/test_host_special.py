@@ -255,3 +255,12 @@ async def test_readdir_qids_match_walk_for_every_entry(root, export):
         f = await walk_to(root, e.name)
         assert (e.qid.path, e.qid.type) == (f.qid.path, f.qid.type), e.name
         await f.close()
+
+
+async def test_offsets_beyond_signed_64_bit_are_einval(root):
+    f, _ = await root.create("o", OpenFlags.RDWR, 0o644, 0)
+    for op in (lambda: f.read(2**64 - 1, 10), lambda: f.write(2**63, memoryview(b"x")),
+               lambda: f.setattr(SetAttr(valid=SetattrMask.SIZE, size=2**64 - 1))):
+        with raises_errno(errno.EINVAL):
+            await op()
+    await f.close()
