@@ -56,6 +56,11 @@ _DTYPE_TO_QID = {_DT_DIR: int(QidType.DIR), _DT_LNK: int(QidType.SYMLINK)}
 _ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
+def _check_xattr_name(name: str) -> None:
+    if not name or "\0" in name:
+        raise errno_error(errno.EINVAL, "bad xattr name")
+
+
 class HostFilesystem(Filesystem):
     """Serve the host directory ``root``.
 
@@ -563,16 +568,19 @@ class HostFile(File):
                 parent.release()
 
     async def xattr_get(self, name: str) -> bytes:
+        _check_xattr_name(name)
         return await self._call(self._xattr_sync, os.getxattr, name)
 
     async def xattr_list(self) -> list[str]:
         return await self._call(self._xattr_sync, os.listxattr)
 
     async def xattr_set(self, name: str, value: bytes, flags: int) -> None:
+        _check_xattr_name(name)
         self._fs.check_writable()
         await self._call(self._xattr_sync, os.setxattr, name, bytes(value), flags)
 
     async def xattr_remove(self, name: str) -> None:
+        _check_xattr_name(name)
         self._fs.check_writable()
         await self._call(self._xattr_sync, os.removexattr, name)
 

@@ -264,3 +264,12 @@ async def test_offsets_beyond_signed_64_bit_are_einval(root):
         with raises_errno(errno.EINVAL):
             await op()
     await f.close()
+
+
+async def test_bad_xattr_names_are_einval(root):
+    async with walked(root, "d/f") as f:
+        for name in ("", "user.a\0b"):
+            with raises_errno(errno.EINVAL):
+                await f.xattr_get(name)
+            with raises_errno(errno.EINVAL):
+                await f.xattr_set(name, b"v", 0)
