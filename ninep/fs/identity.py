@@ -58,12 +58,14 @@ def _server_caps():
 def run_as(creds: Credentials, fn: Callable[..., T], *args) -> T:
     """Call ``fn(*args)`` in this thread as ``creds``, then restore the server identity.
 
-    The identity is the calling thread's: run it in a worker thread, or on the
-    event-loop thread only around code that cannot yield to other tasks. Besides fsuid/fsgid/groups, the thread's *effective*
-    capabilities are emptied for the call: setfsuid only drops the filesystem ones,
-    and a guest user must not keep CAP_MKNOD (device nodes), CAP_SYS_ADMIN (trusted.*
-    xattrs), CAP_SETFCAP (file capabilities) or CAP_LINUX_IMMUTABLE. If switching
-    fails nothing runs: acting as root by mistake must never happen.
+    The identity is the calling thread's: run this in a worker thread, or on the
+    event-loop thread only around code that cannot yield to other tasks.
+
+    Besides fsuid/fsgid/groups, a non-root guest user runs with an empty *effective*
+    capability set: setfsuid drops only the filesystem capabilities, and the user
+    must not keep CAP_MKNOD (device nodes), CAP_SYS_ADMIN (trusted.* xattrs),
+    CAP_SETFCAP (file capabilities) or CAP_LINUX_IMMUTABLE. If switching fails
+    nothing runs: acting as root by mistake must never happen.
     """
     if creds.uid is None:
         raise ValueError("run_as needs a numeric uid")
@@ -75,13 +77,25 @@ def run_as(creds: Credentials, fn: Callable[..., T], *args) -> T:
         hostsys.setfsuid(creds.uid)
         if hostsys.current_fsuid() != creds.uid or hostsys.current_fsgid() != gid:
             raise PermissionError(1, "could not switch to the guest's identity")
-        (_, permitted_lo, inheritable_lo), (_, permitted_hi, inheritable_hi) = saved_caps
-        hostsys.set_thread_caps(((0, permitted_lo, inheritable_lo),
-                                 (0, permitted_hi, inheritable_hi)))
+        if creds.uid != 0:
+            (_, permitted_lo, inheritable_lo), (_, permitted_hi, inheritable_hi) = saved_caps
+            hostsys.set_thread_caps(((0, permitted_lo, inheritable_lo),
+                                     (0, permitted_hi, inheritable_hi)))
         return fn(*args)
     finally:
-        # Capabilities first: restoring the group list needs CAP_SETGID.
-        hostsys.set_thread_caps(saved_caps)
-        hostsys.setfsuid(0)
-        hostsys.setfsgid(_SERVER_GID)
-        hostsys.set_thread_groups(_SERVER_GROUPS)
+        _restore_server_identity(saved_caps)
+
+
+def _restore_server_identity(saved_caps) -> None:
+    """Capabilities first (restoring the group list needs CAP_SETGID); every step is
+    tried even if one fails, then the first failure is raised."""
+    failure: OSError | None = None
+    for step, arg in ((hostsys.set_thread_caps, saved_caps), (hostsys.setfsuid, 0),
+                      (hostsys.setfsgid, _SERVER_GID),
+                      (hostsys.set_thread_groups, _SERVER_GROUPS)):
+        try:
+            step(arg)
+        except OSError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure

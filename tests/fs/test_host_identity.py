@@ -193,3 +193,18 @@ async def test_capabilities_restored_after_user_operations(user_root):
         await d.mkdir("x", 0o755, 1000)
     await d.close()
     assert hostsys.get_thread_caps() == before
+
+
+async def test_guest_root_with_another_group_keeps_root_powers(hostfs, export):
+    (export / "private").mkdir(mode=0o700)
+    os.chown(export / "private", 1234, 1234)
+    root_other_group = await hostfs.attach("", Credentials(0, 50, ()))
+    made, _ = await root_other_group.create("g", OpenFlags.RDWR, 0o644, 50)
+    await made.setattr(SetAttr(valid=SetattrMask.UID, uid=1000))  # CAP_CHOWN kept
+    await made.close()
+    inside = await walk_to(root_other_group, "private")
+    await inside.mkdir("x", 0o755, 50)  # CAP_DAC_OVERRIDE kept
+    await inside.close()
+    await root_other_group.close()
+    st = os.lstat(export / "g")
+    assert (st.st_uid, st.st_gid) == (1000, 50)
