@@ -170,12 +170,14 @@ async def test_in_flight_limit_stops_reading(autojump_clock):
         assert trio.current_time() >= 20  # two rounds of 10 s
 
 
-async def test_malformed_frame_ends_only_that_connection(autojump_clock):
+async def test_malformed_frame_ends_only_that_connection(autojump_clock, caplog):
     async with served(MemFilesystem(), connections=2) as ([a, b], _):
         for peer in (a, b):
             await peer.start()
         await a.send_raw(struct.pack("<IBH", 5, 100, 0))  # size below the header
         assert await a.at_eof()
+        lines = [r for r in caplog.records if r.name.startswith("ninep")]
+        assert len(lines) == 1 and "malformed frame" in lines[0].getMessage()
         assert isinstance(await b.rpc(m.Tstatfs(1, 0)), m.Rstatfs)
         # Too big for the negotiated msize: also the end.
         await b.send_raw(struct.pack("<IBH", 1 << 30, 118, 1))
