@@ -117,3 +117,14 @@ async def test_chmod_of_symlink_refused(root, backend):
         assert (await link.getattr(0)).mtime_sec == 12345
     async with walked(root, "dir/file.txt") as target:
         assert (await target.getattr(0)).mtime_sec != 12345
+
+
+async def test_setattr_ctime_alone_is_accepted(root, backend):
+    """Linux sends ATTR_CTIME with other bits, sometimes alone (e.g. after a
+    setxattr); there is nothing to set, and it must not fail."""
+    require(backend, "writable")
+    async with walked(root, "dir/file.txt") as f:
+        before = await f.getattr(0)
+        await f.setattr(SetAttr(valid=SetattrMask.CTIME))
+        after = await f.getattr(0)
+        assert (after.size, after.mode, after.mtime_sec) == (before.size, before.mode, before.mtime_sec)
