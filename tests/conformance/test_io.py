@@ -90,3 +90,23 @@ async def test_open_directory_for_writing_fails(root):
     with raises_errno(errno.EISDIR, errno.EROFS):
         await d.open(OpenFlags.WRONLY)
     await d.close()
+
+
+async def test_concurrent_reads_and_walks_on_one_fid(root):
+    import trio
+    big = SEED_FILES["big"]
+    chunk = 8192
+    results: dict[int, bytes] = {}
+    async with walked(root, "big", OpenFlags.RDONLY) as f:
+        async def read_at(offset: int) -> None:
+            results[offset] = bytes(await f.read(offset, chunk))
+
+        async def walk_and_close() -> None:
+            new = await walk_to(root, "dir/file.txt")
+            await new.close()
+
+        async with trio.open_nursery() as nursery:
+            for offset in range(0, len(big), chunk):
+                nursery.start_soon(read_at, offset)
+                nursery.start_soon(walk_and_close)
+    assert b"".join(results[o] for o in sorted(results)) == big
