@@ -133,6 +133,7 @@ class HostFile(File):
         self._fmt = stat.S_IFMT(st.st_mode)
         self._io = io
         self._nowait_reads = True
+        self._sync_writes = False  # O_SYNC/O_DSYNC: every write waits for the disk
         self.qid = fs.qids.qid_of(st)
 
     # --- helpers ----------------------------------------------------------------
@@ -243,6 +244,7 @@ class HostFile(File):
             host |= os.O_DIRECTORY
         fd = await self._call(os.open, proc_path(self._node.fd), host)
         self._io = FdRef(fd)
+        self._sync_writes = bool(flags & (OpenFlags.SYNC | OpenFlags.DSYNC))
         self.qid = self._fs.qids.qid_of(os.stat(fd))
         return 0
 
@@ -278,7 +280,9 @@ class HostFile(File):
             os.close(fd)
             raise
         st = apply_creation_attrs(path_fd, os.stat(fd), mode, gid)
-        return self._new_file(FdRef(path_fd), self._node.acquire(), name, st, FdRef(fd))
+        new = self._new_file(FdRef(path_fd), self._node.acquire(), name, st, FdRef(fd))
+        new._sync_writes = bool(flags & (OpenFlags.SYNC | OpenFlags.DSYNC))
+        return new
 
     async def read(self, offset: int, count: int) -> bytes | memoryview:
         """Page-cache hits are read inline (RWF_NOWAIT never blocks on the disk);
@@ -317,7 +321,7 @@ class HostFile(File):
     async def write(self, offset: int, data: memoryview) -> int:
         self._fs.check_writable()
         check_offset(offset)
-        if len(data) >= THREAD_IO_MIN:
+        if len(data) >= THREAD_IO_MIN or self._sync_writes:
             return await self._threaded_io(os.pwrite, data, offset)
         return os.pwrite(self._io_fd(), data, offset)
 

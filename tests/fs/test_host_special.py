@@ -273,3 +273,26 @@ async def test_bad_xattr_names_are_einval(root):
                 await f.xattr_get(name)
             with raises_errno(errno.EINVAL):
                 await f.xattr_set(name, b"v", 0)
+
+
+async def test_sync_writes_wait_in_a_worker(root, monkeypatch):
+    hops = []
+    real = host_module.HostFile._threaded_io
+
+    async def counting(self, fn, *args):
+        hops.append(fn)
+        return await real(self, fn, *args)
+
+    monkeypatch.setattr(host_module.HostFile, "_threaded_io", counting)
+    plain, _ = await root.create("plain", OpenFlags.RDWR, 0o644, 0)
+    await plain.write(0, memoryview(b"x"))
+    assert hops == []
+    synced, _ = await root.create("synced", OpenFlags.RDWR | OpenFlags.DSYNC, 0o644, 0)
+    await synced.write(0, memoryview(b"x"))
+    assert hops == [os.pwrite]
+    reopened = await walk_to(root, "plain")
+    await reopened.open(OpenFlags.WRONLY | OpenFlags.SYNC)
+    await reopened.write(0, memoryview(b"y"))
+    assert hops == [os.pwrite, os.pwrite]
+    for f in (plain, synced, reopened):
+        await f.close()
