@@ -276,11 +276,20 @@ class Multiplexer:
         """Send one request, wait for its reply and return it.
 
         Rlerror/Rerror raise ``OSError``. ``creates_fid`` names a fid the request brings to
-        life on success, so that a cancelled request can settle it (see module doc).
+        life on success: the caller owns it only if this returns a reply that made it;
+        otherwise it is back in the pool, or being clunked for a cancelled caller.
         """
-        self.raise_if_closed()
-        async with self._request_slots:
+        try:
+            self.raise_if_closed()
+            await self._request_slots.acquire()
+        except BaseException:  # cancelled or closed before the request existed
+            if creates_fid is not None:
+                self.fids.release(creates_fid)
+            raise
+        try:
             return await self._exchange(request_cls, self._allocate_tag(), creates_fid, fields)
+        finally:
+            self._request_slots.release()
 
     async def rpc_notag(self, request_cls: type[Message], /, **fields: object) -> Message:
         """Send a request with NOTAG (only Tversion): nothing else may be in flight."""

@@ -84,6 +84,8 @@ class Client(Multiplexer):
         means the walk stopped early and ``newfid`` was not made. ``RemoteFile.walk``
         takes paths of any length and raises ENOENT on a short walk."""
         if len(names) > MAX_WALK_ELEMENTS:
+            if newfid != fid:
+                self.fids.release(newfid)  # as for any walk that fails
             raise ValueError(f"Twalk takes at most {MAX_WALK_ELEMENTS} names, got {len(names)}")
         born = None if newfid == fid else newfid
         reply = await self.rpc(m.Twalk, creates_fid=born, fid=fid, newfid=newfid, wnames=tuple(names))
