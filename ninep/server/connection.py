@@ -25,6 +25,7 @@ import itertools
 import logging
 from typing import Hashable, Mapping
 
+import outcome
 import trio
 
 from ..protocol import messages as m
@@ -69,9 +70,23 @@ class _Request:
 
     def __init__(self, tag: int, reply_bytes: int = 0) -> None:
         self.tag = tag
-        self.scope = trio.CancelScope()
+        self.scope: trio.CancelScope | None = None  # cancelling it cancels this request
         self.done = trio.Event()
         self.reply_bytes = reply_bytes  # what its reply may add to the output buffer
+
+
+class _Worker:
+    """A request task that outlives its request: handing the next request to a
+    parked worker costs ~1.5 us where spawning a task and entering a fresh
+    CancelScope costs ~12 us (trio 0.35 on these machines), and that is a quarter of
+    a Tgetattr. Each request still runs alone in a CancelScope that a Tflush of its
+    tag cancels; the worker enters a new scope only after one was cancelled."""
+
+    __slots__ = ("task", "scope")
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.scope = trio.CancelScope()
 
 
 class Connection:
@@ -90,6 +105,7 @@ class Connection:
         self.dispatcher = Dispatcher(self.session, locks, pack_dirents)
         self._frames = FrameReader(limits.max_msize)
         self._requests: dict[int, _Request] = {}
+        self._idle_workers: list[_Worker] = []
         self._nursery: trio.Nursery | None = None
         self._read_scope = trio.CancelScope()
         self._out: list = []
@@ -114,8 +130,14 @@ class Connection:
                         self._nursery = requests
                         with self._read_scope:
                             await self._read_loop()
-                        if not self._read_scope.cancelled_caught:
-                            requests.cancel_scope.cancel()  # the client is gone
+                        if self._read_scope.cancelled_caught:
+                            # Graceful stop: let what is in flight finish and be answered.
+                            while self._requests:
+                                self._room = trio.Event()
+                                await self._room.wait()
+                        # The client is gone, or all is answered: cancel the rest
+                        # (requests in flight if the client left; parked workers).
+                        requests.cancel_scope.cancel()
                 finally:
                     with trio.CancelScope(shield=True):
                         await self._forget_everything()
@@ -253,28 +275,58 @@ class Connection:
         request = self._requests[tag] = _Request(tag, promised)
         self._promised += promised
         if isinstance(msg, m.Tflush):
+            request.scope = trio.CancelScope()
             self._nursery.start_soon(self._flush, msg, request)
+        elif self._idle_workers:
+            worker = self._idle_workers.pop()
+            request.scope = worker.scope
+            trio.lowlevel.reschedule(worker.task, outcome.Value((msg, request)))
         else:
-            self._nursery.start_soon(self._serve, msg, request)
+            worker = _Worker()
+            request.scope = worker.scope
+            self._nursery.start_soon(self._work, worker, (msg, request))
         limits = self.limits
         while (len(self._requests) >= limits.max_in_flight
                or self._out_bytes + self._promised >= limits.max_buffered):
             self._room = trio.Event()
             await self._room.wait()
 
-    async def _serve(self, msg: m.Message, request: _Request) -> None:
-        reply = None
-        try:
-            with request.scope:
-                reply = await self.dispatcher.handle(msg)
-        finally:
-            del self._requests[request.tag]
-            self._promised -= request.reply_bytes
-            if reply is not None and not self._closing:
-                self.queue_reply(reply)
-            request.done.set()  # after the reply is queued: Rflush must come behind it
-            self._room.set()
-            self.requests_served += 1
+    async def _work(self, worker: _Worker, job: tuple | None) -> None:
+        """Serve requests one after the other, parking in between (see _Worker)."""
+        worker.task = trio.lowlevel.current_task()
+        while True:
+            with worker.scope:
+                while True:
+                    if job is None:
+                        job = await self._park(worker)
+                    msg, request = job
+                    job = None
+                    reply = None
+                    try:
+                        reply = await self.dispatcher.handle(msg)
+                    finally:
+                        self._finish(request, reply)
+            # A Tflush or Tversion cancelled our scope (the request is finished, or
+            # the cancel came after it completed anyway): carry on in a fresh one.
+            worker.scope = trio.CancelScope()
+
+    async def _park(self, worker: _Worker) -> tuple:
+        self._idle_workers.append(worker)
+
+        def abort(_raise_cancel) -> trio.lowlevel.Abort:
+            self._idle_workers.remove(worker)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _finish(self, request: _Request, reply: m.Message | None) -> None:
+        del self._requests[request.tag]
+        self._promised -= request.reply_bytes
+        if reply is not None and not self._closing:
+            self.queue_reply(reply)
+        request.done.set()  # after the reply is queued: Rflush must come behind it
+        self._room.set()
+        self.requests_served += 1
 
     async def _flush(self, msg: m.Tflush, request: _Request) -> None:
         try:

@@ -76,6 +76,9 @@ async def test_flush_after_completion_orders_reply_before_rflush(autojump_clock)
         if first == m.Rread(5, b"now"):
             first = await peer.recv()
         assert first == m.Rflush(6)
+        # A cancel that came too late must not hit the next request on that worker.
+        for tag in range(10, 20):
+            assert await peer.rpc(m.Tread(tag, 2, 0, 100)) == m.Rread(tag, b"now")
 
 
 async def test_duplicate_in_flight_tag_is_refused(autojump_clock):
