@@ -375,3 +375,79 @@ async def test_tags_wrap_around_before_notag_and_skip_tags_in_use():
 def test_encode_of_a_tflush_is_what_the_kernel_sends():
     # size[4]=9 type[1]=108 tag[2] oldtag[2]
     assert encode_bytes(m.Tflush(7, 3)) == bytes([9, 0, 0, 0, 108, 7, 0, 3, 0])
+
+
+async def test_leaving_the_block_waits_for_requests_still_in_flight():
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = FakeServer(server_stream)
+    release = block_getattr(server)
+    outcome = {}
+
+    async def stat_clone(clone):
+        outcome["size"] = (await clone.getattr()).size
+
+    async def release_soon():
+        await trio.sleep(0.05)
+        release.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve)
+        async with open_client(client_stream) as client:
+            clone = await client.root.walk()  # the root fid is clunked on the way out
+            nursery.start_soon(stat_clone, clone)
+            await wait_for(lambda: server.requests(m.Tgetattr))
+            nursery.start_soon(release_soon)
+        # Leaving the block waited for the Tgetattr's reply before hanging up.
+        assert outcome == {"size": 0}
+        await server.closed_by_peer.wait()
+
+
+async def test_a_request_that_cannot_be_encoded_frees_its_tag_and_fid():
+    async with served() as (server, client):
+        newfid = client.fids.allocate()
+        with pytest.raises(ValueError):
+            await client.walk(client.root.fid, newfid, ["bad\0name"])
+        assert newfid not in client.fids and client.in_flight == 0
+        assert not client.closed and not server.requests(m.Twalk)
+
+
+class BreakingStream(trio.abc.HalfCloseableStream):
+    """A memory stream whose sends fail once ``broken`` is set (a reset connection)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.broken = False
+
+    async def send_all(self, data):
+        if self.broken:
+            raise trio.BrokenResourceError("connection reset")
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self):
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None):
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_eof(self):
+        await self.inner.send_eof()
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+async def test_a_failed_send_closes_the_connection():
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    breaking = BreakingStream(client_stream)
+    server = FakeServer(server_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve)
+        async with open_client(breaking) as client:
+            breaking.broken = True
+            newfid = client.fids.allocate()
+            with pytest.raises(ConnectionLost) as caught:
+                await client.walk(client.root.fid, newfid, ["x"])
+            assert isinstance(caught.value.__cause__, trio.BrokenResourceError)
+            assert client.closed and newfid not in client.fids
+        with trio.fail_after(1):
+            await server.closed_by_peer.wait()
