@@ -1,8 +1,9 @@
 """One client connection on trio: a reader, a task + CancelScope per tag, one writer.
 
-* The reader decodes frames and starts one task per request in the connection's
-  request nursery, each inside its own ``CancelScope`` (the tag's scope), so Tflush is a
-  cancellation and a slow request never holds up the others.
+* The reader decodes frames and hands each request to a task of the connection's
+  request nursery -- a parked one that finished an earlier request, else a new one --
+  where it runs inside a ``CancelScope`` registered under its tag, so Tflush is a
+  cancellation and a slow request never holds up the others (see ``_Worker``).
 * Request tasks never touch the stream: they queue their encoded reply. The single
   writer task takes everything queued and sends it in one scatter-gather ``sendmsg``
   (``encode()``'s buffer lists, payloads uncopied). Since only the writer writes, and it
