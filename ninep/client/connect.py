@@ -93,9 +93,21 @@ async def open_client(
 
 
 @asynccontextmanager
-async def connect(url: str, **options: object) -> AsyncIterator[Client]:
-    """``async with connect("tcp://127.0.0.1:564", aname="/srv") as client:`` --
+async def connect(
+    url: str,
+    *,
+    aname: str = "",
+    uname: str = "",
+    n_uname: int = NONUNAME,
+    msize: int = DEFAULT_MSIZE,
+    attach: bool = True,
+    max_in_flight: int = 64,
+    flush_timeout: float = 5.0,
+) -> AsyncIterator[Client]:
+    """``async with connect("tcp://127.0.0.1:564", aname="/srv") as client:``;
     the options are ``open_client``'s."""
     stream = await open_stream(url)
-    async with open_client(stream, **options) as client:  # type: ignore[arg-type]
+    async with open_client(stream, aname=aname, uname=uname, n_uname=n_uname, msize=msize,
+                           attach=attach, max_in_flight=max_in_flight,
+                           flush_timeout=flush_timeout) as client:
         yield client
