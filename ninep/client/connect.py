@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import trio
 
@@ -66,12 +66,13 @@ async def open_client(
     attach: bool = True,
     max_in_flight: int = 64,
     flush_timeout: float = 5.0,
+    trace: Callable[[str], object] | None = None,
 ) -> AsyncIterator[Client]:
     """A ``Client`` speaking 9P2000.L over ``stream`` (which it closes at the end)."""
     error: Exception | None = None
     async with trio.open_nursery() as nursery:
         client = Client(stream, msize=msize, max_in_flight=max_in_flight,
-                        flush_timeout=flush_timeout)
+                        flush_timeout=flush_timeout, trace=trace)
         client.start(nursery)
         try:
             await client.version(msize)
@@ -103,11 +104,12 @@ async def connect(
     attach: bool = True,
     max_in_flight: int = 64,
     flush_timeout: float = 5.0,
+    trace: Callable[[str], object] | None = None,
 ) -> AsyncIterator[Client]:
     """``async with connect("tcp://127.0.0.1:564", aname="/srv") as client:``;
     the options are ``open_client``'s."""
     stream = await open_stream(url)
     async with open_client(stream, aname=aname, uname=uname, n_uname=n_uname, msize=msize,
                            attach=attach, max_in_flight=max_in_flight,
-                           flush_timeout=flush_timeout) as client:
+                           flush_timeout=flush_timeout, trace=trace) as client:
         yield client

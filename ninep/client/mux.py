@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
@@ -118,11 +119,13 @@ class Multiplexer:
         msize: int,
         max_in_flight: int = 64,
         flush_timeout: float = 5.0,
+        trace: Callable[[str], object] | None = None,
     ) -> None:
         if not 1 <= max_in_flight < NOTAG // 2:  # leave tags over for the Tflushes
             raise ValueError("max_in_flight must be between 1 and 32766")
         self.msize = msize
         self.flush_timeout = flush_timeout
+        self.trace = trace  # called with "-> Tmessage(...)" / "<- Rmessage(...)" lines
         self.fids = FidPool()
         self._stream = stream
         self._frames = FrameReader(msize)
@@ -203,7 +206,10 @@ class Multiplexer:
                         raise ConnectionLost("the server closed the connection")
                     self._frames.feed(data)
                     continue
-                self._dispatch(decode(frame))
+                reply = decode(frame)
+                if self.trace is not None:
+                    self.trace(f"<- {reply}")
+                self._dispatch(reply)
         except trio.ClosedResourceError:
             self._fail(ConnectionLost("the connection was closed"))
         except (ProtocolError, ConnectionLost, trio.BrokenResourceError, OSError) as exc:
@@ -250,6 +256,8 @@ class Multiplexer:
                     for buffer in buffers:
                         await self._stream.send_all(buffer)
                     self.requests_sent += 1
+                    if self.trace is not None:
+                        self.trace(f"-> {pending.request}")
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._fail(exc)
                     await trio.aclose_forcefully(self._stream)

@@ -109,3 +109,15 @@ async def test_connect_over_a_unix_socket(tmp_path):
         async with connect(f"unix://{path}") as client:
             assert await client.root.read_file("hello") == b"over a socket"
         nursery.cancel_scope.cancel()
+
+
+async def test_trace_sees_every_message_in_order():
+    lines = []
+    async with served(tree={"f": bytearray(b"x")}, trace=lines.append) as (server, client):
+        await client.root.stat("f")
+    assert [line.split("(")[0] for line in lines] == [
+        "-> Tversion", "<- Rversion", "-> Tattach", "<- Rattach",
+        "-> Twalk", "<- Rwalk", "-> Tgetattr", "<- Rgetattr", "-> Tclunk", "<- Rclunk",
+        "-> Tclunk", "<- Rclunk",
+    ]
+    assert "wnames=('f',)" in lines[4]
