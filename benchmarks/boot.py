@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -62,6 +63,7 @@ async def boot_once(name: str, root: Path, image: Path | None, accel: str,
 async def main_async(args: argparse.Namespace) -> dict:
     names = args.only or list(CONFIGURATIONS)
     with tempfile.TemporaryDirectory(prefix="ninep-boot-bench-") as tmp:
+        os.chmod(tmp, 0o755)  # diod refuses exports below a directory others cannot enter
         root = build_debian_rootfs(Path(tmp) / "debian")
         image = make_ext4_image(root, Path(tmp) / "root.ext4") if "ext4/virtio-blk" in names \
             else None

@@ -112,10 +112,20 @@ def _qemu_escape(value: str) -> str:
     return value.replace(",", ",,")  # QEMU's option parser: a literal comma is doubled
 
 
+def _check_diod_can_enter(export: Path) -> None:
+    """diod answers every attach with EACCES when a parent of the export is closed to
+    others (mkdtemp's and pytest's 0700 directories): say so before the guest retries."""
+    for parent in Path(export).resolve().parents:
+        if parent.exists() and not parent.stat().st_mode & 0o001:
+            raise LaunchError(f"diod refuses to serve {export}: its parent {parent} is not "
+                              f"searchable by others (chmod o+x {parent}, or export elsewhere)")
+
+
 def _server_plan(config: VmConfig, workdir: Path):
     """-> (server argv, readiness probe, address the QEMU side should use)."""
     export = str(config.rootfs)
     if config.server == "diod":
+        _check_diod_can_enter(config.rootfs)
         port = free_tcp_port()
         argv = ["diod", "-f", "-n", "-c", "/dev/null", "-L", "stderr", "-l",
                 f"127.0.0.1:{port}", "-e", export]

@@ -7,10 +7,12 @@ markers) and, where the root is writable, what landed in the host directory.
 import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from ninep.vm.qemu import LaunchError, VmConfig, plan_vm
 from ninep.vm.testing import KERNEL_REACHED_INIT, ROOT_MOUNTED, boot_script
 
 pytestmark = pytest.mark.vm
@@ -125,3 +127,21 @@ async def test_guest_gives_up_with_a_clear_panic_when_no_server_comes(busybox_ro
     assert result.exit_status is None and not result.timed_out
     assert "ninep-init: panic: no 9P root from tcp://10.0.2.100:564 within 3 s" in result.console
     assert "Kernel panic - not syncing: Attempted to kill init!" in result.console
+
+
+@pytest.mark.diod
+async def test_file_operations_served_by_diod(busybox_root):
+    """The launcher's server is pluggable: the same script against diod over TCP."""
+    with tempfile.TemporaryDirectory(prefix="ninep-diod-") as open_dir:
+        os.chmod(open_dir, 0o755)  # diod refuses exports below 0700 dirs such as tmp_path
+        root = Path(open_dir) / "root"
+        busybox_root.rename(root)
+        result = await boot_script(root, FILE_OPS, transport="tcp", server="diod")
+        assert f"aname={root}" in result.console  # diod attaches by export path
+        _check_file_ops(result, root)
+
+
+def test_diod_below_a_closed_directory_is_refused_up_front(busybox_root):
+    with pytest.raises(LaunchError, match="not searchable by others"):
+        plan_vm(VmConfig(rootfs=busybox_root, kernel=Path("/boot/vmlinuz"), server="diod"),
+                busybox_root.parent, busybox_root.parent / "initrd", "tcg")

@@ -1,0 +1,89 @@
+"""The launcher's decisions without booting: QEMU argv, kernel command line, CLI errors."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ninep.vm import cli
+from ninep.vm.initramfs import read_cpio
+from ninep.vm.qemu import LaunchError, VmConfig, plan_vm
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                                reason="qemu-system-x86_64 not installed")
+
+
+def _plan(tmp_path, **options):
+    config = VmConfig(rootfs=tmp_path / "root", kernel=Path("/boot/vmlinuz-test"), **options)
+    return plan_vm(config, tmp_path, tmp_path / "initrd.cpio", "tcg")
+
+
+def _option(argv, flag):
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+
+
+@needs_qemu
+def test_virtio_serial_with_ninepd_uses_a_reconnecting_unix_chardev(tmp_path):
+    plan = _plan(tmp_path)
+    chardev = _option(plan.qemu_argv, "-chardev")
+    assert chardev == [f"socket,id=ninep0,path={tmp_path}/ninepd.sock,reconnect=1"]
+    assert "virtserialport,bus=vser0.0,chardev=ninep0,name=ninep" in _option(plan.qemu_argv,
+                                                                               "-device")
+    assert plan.server_argv[-4:] == ["--export", str(tmp_path / "root"), "--listen",
+                                     f"unix://{tmp_path}/ninepd.sock"]
+    append = plan.append.split()
+    assert {"root=9p", "ninep.src=virtio-serial://ninep", "ninep.cache=loose",
+            "ninep.msize=512000", "console=ttyS0", "panic=-1"} <= set(append)
+    assert not any(word.startswith("ninep.aname=") for word in append)
+    assert _option(plan.qemu_argv, "-accel") == ["tcg"] and "-no-reboot" in plan.qemu_argv
+
+
+@needs_qemu
+def test_tcp_with_diod_forwards_a_virtual_address_through_the_relay(tmp_path):
+    plan = _plan(tmp_path, transport="tcp", server="diod", overlay=True, quiet=True)
+    port = plan.server_ready[1]
+    assert plan.server_argv[:2] == ["diod", "-f"] and f"127.0.0.1:{port}" in plan.server_argv
+    netdev = _option(plan.qemu_argv, "-netdev")[0]
+    assert netdev.startswith("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:564-cmd:")
+    assert netdev.endswith(f"-m ninep.vm.relay tcp:127.0.0.1:{port}")
+    append = plan.append.split()
+    assert {"ninep.src=tcp://10.0.2.100:564", f"ninep.aname={tmp_path}/root",
+            "ninep.overlay=tmpfs", "quiet"} <= set(append)
+
+
+@needs_qemu
+def test_qemu_9p_and_disk_need_no_server(tmp_path):
+    plan = _plan(tmp_path, transport="virtio")
+    assert plan.server_argv is None
+    assert _option(plan.qemu_argv, "-fsdev") == [
+        f"local,id=fs0,path={tmp_path}/root,security_model=passthrough"]
+    disk = _plan(tmp_path, transport="disk", disk_image=tmp_path / "a,b.img")
+    assert _option(disk.qemu_argv, "-drive") == [f"file={tmp_path}/a,,b.img,format=raw,if=virtio"]
+    assert "root=/dev/vda" in disk.append.split() and "root=9p" not in disk.append.split()
+    with pytest.raises(LaunchError, match="disk_image"):
+        _plan(tmp_path, transport="disk")
+
+
+@needs_qemu
+def test_vsock_without_vhost_vsock_says_so(tmp_path):
+    if Path("/dev/vhost-vsock").exists():
+        pytest.skip("this host has vhost-vsock")
+    with pytest.raises(LaunchError, match="/dev/vhost-vsock"):
+        _plan(tmp_path, transport="vsock")
+
+
+def test_cli_initramfs_writes_an_image_with_the_init(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "initrd.cpio"
+    assert cli.main(["initramfs", "--no-modules", "-o", str(out)]) == 0
+    paths = {entry.path for entry in read_cpio(out.read_bytes())}
+    assert {"init", "dev/console", "newroot"} <= paths
+    assert not any(path.startswith("lib/modules") for path in paths)
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert cli.main(["vm", str(tmp_path / "missing"), "--cmd", "true"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert cli.main(["initramfs", "--modules-dir", str(tmp_path), "-o",
+                     str(tmp_path / "x")]) == 1
+    assert "modules.dep not found" in capsys.readouterr().err
