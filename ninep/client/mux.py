@@ -135,6 +135,7 @@ class Multiplexer:
         self._next_tag = 0
         self._failure: BaseException | None = None
         self._nursery: trio.Nursery | None = None
+        self._reader_scope = trio.CancelScope(shield=True)
         self._closing = False
         self._quiet = trio.Event()  # set when closing and nothing is in flight
         self.requests_sent = 0  # counters for tests and benchmarks (Tflush included)
@@ -169,6 +170,7 @@ class Multiplexer:
         self._fail(ConnectionLost("the client closed the connection"))
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self._stream)
+        self._reader_scope.cancel()  # in case the stream's close did not wake it
 
     def _fail(self, cause: BaseException) -> None:
         """Remember why the connection ended and wake every waiting request."""
@@ -197,6 +199,12 @@ class Multiplexer:
 
     # --- reading ---------------------------------------------------------------------
     async def _read_replies(self) -> None:
+        # Shielded: when the caller's scope is cancelled, cancelled requests still need
+        # their Rflush read. The reader stops when the stream is closed (aclose, _fail).
+        with self._reader_scope:
+            await self._read_until_closed()
+
+    async def _read_until_closed(self) -> None:
         try:
             while True:
                 frame = self._frames.next_frame()

@@ -451,3 +451,21 @@ async def test_a_failed_send_closes_the_connection():
             assert client.closed and newfid not in client.fids
         with trio.fail_after(1):
             await server.closed_by_peer.wait()
+
+
+async def test_cancelling_the_whole_client_block_flushes_and_closes_cleanly():
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = FakeServer(server_stream)
+    block_getattr(server)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve)
+        with trio.fail_after(2):  # no waiting for timeouts: the Rflush is read at once
+            with trio.move_on_after(0.05) as scope:
+                async with open_client(client_stream) as client:
+                    await client.getattr(client.root.fid)
+        assert scope.cancelled_caught  # plain cancellation: nothing else escaped
+        await server.closed_by_peer.wait()
+    (getattr_request,) = server.requests(m.Tgetattr)
+    assert server.requests(m.Tflush)[0].oldtag == getattr_request.tag
+    assert server.requests(m.Tclunk)[0].fid == client.root.fid  # and the root was clunked
+    assert client.closed
