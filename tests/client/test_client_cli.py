@@ -8,7 +8,6 @@ import sys
 from functools import partial
 
 import pytest
-import trio
 
 from ninep.client.__main__ import Streams, run
 from ninep.fs.host import HostFilesystem
