@@ -255,6 +255,10 @@ class Multiplexer:
     # --- writing ---------------------------------------------------------------------
     async def _send(self, pending: _Pending) -> None:
         buffers = encode(pending.request)
+        size = sum(len(buffer) for buffer in buffers)
+        if size > self.msize:
+            raise ValueError(f"{type(pending.request).__name__} of {size} bytes exceeds "
+                             f"msize {self.msize}")
         if len(buffers) > 1 and len(buffers[-1]) < JOIN_BELOW:
             buffers = [b"".join(buffers)]
         async with self._send_lock:

@@ -17,10 +17,12 @@ import trio
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError, unpack_dirents
 from ..protocol.constants import (
+    IOHDRSZ,
     MAX_WALK_ELEMENTS,
     MIN_MSIZE,
     NOFID,
     NONUNAME,
+    READDIRHDRSZ,
     VERSION_9P2000L,
     GetattrMask,
     LockStatus,
@@ -105,6 +107,8 @@ class Client(Multiplexer):
         return reply.qid, reply.iounit  # type: ignore[attr-defined]
 
     async def read(self, fid: int, offset: int, count: int) -> bytes | memoryview:
+        """Tread of at most ``count`` bytes (and at most msize - IOHDRSZ, as the kernel)."""
+        count = min(count, self.msize - IOHDRSZ)
         reply = await self.rpc(m.Tread, fid=fid, offset=offset, count=count)
         return reply.data  # type: ignore[attr-defined]
 
@@ -114,7 +118,9 @@ class Client(Multiplexer):
         return reply.count  # type: ignore[attr-defined]
 
     async def readdir(self, fid: int, offset: int, count: int) -> list[m.Dirent]:
-        """One Treaddir; an empty list means the end of the directory."""
+        """One Treaddir (``count`` clamped to what fits in msize); an empty list means
+        the end of the directory."""
+        count = min(count, self.msize - READDIRHDRSZ)
         reply = await self.rpc(m.Treaddir, fid=fid, offset=offset, count=count)
         try:
             return unpack_dirents(reply.data)  # type: ignore[attr-defined]

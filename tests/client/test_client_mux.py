@@ -469,3 +469,13 @@ async def test_cancelling_the_whole_client_block_flushes_and_closes_cleanly():
     assert server.requests(m.Tflush)[0].oldtag == getattr_request.tag
     assert server.requests(m.Tclunk)[0].fid == client.root.fid  # and the root was clunked
     assert client.closed
+
+
+async def test_requests_are_kept_within_msize():
+    async with served(msize=4096, tree={"f": bytearray(b"x" * 10000)}) as (server, client):
+        opened = await client.root.open("f")
+        with pytest.raises(ValueError):
+            await client.write(opened.fid, 0, b"y" * 4096)  # would be a 4119-byte frame
+        assert len(await client.read(opened.fid, 0, 1 << 20)) == 4096 - 24
+        assert server.requests(m.Tread)[0].count == 4096 - 24
+        assert client.in_flight == 0 and not client.closed
