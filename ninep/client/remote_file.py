@@ -16,6 +16,8 @@ import os
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
+import trio
+
 from ..protocol.constants import (
     AT_REMOVEDIR,
     IOHDRSZ,
@@ -186,14 +188,58 @@ class RemoteFile:
         """One Tread of at most ``count`` bytes (fewer at the end of the file)."""
         return bytes(await self.client.read(self.fid, offset, min(count, self.io_size)))
 
-    async def read_all(self, offset: int = 0) -> bytes:
-        """Tread from ``offset`` until the server returns nothing."""
-        data = bytearray()
+    async def read_all(self, offset: int = 0, *, window: int = 1) -> bytes:
+        """Tread from ``offset`` until the server returns nothing.
+
+        ``window`` > 1 keeps that many Treads in flight at consecutive offsets, which
+        hides the round trip on big files. Only for files whose offsets are byte
+        offsets (not streams that ignore them); after the first short read the rest
+        is read one Tread at a time, so a server's short reads lose nothing.
+        """
+        data = await self._read_ahead(offset, window) if window > 1 else bytearray()
         while True:
             chunk = await self.client.read(self.fid, offset + len(data), self.io_size)
             if not chunk:
                 return bytes(data)
             data += chunk
+
+    async def _read_ahead(self, offset: int, window: int) -> bytearray:
+        """Read full io_size pieces, ``window`` at a time, up to the first short one."""
+        size = self.io_size
+        pieces: dict[int, bytes] = {}
+        arrived: dict[int, trio.Event] = {}
+        failure: list[BaseException] = []
+        data = bytearray()
+
+        async with trio.open_nursery() as nursery:
+            async def read_piece(index: int) -> None:
+                try:
+                    pieces[index] = bytes(await self.client.read(self.fid, offset + index * size, size))
+                except Exception as exc:  # re-raised below, outside the nursery
+                    failure.append(exc)
+                    nursery.cancel_scope.cancel()
+                arrived[index].set()
+
+            def launch(index: int) -> None:
+                arrived[index] = trio.Event()
+                nursery.start_soon(read_piece, index)
+
+            for index in range(window):
+                launch(index)
+            index = 0
+            while True:
+                await arrived[index].wait()
+                if failure:
+                    break
+                piece = pieces.pop(index)
+                data += piece
+                if len(piece) < size:
+                    break  # end of file (or a short read): reads beyond it are dropped
+                launch(index + window)
+                index += 1
+        if failure:
+            raise failure[0]
+        return data
 
     async def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
         """Twrite all of ``data`` at ``offset`` in iounit-sized pieces; returns len(data)."""
@@ -271,10 +317,11 @@ class RemoteFile:
             with _naming(path):
                 return await target.getattr()
 
-    async def read_file(self, path: str) -> bytes:
+    async def read_file(self, path: str, *, window: int = 1) -> bytes:
+        """The whole file; ``window`` as for ``read_all``."""
         async with self.open(path) as opened:
             with _naming(path):
-                return await opened.read_all()
+                return await opened.read_all(window=window)
 
     async def write_file(self, path: str, data: bytes | bytearray | memoryview,
                          mode: int = 0o644) -> None:

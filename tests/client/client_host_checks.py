@@ -54,6 +54,7 @@ async def check_create_write_read_back_and_getattr(t: Target):
         await client.root.write_file(f"{sub}/data.bin", payload, mode=0o640)
         assert (host / "data.bin").read_bytes() == payload
         assert await client.root.read_file(f"{sub}/data.bin") == payload
+        assert await client.root.read_file(f"{sub}/data.bin", window=4) == payload
 
         attr = await client.root.stat(f"{sub}/data.bin")
         st = os.lstat(host / "data.bin")

@@ -203,3 +203,51 @@ async def test_an_iounit_larger_than_msize_allows_is_clamped():
                                                                                       client):
         assert await client.root.read_file("f") == content
         assert max(r.count for r in server.requests(m.Tread)) == 4096 - IOHDRSZ
+
+
+@pytest.mark.parametrize("length", [0, 99, 100, 1000, 1234])
+async def test_windowed_read_all_keeps_reads_in_flight_and_returns_the_file(length):
+    content = bytes(i % 251 for i in range(length))
+    async with served(iounit=100, tree={"f": bytearray(content)}) as (server, client):
+        handle_read = server.handlers[m.Tread]
+
+        async def slow_read(request):
+            await trio.sleep(0.001)
+            return await handle_read(request)
+
+        server.handlers[m.Tread] = slow_read
+        assert await client.root.read_file("f", window=4) == content
+        if length >= 400:
+            assert server.max_in_flight == 4
+        assert client.in_flight == 0 and len(client.fids) == 1
+
+
+async def test_windowed_read_survives_short_reads_in_the_middle():
+    content = bytes(range(256)) * 8
+    async with served(iounit=100, tree={"f": bytearray(content)}) as (server, client):
+        handle_read = server.handlers[m.Tread]
+
+        async def short_at_300(request):
+            reply = await handle_read(request)
+            return m.Rread(reply.tag, reply.data[:10]) if request.offset == 300 else reply
+
+        server.handlers[m.Tread] = short_at_300
+        assert await client.root.read_file("f", window=3) == content
+
+
+async def test_windowed_read_raises_the_servers_error_unwrapped():
+    async with served(tree={"f": bytearray(b"x" * 50000)}) as (server, client):
+        handle_read = server.handlers[m.Tread]
+
+        async def fail_later(request):
+            if request.offset > 0:
+                raise OSError(errno.EIO, "disk on fire")
+            return await handle_read(request)
+
+        server.handlers[m.Tread] = fail_later
+        with pytest.raises(OSError) as caught:
+            await client.root.read_file("f", window=4)
+        assert caught.value.errno == errno.EIO and caught.value.filename == "f"
+        with trio.fail_after(1):
+            while client.in_flight or len(client.fids) != 1:
+                await trio.sleep(0.001)
