@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from ..protocol.constants import GetattrMask, V9FS_MAGIC
