@@ -102,9 +102,18 @@ class Fid:
 
 
 def negotiate_version(requested_msize: int, version: str, max_msize: int) -> tuple[int, str]:
-    """Tversion: our msize is the smaller one, never below MIN_MSIZE; exactly
-    "9P2000.L" is spoken, anything else gets "unknown"."""
-    msize = max(MIN_MSIZE, min(requested_msize, max_msize))
+    """Tversion: our msize is the smaller one; exactly "9P2000.L" is spoken, anything
+    else gets "unknown".
+
+    An msize below MIN_MSIZE (4096) is refused, not raised: the reply's msize may never
+    exceed the client's (version(5)), and the Linux kernel itself refuses to mount
+    with less than 4096 (p9_client_create) and fails an Rversion below it with
+    EREMOTEIO. So the answer is Rversion(requested msize, "unknown"): a valid reply
+    that speaks no protocol, after which every request but Tversion gets EPROTO.
+    """
+    if requested_msize < MIN_MSIZE:
+        return requested_msize, VERSION_UNKNOWN
+    msize = min(requested_msize, max_msize)
     if version == VERSION_9P2000L:
         return msize, VERSION_9P2000L
     return msize, VERSION_UNKNOWN

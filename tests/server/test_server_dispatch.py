@@ -33,11 +33,23 @@ def fs():
 async def test_version_negotiation():
     async with served(MemFilesystem(), limits=Limits(max_msize=8192)) as ([peer], _):
         assert await peer.rpc(m.Tversion(0xFFFF, 1 << 20, "9P2000.L")) == m.Rversion(0xFFFF, 8192, "9P2000.L")
-        assert await peer.rpc(m.Tversion(0xFFFF, 100, "9P2000.L")) == m.Rversion(0xFFFF, 4096, "9P2000.L")
+        assert await peer.rpc(m.Tversion(0xFFFF, 4096, "9P2000.L")) == m.Rversion(0xFFFF, 4096, "9P2000.L")
         assert await peer.rpc(m.Tversion(0xFFFF, 8192, "9P2000.L.google")) == m.Rversion(0xFFFF, 8192, "unknown")
         assert await peer.rpc(m.Tversion(0xFFFF, 8192, "9P2000.u")) == m.Rversion(0xFFFF, 8192, "unknown")
         # Not negotiated: everything else is refused.
         assert err(errno.EPROTO)(await peer.rpc(m.Tattach(1, 0, NOFID, "", "", 0)))
+
+
+async def test_version_below_4096_is_refused_never_enlarged():
+    """The reply's msize may not exceed the client's: an msize below 4096 (which the
+    kernel never sends) gets Rversion(its own msize, "unknown"), and the session
+    speaks nothing until a Tversion with a usable msize."""
+    async with served(MemFilesystem()) as ([peer], _):
+        assert await peer.rpc(m.Tversion(0xFFFF, 4095, "9P2000.L")) == m.Rversion(0xFFFF, 4095, "unknown")
+        assert err(errno.EPROTO)(await peer.rpc(m.Tattach(1, 0, NOFID, "", "", 0)))
+        assert await peer.rpc(m.Tversion(0xFFFF, 512, "9P2000.L")) == m.Rversion(0xFFFF, 512, "unknown")
+        await peer.start(msize=8192)  # a usable msize afterwards works
+        assert isinstance(await peer.rpc(m.Tgetattr(2, 0, 0x7FF)), m.Rgetattr)
 
 
 async def test_tversion_clunks_every_fid(fs):
