@@ -1,6 +1,7 @@
 """serve() over real sockets: URLs, port 0, stale Unix sockets, fd://, graceful shutdown."""
 
 import errno
+import gc
 import os
 import socket
 import stat
@@ -81,6 +82,37 @@ async def test_unix_socket_replaces_a_stale_one_and_refuses_a_live_one(tmp_path)
         pass
     with pytest.raises(ListenError, match="not a socket"):
         await open_endpoints(f"unix://{tmp_path}/plain")
+
+
+async def test_cancelled_serve_closes_listeners_connections_and_exports(tmp_path):
+    """Cancelling serve() (no shutdown()) must still close every listening socket
+    (no ResourceWarning, the port and socket refuse), the clients and the exports."""
+    fs = MemFilesystem(slow={"slow": 1000.0})
+    fs.add("slow", b"never")
+    closed_exports = []
+    fs.aclose = lambda: _record(closed_exports)
+    path = str(tmp_path / "9p.sock")
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fs, ["tcp://127.0.0.1:0", f"unix://{path}"])
+        peer = await tcp_peer(server.addresses[0])
+        await peer.start()
+        await peer.rpc(m.Twalk(1, 0, 1, ("slow",)))
+        await peer.rpc(m.Tlopen(2, 1, 0))
+        await peer.send(m.Tread(3, 1, 0, 100))  # in flight when the cancel comes
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    port = int(server.addresses[0].rsplit(":", 1)[1])
+    with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+        probe.connect(("127.0.0.1", port))
+    with socket.socket(socket.AF_UNIX) as probe, pytest.raises(ConnectionRefusedError):
+        probe.connect(path)
+    assert await peer.at_eof()
+    assert fs.open_files == 0 and closed_exports == [True]
+    gc.collect()  # an unclosed listener would warn here (warnings are errors)
+
+
+async def _record(into: list) -> None:
+    into.append(True)
 
 
 @pytest.mark.parametrize("url", ["http://x", "tcp://nohostport", "vsock://x:1", "fd://a,b", "tcp://127.0.0.1:99999"])
