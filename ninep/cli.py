@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 
@@ -47,9 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_synthetic(spec: str) -> Filesystem:
+    """Import MODULE and fetch ATTRIBUTE (dots allowed) as a Filesystem or a tree.
+
+    The current directory goes first on sys.path, as ``python -m`` would put it: a
+    console script starts with only its own bin directory there, so ``ninepd
+    --synthetic mytree:ROOT`` could not otherwise import ./mytree.py."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"--synthetic wants MODULE:ATTRIBUTE, not {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     obj = importlib.import_module(module_name)
     for part in attribute.split("."):
         obj = getattr(obj, part)

@@ -15,6 +15,8 @@ from srv_wire import Peer
 
 REPO = Path(__file__).resolve().parents[2]
 NINEPD = [sys.executable, "-c", "from ninep.cli import main_entry; main_entry()"]
+# As the installed console script starts: -P keeps the current directory off sys.path.
+NINEPD_SCRIPT = [sys.executable, "-P", "-c", "from ninep.cli import main_entry; main_entry()"]
 
 
 def free_port() -> int:
@@ -140,3 +142,28 @@ async def test_systemd_socket_activation(tmp_path):
             process.wait()
     assert process.returncode == 0, stderr
     assert "systemd fd 3" in stderr
+
+
+async def test_synthetic_module_from_the_current_directory(tmp_path):
+    """A console script has no cwd on sys.path; ninepd --synthetic puts it there."""
+    (tmp_path / "mytree.py").write_text(
+        "from ninep.fs.synthetic import Directory, StaticFile\n"
+        "ROOT = Directory({'greeting': StaticFile(b'from cwd')})\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [*NINEPD_SCRIPT, "--synthetic", "mytree:ROOT", "--listen", f"tcp://127.0.0.1:{port}"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        peer = await connect_when_up(process, port)
+        async with peer.stream:
+            await peer.start()
+            await peer.rpc(m.Twalk(1, 0, 1, ("greeting",)))
+            await peer.rpc(m.Tlopen(2, 1, 0))
+            assert await peer.rpc(m.Tread(3, 1, 0, 100)) == m.Rread(3, b"from cwd")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
