@@ -33,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="URL", action="append", default=[],
                    help=f"tcp://HOST:PORT, unix:///PATH, vsock://CID:PORT, fd://R,W, systemd:// "
                         f"(repeatable; default {DEFAULT_LISTEN})")
-    p.add_argument("--read-only", action="store_true", help="refuse every change to --export")
+    p.add_argument("--read-only", action="store_true",
+                   help="refuse every change to --export or --synthetic (EROFS)")
     p.add_argument("--squash", metavar="UID:GID", help="every attach to --export acts as UID:GID")
+    p.add_argument("--statfs-passthru", action="store_true",
+                   help="statfs of --export reports the host filesystem's type, not 9P's")
+    p.add_argument("--identity-inline", action="store_true",
+                   help="switch to a guest user's identity on the event loop, not in a worker "
+                        "thread (~3x cheaper metadata operations; a slow one stalls every client)")
     p.add_argument("--config", metavar="FILE", help="YAML export config (see exports/)")
     p.add_argument("--msize", metavar="N", help="largest msize offered (default 1M, at least 4096)")
     p.add_argument("--log-level", default="info",
@@ -71,11 +77,14 @@ def load_synthetic(spec: str) -> Filesystem:
     return as_filesystem(obj)
 
 
-def _host_export(path: str, read_only: bool, squash: tuple[int, int] | None) -> Export:
+def _host_export(path: str, read_only: bool, squash: tuple[int, int] | None, *,
+                 statfs_passthru: bool = False, identity_inline: bool = False) -> Export:
     from .fs.host import HostFilesystem
 
-    fs = HostFilesystem(path, read_only=read_only, squash=squash)
-    return Export(fs, squash=Credentials(squash[0], squash[1]) if squash else None)
+    fs = HostFilesystem(path, read_only=read_only, squash=squash, pass_statfs=statfs_passthru,
+                        identity_inline=identity_inline)
+    return Export(fs, squash=Credentials(squash[0], squash[1]) if squash else None,
+                  read_only=read_only)
 
 
 def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict[str, Export]:
@@ -84,14 +93,20 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
     exports: dict[str, Export] = {}
     if args.synthetic:
         fs = load_synthetic(args.synthetic)
-        exports[""] = Export(fs, squash=Credentials(*squash) if squash else None)
+        # The server refuses changes for any backend, so --read-only covers trees too.
+        exports[""] = Export(fs, squash=Credentials(*squash) if squash else None,
+                             read_only=args.read_only)
     if args.export:
         name = "" if "" not in exports else args.export
-        exports[name] = _host_export(args.export, args.read_only, squash)
+        exports[name] = _host_export(args.export, args.read_only, squash,
+                                     statfs_passthru=args.statfs_passthru,
+                                     identity_inline=args.identity_inline)
     for item in config.exports if config else ():
         if item.name in exports:
             raise ValueError(f"export {item.name!r} is defined twice")
-        exports[item.name] = _host_export(item.path, item.read_only, item.squash)
+        exports[item.name] = _host_export(item.path, item.read_only, item.squash,
+                                          statfs_passthru=item.statfs_passthru,
+                                          identity_inline=item.identity_inline)
     if not exports:
         raise ValueError("nothing to serve: give --export, --synthetic or --config")
     return exports

@@ -9,6 +9,9 @@
         path: /srv/guest-root
         read_only: false
         squash: null              # or "UID:GID": every attach acts as that identity
+        statfs_passthru: false    # true: statfs reports the host filesystem's f_type
+        identity_inline: false    # true: switch to the guest's identity on the event
+                                  #   loop (faster; a slow syscall stalls every client)
       share:
         path: /srv/share
         read_only: true
@@ -26,7 +29,8 @@ import yaml
 from .protocol.constants import MIN_MSIZE
 
 _TOP_KEYS = {"listen", "msize", "exports", "max_fids", "max_in_flight"}
-_EXPORT_KEYS = {"path", "read_only", "squash"}
+_EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline"}
+_EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline")
 
 
 class ConfigError(Exception):
@@ -39,6 +43,8 @@ class ExportConfig:
     path: str
     read_only: bool = False
     squash: tuple[int, int] | None = None
+    statfs_passthru: bool = False
+    identity_inline: bool = False
 
 
 @dataclass
@@ -163,8 +169,8 @@ def _exports(check: _Checker, node: yaml.Node) -> list[ExportConfig]:
                 raise check.fail(key_node, full, f"unknown key (expected one of {', '.join(sorted(_EXPORT_KEYS))})")
             if key == "path":
                 settings["path"] = check.string(value, full)
-            elif key == "read_only":
-                settings["read_only"] = check.boolean(value, full)
+            elif key in _EXPORT_FLAGS:
+                settings[key] = check.boolean(value, full)
             elif key == "squash":
                 # The node's own text: YAML 1.1 would read "1:30" as the number 90.
                 if check.scalar(value, full) is not None:

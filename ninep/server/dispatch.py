@@ -18,6 +18,7 @@ from typing import Awaitable, Callable, Hashable, Protocol
 from ..fs.backend import File, SetAttr, errno_error
 from ..protocol import messages as m
 from ..protocol.constants import (
+    ACCMODE,
     IOHDRSZ,
     MAX_WALK_ELEMENTS,
     NOFID,
@@ -26,6 +27,7 @@ from ..protocol.constants import (
     LockFlags,
     LockStatus,
     LockType,
+    OpenFlags,
     host_errno_to_wire,
 )
 from .locks import LockOwner, LockTable
@@ -37,6 +39,9 @@ XATTR_SIZE_MAX = 65536  # Linux's limit for one xattr value (and for a listing)
 
 # Classic 9P2000 requests: a 9P2000.L server does not implement them.
 _CLASSIC_REQUESTS = (m.Topen, m.Tcreate, m.Tstat, m.Twstat)
+# Tlopen flags that change the file: refused on a read-only export, as open(2) on a
+# read-only mount refuses them (O_RDONLY|O_TRUNC included).
+_WRITE_ACCESS = (OpenFlags.WRONLY, OpenFlags.RDWR)
 
 
 class LockWaiter(Protocol):
@@ -92,6 +97,11 @@ class Dispatcher:
         if fid is not None and (fid.kind is not FidKind.FILE or fid.file is None):
             raise errno_error(errno.EBADF, f"fid {number} is an xattr fid")
         return self.session.use(number)
+
+    @staticmethod
+    def _check_writable(fid: Fid) -> None:
+        if fid.export.read_only:
+            raise errno_error(errno.EROFS, "read-only export")
 
     async def _let_go(self, fid: Fid) -> None:
         if self.session.let_go(fid):
@@ -205,6 +215,8 @@ class Dispatcher:
         try:
             if fid.opened:
                 raise errno_error(errno.EINVAL, "fid already open")
+            if (msg.flags & ACCMODE) in _WRITE_ACCESS or msg.flags & OpenFlags.TRUNC:
+                self._check_writable(fid)
             iounit = await fid.file.open(msg.flags)
             fid.open_flags = msg.flags
             return m.Rlopen(msg.tag, fid.file.qid, self._iounit(iounit))
@@ -219,6 +231,7 @@ class Dispatcher:
         try:
             if fid.opened:
                 raise errno_error(errno.EINVAL, "fid already open")
+            self._check_writable(fid)
             check_new_name(msg.name)
             new_file, iounit = await fid.file.create(msg.name, msg.flags, msg.mode, msg.gid)
             if fid.retired:  # clunked while we created: the new file has no fid to live in
@@ -300,6 +313,7 @@ class Dispatcher:
         fid = self._file_fid(msg.fid)
         error: OSError | None = None
         try:
+            self._check_writable(fid)
             await fid.file.remove()
         except OSError as exc:
             error = exc
@@ -338,6 +352,7 @@ class Dispatcher:
     async def _setattr(self, msg: m.Tsetattr) -> m.Message:
         fid = self._file_fid(msg.fid)
         try:
+            self._check_writable(fid)
             await fid.file.setattr(SetAttr(msg.valid, msg.mode, msg.uid, msg.gid, msg.size,
                                            msg.atime_sec, msg.atime_nsec,
                                            msg.mtime_sec, msg.mtime_nsec))
@@ -357,6 +372,7 @@ class Dispatcher:
         check_new_name(name)
         fid = self._file_fid(dirfid)
         try:
+            self._check_writable(fid)
             return await op(fid.file)
         finally:
             await self._let_go(fid)
@@ -384,6 +400,8 @@ class Dispatcher:
         try:
             b = self._file_fid(second)
             try:
+                self._check_writable(a)
+                self._check_writable(b)
                 return await op(a.file, b.file)
             finally:
                 await self._let_go(b)
@@ -440,6 +458,7 @@ class Dispatcher:
         try:
             if fid.opened:
                 raise errno_error(errno.EINVAL, "xattrcreate on an opened fid")
+            self._check_writable(fid)
             fid.kind = FidKind.XATTR_WRITE
             fid.xattr_name = msg.name
             fid.xattr_size = msg.attr_size

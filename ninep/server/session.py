@@ -48,10 +48,13 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class Export:
     """A filesystem served under an aname. ``squash`` fixes the identity of every
-    attach to it (``--squash UID:GID``); otherwise attach's n_uname decides."""
+    attach to it (``--squash UID:GID``); otherwise attach's n_uname decides.
+    ``read_only`` makes the server refuse every change with EROFS before the backend
+    is asked (any backend: a synthetic tree, a union), as a read-only mount would."""
 
     filesystem: Filesystem
     squash: Credentials | None = None
+    read_only: bool = False
 
 
 class FidKind(Enum):
