@@ -13,9 +13,11 @@ listeners close at once, every connection stops reading, requests in flight get
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Union
 
 import trio
@@ -33,6 +35,31 @@ _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _client_numbers = itertools.count(1)
 
 Exportable = Union[Filesystem, Export, Mapping[str, Union[Filesystem, Export]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """Which client a request came from, for backends that want to show it.
+
+    ``number`` counts connections from 1 for the life of the process (the number in
+    log lines); ``peer`` is the client's address ("127.0.0.1:41234", "[::1]:5000") or,
+    where the transport has none, the endpoint and a client number for accepted
+    sockets ("unix:///run/9p.sock#3") or the endpoint alone for a single connected
+    stream ("fd://0,1"); ``endpoint`` is the listen address it came in on.
+    """
+
+    number: int
+    peer: str
+    endpoint: str
+
+
+current_connection: contextvars.ContextVar[ConnectionInfo | None] = contextvars.ContextVar(
+    "ninep.server.current_connection", default=None)
+"""The ``ConnectionInfo`` of the client whose request is running, or None outside a
+request (or for a ``Connection`` run by hand rather than by ``Server``). Set in the
+connection's own task before it reads anything, so every request task and every
+backend call made for that client sees it: trio gives each task a copy of the context
+of the task that started it."""
 
 
 def as_exports(what: Exportable) -> dict[str, Export]:
@@ -120,11 +147,14 @@ class Server:
                 log.error("%s: accept: %s; retrying", endpoint.address, exc)
                 await trio.sleep(0.1)
                 continue
-            handlers.start_soon(self._handle, stream, _peer_name(stream, endpoint))
+            handlers.start_soon(self._handle, stream, _peer_name(stream, endpoint), endpoint.address)
 
-    async def _handle(self, stream: trio.abc.Stream, name: str) -> None:
+    async def _handle(self, stream: trio.abc.Stream, name: str, endpoint: str) -> None:
         connection = Connection(stream, self.exports, self.locks, limits=self.limits,
                                 trace=self.trace, name=name)
+        # This task is the connection's reader and starts its request tasks: they all
+        # inherit this value, and no other connection's task ever sees it.
+        current_connection.set(ConnectionInfo(connection.number, name, endpoint))
         self.connections.add(connection)
         log.debug("%s: connected", name)
         try:
@@ -138,7 +168,7 @@ class Server:
     async def _handle_single(self, endpoint: Endpoint) -> None:
         """fd:// and Accept=yes sockets: one client; when it leaves and nothing else
         is being listened on, the server is done (inetd style)."""
-        await self._handle(endpoint.stream, endpoint.address)
+        await self._handle(endpoint.stream, endpoint.address, endpoint.address)
         self._single_streams -= 1
         if self._single_streams == 0 and self._listeners == 0:
             self.shutdown()

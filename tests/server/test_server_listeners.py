@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from ninep.protocol import messages as m
-from ninep.server import serve
+from ninep.server import current_connection, serve
 from ninep.server.listeners import ListenError, open_endpoints
 
 from srv_memfs import MemFilesystem
@@ -216,3 +216,30 @@ async def test_vsock_listener_if_the_host_has_vsock():
     [endpoint] = endpoints
     assert endpoint.listener is not None
     await endpoint.listener.aclose()
+
+
+async def test_current_connection_is_visible_to_backends_per_client(tmp_path):
+    """Every request's backend call sees the ConnectionInfo of its own client."""
+    seen = []
+
+    class Recording(MemFilesystem):
+        async def attach(self, aname, creds):
+            seen.append(current_connection.get())
+            return await super().attach(aname, creds)
+
+    path = str(tmp_path / "9p.sock")
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, Recording(), ["tcp://127.0.0.1:0", f"unix://{path}"])
+        tcp = await tcp_peer(server.addresses[0])
+        unix = Peer(await trio.open_unix_socket(path))
+        _open_peers.append(unix)
+        await tcp.start()
+        await unix.start()
+        await tcp.rpc(m.Tattach(2, 5, 0xFFFFFFFF, "", "", 0xFFFFFFFF))
+        nursery.cancel_scope.cancel()
+    local_port = tcp.stream.socket.getsockname()[1]
+    first, second, third = seen
+    assert first.peer == f"127.0.0.1:{local_port}" and first.endpoint == server.addresses[0]
+    assert second.peer.startswith(f"unix://{path}#") and second.endpoint == f"unix://{path}"
+    assert third == first and second.number != first.number
+    assert current_connection.get() is None  # not outside a request
