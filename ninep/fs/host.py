@@ -22,6 +22,7 @@ See docs/host-export.md for the choices and measurements.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from typing import Callable, Sequence, TypeVar
@@ -29,12 +30,13 @@ from typing import Callable, Sequence, TypeVar
 import trio
 
 from ..protocol.constants import (
-    ACCMODE, AT_REMOVEDIR, OpenFlags, QidType, SetattrMask, V9FS_MAGIC,
+    ACCMODE, AT_REMOVEDIR, OpenFlags, SetattrMask, V9FS_MAGIC,
     dotl_to_host_flags)
 from ..protocol.messages import Dirent, Qid
-from . import hostsys
+from ..protocol.codec import unpack_dirents
+from . import hostdir, hostsys
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
-from .hostqid import INODE_MASK, QidMapper
+from .hostqid import QidMapper
 from .hostattr import attributes_of, check_offset, truncate
 from .hostpath import (
     FdRef, apply_creation_attrs, check_component, check_new_name, find_name,
@@ -42,17 +44,14 @@ from .hostpath import (
 from .identity import needs_switch, run_as
 
 T = TypeVar("T")
+log = logging.getLogger("ninep.host")
 
 O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Writes (and reads where RWF_NOWAIT is unsupported) at least this large run in a
 # worker thread. benchmarks/host_inline.py: a thread hop costs 150-400 µs here, a
 # cached 1 MiB pread ~40 µs, so only transfers beyond any usual msize leave the loop.
 THREAD_IO_MIN = 1 << 20
-_DIR_BUFSIZE_MAX = 256 * 1024
 _SIZE_FIRST_MIN = 64 * 1024  # reads asking for more than this fstat first
-_MODE_TO_DIRENT_SHIFT = 12  # DT_* == S_IFMT(mode) >> 12 on Linux
-_DT_UNKNOWN, _DT_DIR, _DT_LNK = 0, 4, 10
-_DTYPE_TO_QID = {_DT_DIR: int(QidType.DIR), _DT_LNK: int(QidType.SYMLINK)}
 _ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
@@ -134,6 +133,7 @@ class HostFile(File):
         self._io = io
         self._nowait_reads = True
         self._sync_writes = False  # O_SYNC/O_DSYNC: every write waits for the disk
+        self._logged_bad_names = False
         self.qid = fs.qids.qid_of(st)
 
     # --- helpers ----------------------------------------------------------------
@@ -337,43 +337,29 @@ class HostFile(File):
             io.release()
 
     async def readdir(self, offset: int, count: int) -> list[Dirent]:
-        """Entries from the host's own d_off cookie. Types and qids come from the
-        dirent itself (d_type, d_ino on this directory's device), as diod does:
-        one lstat per entry would cost ~10x more. Only DT_UNKNOWN entries are
-        lstat'ed. A mount point inside the export therefore lists with the inode
-        it covers (still unique); walking to it gives the mounted root's qid."""
+        """Entries from the host's own d_off cookie: the records of ``readdir_packed``
+        decoded, so both list the same (see hostdir for types, qids, skipped names)."""
+        return unpack_dirents(self._list(offset, count, at_least_one=True))
+
+    async def readdir_packed(self, offset: int, count: int) -> bytes:
+        """The server's fast path: Rreaddir data of at most ``count`` bytes, built
+        from getdents64 records without a Dirent per entry."""
+        return self._list(offset, count, at_least_one=False)
+
+    def _list(self, offset: int, count: int, *, at_least_one: bool) -> bytes:
         if self._fmt != stat.S_IFDIR:
             raise errno_error(errno.ENOTDIR, "readdir")
         fd = self._io_fd()
-        bufsize = min(max(count, 4096), _DIR_BUFSIZE_MAX)
         dir_st = os.stat(self._node.fd)
         qids = self._fs.qids
-        self.qid = self_qid = qids.qid_of(dir_st)
-        dev = dir_st.st_dev
-        base = qids.device_base(dev)
-        entries: list[Dirent] = []
-        used = 0
-        for ino, cookie, dtype, name in hostsys.read_dir_chunk(fd, offset, bufsize):
-            used += 24 + len(name)  # qid[13] offset[8] type[1] name[s]; ~bytes for ASCII
-            if entries and used > count:
-                break  # the server could not send more anyway
-            if name == "." or (name == ".." and self._is_root):
-                qid = self_qid  # the root's ".." is the root itself
-            elif dtype == _DT_UNKNOWN:
-                qid, dtype = self._lstat_entry(fd, dev, ino, name)
-            else:
-                path = base | ino if base is not None and ino <= INODE_MASK else qids.path(dev, ino)
-                qid = Qid(_DTYPE_TO_QID.get(dtype, 0), 0, path)
-            entries.append(Dirent(qid, cookie, dtype, name))
-        return entries
-
-    def _lstat_entry(self, dir_fd: int, dev: int, ino: int, name: str) -> tuple[Qid, int]:
-        """For filesystems that do not fill d_type."""
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:  # gone meanwhile: keep what getdents said
-            return Qid(0, 0, self._fs.qids.path(dev, ino)), _DT_UNKNOWN
-        return self._fs.qids.qid_of(st), stat.S_IFMT(st.st_mode) >> _MODE_TO_DIRENT_SHIFT
+        self.qid = qids.qid_of(dir_st)
+        records, skipped = hostdir.list_packed(fd, offset, count, qids, dir_st, self._is_root,
+                                               at_least_one=at_least_one)
+        if skipped and not self._logged_bad_names:
+            self._logged_bad_names = True  # once per open directory, not per Treaddir
+            log.debug("readdir of %s: skipping %d name(s) that are not UTF-8, e.g. %r",
+                      os.readlink(proc_path(self._node.fd)), len(skipped), skipped[0])
+        return records
 
     async def fsync(self, datasync: bool) -> None:
         if self._io is None:

@@ -108,13 +108,22 @@ def read_dir_chunk(fd: int, cookie: int, bufsize: int) -> list[RawDirent]:
     calls (and across entries added or removed meanwhile, as far as the host
     filesystem guarantees). Returns [] at the end of the directory.
     """
+    return _parse_dirents(read_dir_raw(fd, cookie, bufsize))
+
+
+DIRENT64_HEAD = _DIRENT64  # what precedes d_name in each record of read_dir_raw
+
+
+def read_dir_raw(fd: int, cookie: int, bufsize: int) -> bytes:
+    """The linux_dirent64 records getdents64 fills in, as they are (see read_dir_chunk;
+    the readdir fast path turns them into wire records without a tuple per entry)."""
     if _getdents_fn is None:
         raise OSError(38, "getdents64 not available")
     signed = cookie - (1 << 64) if cookie >= (1 << 63) else cookie
     os.lseek(fd, signed, os.SEEK_SET)
     buf = ctypes.create_string_buffer(bufsize)
     length = _check(_getdents_fn(fd, buf, bufsize), "getdents64")
-    return _parse_dirents(ctypes.string_at(buf, length))
+    return ctypes.string_at(buf, length)
 
 
 def _parse_dirents(raw: bytes) -> list[RawDirent]:

@@ -33,7 +33,8 @@ from .messages import MESSAGE_CLASSES, Dirent, Message, Qid
 __all__ = [
     "ProtocolError", "decode", "encode", "encode_bytes", "decode_interpreted",
     "encode_interpreted", "FrameReader", "pack_dirents", "unpack_dirents",
-    "unpack_dirents_interpreted", "dirent_size", "check_header",
+    "unpack_dirents_interpreted", "dirent_size", "check_header", "pack_dirent_fields",
+    "DIRENT_HEAD",
 ]
 
 _SIZE = struct.Struct("<I")
@@ -197,6 +198,15 @@ class FrameReader:
 
 # qid[13] offset[8] type[1] + the name's len[2], measured on the schema, not restated.
 _DIRENT_FIXED_SIZE = len(fastpath.encode_dirent(Dirent(Qid(0, 0, 0), 0, 0, "")))
+
+pack_dirent_fields = fastpath.pack_dirent_fields
+"""``pack_dirent_fields(qid_type, qid_version, qid_path, offset, type, name) -> bytes``:
+one record from plain values; ``name`` is UTF-8 bytes without NUL (the caller checks).
+For backends that turn their own listings into records without Dirent objects."""
+
+DIRENT_HEAD = fastpath.DIRENT_HEAD
+"""struct.Struct of a record up to its name: qid.type qid.version qid.path offset type
+and the name's length; the name's bytes follow. Generated from ``schema.DIRENT``."""
 
 
 def dirent_size(name: str) -> int:

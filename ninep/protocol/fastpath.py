@@ -440,6 +440,50 @@ def _generate_dirent_encoder(namespace: dict) -> str:
     return _define(namespace, "encode_dirent", "entry", lines)
 
 
+def _flat_record_layout(con, prefix: str = "") -> tuple[list[tuple[str, str]], str]:
+    """A Record of fixed integers (nested records allowed) ending in one string ->
+    ([(struct letter, flat field name)...] including the string's length, string field
+    name). Anything else is not a flat record, and TypeError says so."""
+    if isinstance(con, Renamed):
+        return _flat_record_layout(con.subcon, _join(prefix, con.name))
+    if not isinstance(con, schema.Record):
+        raise TypeError(f"not a record: {con!r}")
+    letters: list[tuple[str, str]] = []
+    subcons = con.subcon.subcons
+    for position, sub in enumerate(subcons):
+        path = _join(prefix, sub.name)
+        inner = sub.subcon if isinstance(sub, Renamed) else sub
+        if isinstance(inner, FormatField):
+            letters.append((inner.fmtstr[1], path.replace(".", "_")))
+        elif isinstance(inner, schema.Record):
+            nested, string = _flat_record_layout(inner, path)
+            if string:
+                raise TypeError(f"{path}: a string inside a nested record")
+            letters += nested
+        elif isinstance(inner, schema.String9P) and position == len(subcons) - 1:
+            letters.append((inner.length.fmtstr[1], f"len({path.replace('.', '_')})"))
+            return letters, path.replace(".", "_")
+        else:
+            raise TypeError(f"{path}: not a fixed integer or a final string")
+    return letters, ""
+
+
+def _generate_flat_dirent_packer(namespace: dict) -> tuple[str, struct.Struct]:
+    """``pack_dirent_fields(qid_type, qid_version, qid_path, offset, type, name)``:
+    one Rreaddir record from plain ints and the name's UTF-8 bytes, no Dirent or Qid
+    objects (backends that list thousands of entries build wire records directly).
+    The caller vouches for ``name``: UTF-8, no NUL, at most 65535 bytes. Also returns
+    the struct of everything before the name (name length included) for callers that
+    pack into their own buffer."""
+    layout, string = _flat_record_layout(schema.DIRENT)
+    head = struct.Struct("<" + "".join(letter for letter, _ in layout))
+    head_name = _Generator(namespace).constant(head, "dirent_head")
+    parameters = [name for _, name in layout if not name.startswith("len(")] + [string]
+    arguments = ", ".join(name for _, name in layout)
+    lines = [f"    return {head_name}.pack({arguments}) + {string}"]
+    return _define(namespace, "pack_dirent_fields", ", ".join(parameters), lines), head
+
+
 # --- assembly --------------------------------------------------------------------------------
 
 def _define(namespace: dict, function: str, parameters: str, body: list[str]) -> str:
@@ -476,8 +520,12 @@ def _build():
             _generate_message_encoder(namespace, type_byte)]
     dirents_decoder = namespace[_generate_dirents_decoder(namespace)]
     dirent_encoder = namespace[_generate_dirent_encoder(namespace)]
-    return decoders, encoders, dirents_decoder, dirent_encoder
+    flat_packer, dirent_head = _generate_flat_dirent_packer(namespace)
+    return (decoders, encoders, dirents_decoder, dirent_encoder, namespace[flat_packer],
+            dirent_head)
 
 
-DECODERS, ENCODERS, decode_dirents, encode_dirent = _build()
-"""type byte -> decoder; message class -> encoder; Rreaddir data decoder; record encoder."""
+(DECODERS, ENCODERS, decode_dirents, encode_dirent, pack_dirent_fields,
+ DIRENT_HEAD) = _build()
+"""type byte -> decoder; message class -> encoder; Rreaddir data decoder; record encoder;
+record packer from plain fields; struct of a record's fixed part + name length."""
