@@ -16,12 +16,16 @@
   its reply is queued *first* and Rflush after it -- the client then learns the effect
   of an operation that did happen (a created file, a new fid). If it was cancelled, it
   gets no reply at all.
-* A malformed frame ends the connection with one log line. Disconnect cancels what is
-  in flight, closes every fid and drops the connection's locks.
+* A request whose body is malformed inside an intact frame gets Rlerror (EILSEQ for
+  a name that is not UTF-8, else EINVAL) and the connection goes on; broken framing
+  (a size field out of range, no tag to answer) ends it. One log line either way.
+* Disconnect cancels what is in flight, closes every fid and drops the connection's
+  locks.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 from typing import Hashable, Mapping
@@ -31,7 +35,8 @@ import trio
 
 from ..protocol import messages as m
 from ..protocol.codec import FrameReader, ProtocolError, decode, encode, pack_dirents
-from ..protocol.constants import HEADER_SIZE, Errno
+from ..protocol.constants import HEADER_SIZE, Errno, host_errno_to_wire
+from ..protocol.errors import NOT_UTF8
 from .dispatch import Dispatcher
 from .locks import LockTable
 from .session import Export, Limits, Session
@@ -237,9 +242,25 @@ class Connection:
         try:
             msg = decode(frame)
         except ProtocolError as exc:
+            return self._bad_frame(exc)
+        await self._accept(msg)
+        return True
+
+    def _bad_frame(self, exc: ProtocolError) -> bool:
+        """A frame that did not decode: True to go on serving, False to hang up.
+
+        The codec sets ``exc.tag`` when the frame was well delimited and only its body
+        is bad (a name that is not UTF-8, a NUL in a name, 17 walk elements, a body
+        cut short inside its frame): the stream is still in step, so that request
+        alone fails -- EILSEQ for bad UTF-8 (what Linux says for unencodable names),
+        EINVAL otherwise. Without a tag the framing itself is broken: hang up."""
+        if exc.tag is None:
             log.warning("%s: malformed frame, closing: %s", self.name, exc)
             return False
-        await self._accept(msg)
+        code = errno.EILSEQ if NOT_UTF8 in str(exc) else errno.EINVAL
+        log.warning("%s: malformed request, answering Rlerror(%s): %s",
+                    self.name, errno.errorcode[code], exc)
+        self.queue_reply(m.Rlerror(exc.tag, host_errno_to_wire(code)))
         return True
 
     async def _read_stream(self) -> None:
@@ -254,9 +275,9 @@ class Connection:
             frames.feed(data)
             try:
                 for frame in frames:
-                    msg = decode(frame)
-                    await self._accept(msg)
-            except ProtocolError as exc:
+                    if not await self._take_frame(frame):
+                        return
+            except ProtocolError as exc:  # the FrameReader's: a size field out of range
                 log.warning("%s: malformed frame, closing: %s", self.name, exc)
                 return
 

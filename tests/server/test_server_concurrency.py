@@ -187,11 +187,14 @@ async def test_malformed_frame_ends_only_that_connection(autojump_clock, caplog)
         assert await b.at_eof()
 
 
-async def test_garbage_body_ends_the_connection():
+async def test_garbage_body_fails_only_that_request():
+    # The frame is intact, only its body is bad: Rlerror on its tag, and serving goes
+    # on (tests/server/test_server_badbody.py has the cases).
     async with served(MemFilesystem()) as ([peer], _):
         await peer.start()
         await peer.send_raw(struct.pack("<IBHI", 11, 110, 1, 0))  # Twalk cut short
-        assert await peer.at_eof()
+        assert await peer.recv() == m.Rlerror(1, errno.EINVAL)
+        assert isinstance(await peer.rpc(m.Tstatfs(2, 0)), m.Rstatfs)
 
 
 async def test_clunking_the_locking_fid_releases_like_flock(autojump_clock):
