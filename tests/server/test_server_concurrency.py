@@ -125,6 +125,58 @@ async def test_flush_of_a_blocked_lock(autojump_clock):
         assert await b.rpc(m.Tlock(4, 1, RD, 0, 0, 0, 2, "b")) == m.Rlock(4, LockStatus.BLOCKED)
 
 
+async def test_getlock_of_type_unlck_reports_other_owners_locks(autojump_clock):
+    """Linux's F_GETLK sends Tgetlock with type UNLCK (v9fs_file_getlock drops the
+    asked type): it must still learn about another guest's lock, even a read lock."""
+    async with served(slow_fs(), connections=2) as ([a, b], _):
+        for peer in (a, b):
+            await peer.start()
+            await open_file(peer, 1, "fast")
+        assert await b.rpc(m.Tgetlock(1, 1, UN, 0, 0, 7, "hostB")) == m.Rgetlock(1, UN, 0, 0, 7, "hostB")
+        await a.rpc(m.Tlock(2, 1, RD, 0, 100, 10, 42, "hostA"))
+        assert await b.rpc(m.Tgetlock(3, 1, UN, 0, 0, 7, "hostB")) == m.Rgetlock(3, RD, 100, 10, 42, "hostA")
+        assert await b.rpc(m.Tgetlock(4, 1, UN, 0, 50, 7, "hostB")) == m.Rgetlock(4, UN, 0, 50, 7, "hostB")
+        # The owner's own locks are never in its way.
+        assert await a.rpc(m.Tgetlock(5, 1, UN, 0, 0, 42, "hostA")) == m.Rgetlock(5, UN, 0, 0, 42, "hostA")
+
+
+async def test_blocking_lock_that_would_deadlock_gets_edeadlk(autojump_clock):
+    """A waits for B's range, then B asks, blocking, for A's range: B gets EDEADLK
+    (Rlerror, which the kernel hands to fcntl) instead of both waiting forever."""
+    async with served(slow_fs(), connections=2) as ([a, b], _):
+        for peer in (a, b):
+            await peer.start()
+            await open_file(peer, 1, "fast")
+        assert await a.rpc(m.Tlock(1, 1, WR, 0, 0, 10, 1, "a")) == m.Rlock(1, LockStatus.SUCCESS)
+        assert await b.rpc(m.Tlock(2, 1, WR, 0, 20, 10, 2, "b")) == m.Rlock(2, LockStatus.SUCCESS)
+        await a.send(m.Tlock(3, 1, WR, LockFlags.BLOCK, 20, 10, 1, "a"))  # A waits for B
+        await trio.sleep(1)
+        with trio.fail_after(60):  # without detection this would wait forever
+            assert await b.rpc(m.Tlock(4, 1, WR, LockFlags.BLOCK, 0, 10, 2, "b")) == m.Rlerror(4, errno.EDEADLK)
+        # B gives up its range: A's wait ends normally.
+        assert await b.rpc(m.Tlock(5, 1, UN, 0, 20, 10, 2, "b")) == m.Rlock(5, LockStatus.SUCCESS)
+        assert await a.recv() == m.Rlock(3, LockStatus.SUCCESS)
+
+
+async def test_wait_ended_by_a_release_is_no_deadlock(autojump_clock):
+    """B waits for A's range; A unlocks it and at once asks, blocking, for B's range.
+    B is about to get its lock (woken, not yet run): no cycle, A just waits."""
+    async with served(slow_fs(), connections=2) as ([a, b], _):
+        for peer in (a, b):
+            await peer.start()
+            await open_file(peer, 1, "fast")
+        await a.rpc(m.Tlock(1, 1, WR, 0, 0, 10, 1, "a"))
+        await b.rpc(m.Tlock(2, 1, WR, 0, 20, 10, 2, "b"))
+        await b.send(m.Tlock(3, 1, WR, LockFlags.BLOCK, 0, 10, 2, "b"))  # B waits for A
+        await trio.sleep(1)
+        await a.send(m.Tlock(4, 1, UN, 0, 0, 10, 1, "a"), m.Tlock(5, 1, WR, LockFlags.BLOCK, 20, 10, 1, "a"))
+        assert await a.recv() == m.Rlock(4, LockStatus.SUCCESS)
+        assert await b.recv() == m.Rlock(3, LockStatus.SUCCESS)
+        await trio.sleep(1)
+        assert await b.rpc(m.Tlock(6, 1, UN, 0, 20, 10, 2, "b")) == m.Rlock(6, LockStatus.SUCCESS)
+        assert await a.recv() == m.Rlock(5, LockStatus.SUCCESS)
+
+
 async def test_locks_die_with_last_fid_and_with_connection(autojump_clock):
     locks = LockManager()
     async with served(slow_fs(), connections=2, locks=locks) as ([a, b], conns):
