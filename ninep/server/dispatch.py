@@ -214,8 +214,13 @@ class Dispatcher:
             raise errno_error(errno.EINVAL, "too many walk elements")
         fid = self._file_fid(msg.fid)
         try:
-            if fid.opened:
-                raise errno_error(errno.EBADF, "walk from an opened fid")
+            # Linux walks from opened fids: when a dentry has no fid of its own it
+            # borrows an open one from the inode (fs/9p/fid.c, v9fs_fid_find_inode)
+            # and clones it, e.g. for fsetxattr on an unlinked open file. The new fid
+            # is a fresh, unopened one (QEMU and diod allow this too); only replacing
+            # an opened fid in place (newfid == fid) is refused.
+            if fid.opened and msg.newfid == msg.fid:
+                raise errno_error(errno.EBADF, "walk of an opened fid onto itself")
             if msg.newfid == msg.fid and not names:
                 return m.Rwalk(msg.tag, ())
             bad = next((i for i, name in enumerate(names) if not walk_name_ok(name)), None)

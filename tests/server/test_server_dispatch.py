@@ -120,7 +120,7 @@ async def test_open_modes_and_counts(fs):
         assert err(errno.EBADF)(await peer.rpc(m.Tread(2, 1, 0, 10)))  # not open
         assert isinstance(await peer.rpc(m.Tlopen(3, 1, RDONLY)), m.Rlopen)
         assert err(errno.EINVAL)(await peer.rpc(m.Tlopen(4, 1, RDONLY)))  # already open
-        assert err(errno.EBADF)(await peer.rpc(m.Twalk(5, 1, 2, ())))  # walk from opened
+        assert err(errno.EBADF)(await peer.rpc(m.Twalk(5, 1, 1, ())))  # opened fid onto itself
         assert err(errno.EBADF)(await peer.rpc(m.Twrite(6, 1, 0, b"x")))  # O_RDONLY
         assert await peer.rpc(m.Tread(7, 1, 5, 100)) == m.Rread(7, b"x:0:0")
         # Count is clamped to msize - 24.
