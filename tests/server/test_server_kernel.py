@@ -77,10 +77,11 @@ async def test_clone_walk_from_an_open_fid(peer):
 
 async def test_lcreate_with_the_flags_the_kernel_sends(peer):
     """atomic_open passes O_CREAT and O_EXCL through (and O_LARGEFILE, O_NOFOLLOW...);
-    O_TRUNC is never in Tlcreate (not in the kernel's flag map)."""
+    O_TRUNC is never in Tlcreate (not in the kernel's flag map). The mode carries
+    S_IFREG, as build_open_flags makes it."""
     flags = WRONLY | CREATE | EXCL | LARGEFILE | CLOEXEC
     await peer.rpc(m.Twalk(1, 0, 1, ()))
-    reply = await peer.rpc(m.Tlcreate(2, 1, "new", flags, 0o640, 0))
+    reply = await peer.rpc(m.Tlcreate(2, 1, "new", flags, stat.S_IFREG | 0o640, 0))
     assert isinstance(reply, m.Rlcreate) and reply.qid.type == 0
     assert await peer.rpc(m.Twrite(3, 1, 0, b"created")) == m.Rwrite(3, 7)
     assert stat.S_IMODE(os.stat(peer.export / "new").st_mode) == 0o640
@@ -105,6 +106,17 @@ async def test_open_with_o_trunc_is_lopen_then_setattr_on_the_open_fid(peer):
     assert reply == m.Rsetattr(2)
     st = os.stat(peer.export / "file")
     assert st.st_size == 0 and abs(st.st_mtime - time.time()) < NOW_SLACK
+
+
+async def test_ftruncate_and_fstat_of_an_unlinked_open_file(peer):
+    """After unlink the kernel reaches the file only through its open fid: ftruncate
+    is Tsetattr(SIZE|MTIME|CTIME) on it, fstat a Tgetattr on it."""
+    await walk_open(peer, 1, "file", RDWR)
+    (peer.export / "file").unlink()
+    assert await peer.rpc(m.Tsetattr(2, 1, S.SIZE | S.MTIME | S.CTIME, 0, 0, 0, 3, 0, 0, 0, 0)) == m.Rsetattr(2)
+    attr = await peer.rpc(m.Tgetattr(3, 1, GetattrMask.ALL))
+    assert attr.size == 3 and attr.nlink == 0
+    assert await peer.rpc(m.Tread(4, 1, 0, 100)) == m.Rread(4, b"012")
 
 
 async def test_setattr_times_without_set_mean_now_and_with_set_are_exact(peer):
@@ -233,7 +245,7 @@ async def test_append_writes_land_at_the_end_whatever_the_offset(peer):
     assert (peer.export / "file").read_bytes() == b"0123456789ABCxyz!"
 
 
-async def test_mknod_of_regular_files_and_fifos(peer):
+async def test_mknod_and_mkdir_modes(peer):
     """mknod(2) of S_IFREG goes through v9fs_vfs_mknod_dotl as Tmknod, not Tlcreate."""
     reply = await peer.rpc(m.Tmknod(1, 0, "plain", stat.S_IFREG | 0o604, 0, 0, 0))
     assert isinstance(reply, m.Rmknod) and reply.qid.type == 0
@@ -241,6 +253,9 @@ async def test_mknod_of_regular_files_and_fifos(peer):
     st = os.lstat(peer.export / "plain")
     assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o604
     assert stat.S_ISFIFO(os.lstat(peer.export / "pipe").st_mode)
+    # mkdir(2): the kernel adds S_IFDIR to the mode it sends.
+    assert isinstance(await peer.rpc(m.Tmkdir(3, 0, "sub", stat.S_IFDIR | 0o705, 0)), m.Rmkdir)
+    assert stat.S_IMODE(os.stat(peer.export / "sub").st_mode) == 0o705
 
 
 async def test_xattr_calls_as_the_kernel_makes_them(peer):
