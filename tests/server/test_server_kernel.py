@@ -25,7 +25,7 @@ from srv_wire import served
 RDONLY, WRONLY, RDWR = int(OpenFlags.RDONLY), int(OpenFlags.WRONLY), int(OpenFlags.RDWR)
 # What v9fs_open_to_dotl_flags makes of open(2) flags (the Linux x86 values).
 CREATE, EXCL, APPEND = int(OpenFlags.CREATE), int(OpenFlags.EXCL), int(OpenFlags.APPEND)
-LARGEFILE, NOFOLLOW, CLOEXEC = int(OpenFlags.LARGEFILE), int(OpenFlags.NOFOLLOW), int(OpenFlags.CLOEXEC)
+LARGEFILE, CLOEXEC = int(OpenFlags.LARGEFILE), int(OpenFlags.CLOEXEC)
 DIRECTORY, NONBLOCK = int(OpenFlags.DIRECTORY), int(OpenFlags.NONBLOCK)
 S = SetattrMask
 NOW_SLACK = 120  # seconds: "now" on the host, as the test sees it

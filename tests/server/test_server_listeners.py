@@ -1,6 +1,5 @@
 """serve() over real sockets: URLs, port 0, stale Unix sockets, fd://, graceful shutdown."""
 
-import errno
 import gc
 import os
 import socket

@@ -3,7 +3,6 @@ by ninepd runs a static helper that uses xattrs and fcntl locks, and lists a big
 directory. Needs qemu, the Debian kernel and musl-gcc (for the helper)."""
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
