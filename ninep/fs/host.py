@@ -170,12 +170,18 @@ class HostFile(File):
         parent = self._parent.acquire() if self._parent is not None else None
         name, at_root = self._name, self._is_root
         qids: list[Qid] = []
+        # The starting point's type is known (an inode's type never changes): stat it
+        # only if a "." or the root's ".." leaves us there and its qid is needed.
+        st: os.stat_result | None = None
+        mode = self._fmt
         try:
-            st = os.stat(cur.fd)
             for component in names:
                 try:
-                    moved = self._step(cur.fd, st, at_root, component)
-                    if moved is not None:
+                    moved = self._step(cur.fd, mode, at_root, component)
+                    if moved is None:
+                        if st is None:
+                            st = os.stat(cur.fd)
+                    else:
                         new_fd, went_up = moved
                         try:
                             new_st = os.stat(new_fd)
@@ -190,12 +196,15 @@ class HostFile(File):
                         else:
                             parent, name = cur, component
                         cur, st = FdRef(new_fd), new_st
+                        mode = stat.S_IFMT(st.st_mode)
                 except OSError:
                     if not qids:
                         raise
                     return qids, None
                 at_root = (st.st_dev, st.st_ino) == self._fs.root_key
                 qids.append(self._fs.qids.qid_of(st))
+            if st is None:
+                st = os.stat(cur.fd)
             new = self._new_file(cur, parent, name, st)
             cur = parent = None  # owned by the new file now
             return qids, new
@@ -205,12 +214,12 @@ class HostFile(File):
             if parent is not None:
                 parent.release()
 
-    def _step(self, dir_fd: int, dir_st: os.stat_result, at_root: bool,
+    def _step(self, dir_fd: int, dir_fmt: int, at_root: bool,
               component: str) -> tuple[int, bool] | None:
         """One walk element: None to stay put, else (new O_PATH fd, went up)."""
         check_component(component)
         if component in (".", ".."):
-            if not stat.S_ISDIR(dir_st.st_mode):
+            if dir_fmt != stat.S_IFDIR:
                 raise errno_error(errno.ENOTDIR, component)
             if component == "." or at_root:
                 return None
@@ -368,7 +377,7 @@ class HostFile(File):
 
     # --- metadata ------------------------------------------------------------------
     async def getattr(self, mask: int) -> Attr:
-        attr = attributes_of(self._node.fd, self._fs.qids)
+        attr = attributes_of(self._node.fd, self._fs.qids, mask)
         self.qid = attr.qid
         return attr
 
