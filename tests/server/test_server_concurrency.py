@@ -158,9 +158,9 @@ async def test_blocking_lock_that_would_deadlock_gets_edeadlk(autojump_clock):
         assert await a.recv() == m.Rlock(3, LockStatus.SUCCESS)
 
 
-async def test_wait_ended_by_a_release_is_no_deadlock(autojump_clock):
-    """B waits for A's range; A unlocks it and at once asks, blocking, for B's range.
-    B is about to get its lock (woken, not yet run): no cycle, A just waits."""
+async def test_lock_handed_over_then_asked_back_is_no_deadlock(autojump_clock):
+    """B waits for A's range; A unlocks it, B gets it, then A asks (blocking) for a
+    range B held all along: an ordinary wait, not EDEADLK."""
     async with served(slow_fs(), connections=2) as ([a, b], _):
         for peer in (a, b):
             await peer.start()
@@ -169,12 +169,39 @@ async def test_wait_ended_by_a_release_is_no_deadlock(autojump_clock):
         await b.rpc(m.Tlock(2, 1, WR, 0, 20, 10, 2, "b"))
         await b.send(m.Tlock(3, 1, WR, LockFlags.BLOCK, 0, 10, 2, "b"))  # B waits for A
         await trio.sleep(1)
-        await a.send(m.Tlock(4, 1, UN, 0, 0, 10, 1, "a"), m.Tlock(5, 1, WR, LockFlags.BLOCK, 20, 10, 1, "a"))
-        assert await a.recv() == m.Rlock(4, LockStatus.SUCCESS)
+        assert await a.rpc(m.Tlock(4, 1, UN, 0, 0, 10, 1, "a")) == m.Rlock(4, LockStatus.SUCCESS)
         assert await b.recv() == m.Rlock(3, LockStatus.SUCCESS)
+        await a.send(m.Tlock(5, 1, WR, LockFlags.BLOCK, 20, 10, 1, "a"))
         await trio.sleep(1)
         assert await b.rpc(m.Tlock(6, 1, UN, 0, 20, 10, 2, "b")) == m.Rlock(6, LockStatus.SUCCESS)
         assert await a.recv() == m.Rlock(5, LockStatus.SUCCESS)
+
+
+def test_deadlock_search_recomputes_every_wait_from_the_table():
+    """The cycle A -> B -> A exists only while A still holds what B waits for. A
+    waiter whose lock was just released (woken, not yet run) waits for nobody."""
+    from ninep.server.dispatch import _LOCK_WAITS, would_deadlock
+    from ninep.server.locks import LockOwner, LockTable
+
+    table = LockTable()
+    a, b = LockOwner("c1", "a", 1), LockOwner("c2", "b", 2)
+    assert table.set("f", a, WR, 0, 10)[0] and table.set("f", b, WR, 20, 10)[0]
+    _LOCK_WAITS[table] = {b: [("f", WR, 0, 10)]}  # B is waiting for A's range
+    blocker = table.conflict("f", a, WR, 20, 10)  # what A would now wait for: B's lock
+    assert blocker.owner == b and would_deadlock(table, a, blocker)
+    table.set("f", a, UN, 0, 10)  # A lets go; B has not run yet, its wait is stale
+    assert not would_deadlock(table, a, blocker)
+    # A longer chain: A -> B -> C -> A.
+    c = LockOwner("c3", "c", 3)
+    table.set("f", a, WR, 0, 10)
+    table.set("f", c, WR, 40, 10)
+    _LOCK_WAITS[table] = {b: [("f", WR, 40, 10)], c: [("f", RD, 5, 1)]}
+    assert would_deadlock(table, a, table.conflict("f", a, WR, 20, 10))
+    assert would_deadlock(table, c, table.conflict("f", c, WR, 20, 10))  # C -> B -> C
+    # D, waited for by nobody, meets the chain B -> C -> A and ends there: no cycle.
+    d = LockOwner("c4", "d", 4)
+    assert not would_deadlock(table, d, table.conflict("f", d, WR, 20, 10))
+    del _LOCK_WAITS[table]
 
 
 async def test_locks_die_with_last_fid_and_with_connection(autojump_clock):
