@@ -50,6 +50,11 @@ async def test_version_below_4096_is_refused_never_enlarged():
         assert await peer.rpc(m.Tversion(0xFFFF, 512, "9P2000.L")) == m.Rversion(0xFFFF, 512, "unknown")
         await peer.start(msize=8192)  # a usable msize afterwards works
         assert isinstance(await peer.rpc(m.Tgetattr(2, 0, 0x7FF)), m.Rgetattr)
+    # Too small for any Rversion: Rlerror(ERANGE), and the next frame is too big.
+    async with served(MemFilesystem()) as ([peer], _):
+        assert await peer.rpc(m.Tversion(0xFFFF, 0, "9P2000.L")) == m.Rlerror(0xFFFF, errno.ERANGE)
+        await peer.send(m.Tversion(0xFFFF, 8192, "9P2000.L"))
+        assert await peer.at_eof()
 
 
 async def test_tversion_clunks_every_fid(fs):
