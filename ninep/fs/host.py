@@ -68,16 +68,20 @@ class HostFilesystem(Filesystem):
     magic in statfs instead of 9P's. ``identity_inline``: switch to a guest's
     identity on the event-loop thread itself, around a syscall sequence that never
     yields, instead of in a worker thread (~10x cheaper; see docs/host-export.md).
+    ``listing_cache``: keep listings of directories unchanged for a while
+    (``hostdir.ListingCache``; docs/performance.md).
     """
 
     def __init__(self, root: str, *, read_only: bool = False,
                  squash: tuple[int, int] | None = None, pass_statfs: bool = False,
-                 identity_inline: bool = False) -> None:
+                 identity_inline: bool = False, listing_cache: bool = True) -> None:
         self.read_only = read_only
         self.identity_inline = identity_inline
         self.squash = squash
         self.pass_statfs = pass_statfs
         self.qids = QidMapper()
+        # Listings of directories that have not changed for a while (hostdir.ListingCache).
+        self.listings = hostdir.ListingCache() if listing_cache else None
         # The operator names the export: following symlinks in *that* path is fine.
         self._root = FdRef(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         st = os.stat(self._root.fd)
@@ -362,8 +366,8 @@ class HostFile(File):
         dir_st = os.stat(self._node.fd)
         qids = self._fs.qids
         self.qid = qids.qid_of(dir_st)
-        records, skipped = hostdir.list_packed(fd, offset, count, qids, dir_st, self._is_root,
-                                               at_least_one=at_least_one)
+        records, skipped = hostdir.list_directory(self._fs.listings, fd, offset, count, qids,
+                                                  dir_st, self._is_root, at_least_one)
         if skipped and not self._logged_bad_names:
             self._logged_bad_names = True  # once per open directory, not per Treaddir
             log.debug("readdir of %s: skipping %d name(s) that are not UTF-8, e.g. %r",

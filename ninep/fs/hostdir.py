@@ -19,8 +19,11 @@ directory still lists, instead of every Treaddir of it failing.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import os
 import stat
+import time
 
 from ..protocol.codec import DIRENT_HEAD
 from ..protocol.constants import QidType
@@ -35,6 +38,41 @@ _U64 = (1 << 64) - 1
 _DIR_BUFSIZE_MAX = 256 * 1024
 
 
+def list_directory(cache: "ListingCache | None", fd: int, cookie: int, count: int,
+                   qids: QidMapper, dir_st: os.stat_result, at_root: bool,
+                   at_least_one: bool) -> tuple[bytes, list[bytes]]:
+    """Rreaddir data from ``cookie`` (see ``list_packed``), from ``cache`` when it
+    holds this directory unchanged, else from the host (keeping the whole listing
+    when the directory has settled and a client starts reading it from the top)."""
+    skipped: list[bytes] = []
+    if cache is not None:
+        known, listing = cache.lookup(dir_st, at_root)
+        if not known and cookie == 0:
+            listing, skipped = cache.read(fd, qids, dir_st, at_root)
+        if listing is not None:
+            records = listing.records(cookie, count, at_least_one)
+            if records is not None:
+                return records, skipped
+    records, more = list_packed(fd, cookie, count, qids, dir_st, at_root,
+                                at_least_one=at_least_one)
+    return records, skipped + more
+
+
+class _Directory:
+    """What every record of one listing needs to know about its directory."""
+
+    __slots__ = ("fd", "qids", "dev", "base", "self_qid", "at_root", "lstat_used")
+
+    def __init__(self, fd: int, qids: QidMapper, dir_st: os.stat_result, at_root: bool):
+        self.fd = fd
+        self.qids = qids
+        self.dev = dir_st.st_dev
+        self.base = qids.device_base(self.dev)
+        self.self_qid = qids.qid_of(dir_st)
+        self.at_root = at_root
+        self.lstat_used = False  # some entry had no d_type: its qid came from lstat
+
+
 def list_packed(fd: int, cookie: int, count: int, qids: QidMapper, dir_st: os.stat_result,
                 at_root: bool, *, at_least_one: bool = False) -> tuple[bytes, list[bytes]]:
     """Rreaddir data for the open directory ``fd`` from ``cookie``: as many whole
@@ -42,20 +80,28 @@ def list_packed(fd: int, cookie: int, count: int, qids: QidMapper, dir_st: os.st
     not). Returns (records, names skipped because they are not UTF-8)."""
     bufsize = min(max(count, 4096), _DIR_BUFSIZE_MAX)
     raw = hostsys.read_dir_raw(fd, cookie, bufsize)
-    self_qid = qids.qid_of(dir_st)
-    dev = dir_st.st_dev
-    base = qids.device_base(dev)
+    parts: list[bytes] = []
+    skipped: list[bytes] = []
+    _pack(raw, count, at_least_one, _Directory(fd, qids, dir_st, at_root), parts, skipped)
+    return b"".join(parts), skipped
+
+
+def _pack(raw: bytes, limit: int, at_least_one: bool, here: _Directory, parts: list,
+          skipped: list, marks: list | None = None, used: int = 0) -> int:
+    """Append the wire records (head, name, head, name...) of the getdents64 records
+    in ``raw`` to ``parts`` while ``used`` plus their size fits in ``limit`` bytes;
+    return the new ``used``. ``marks`` (if given) gets (record's cookie, ``used``
+    after the record)."""
+    qids, base, dev, fd = here.qids, here.base, here.dev, here.fd
+    self_qid, at_root = here.self_qid, here.at_root
     pack = DIRENT_HEAD.pack
     fixed = DIRENT_HEAD.size
     unpack = hostsys.DIRENT64_HEAD.unpack_from
     name_offset = hostsys.DIRENT64_HEAD.size
     find_nul = raw.index
     dtype_to_qid = _DTYPE_TO_QID.get
-    parts: list[bytes] = []
     append = parts.append
-    skipped: list[bytes] = []
-    limit = count
-    used = pos = 0
+    pos = 0
     end = len(raw)
     while pos < end:
         ino, next_cookie, reclen, dtype = unpack(raw, pos)
@@ -76,13 +122,124 @@ def list_packed(fd: int, cookie: int, count: int, qids: QidMapper, dir_st: os.st
         elif dtype == _DT_UNKNOWN:
             qid, dtype = _lstat_entry(qids, fd, dev, ino, name)
             qid_type, version, path = qid.type, qid.version, qid.path
+            here.lstat_used = True
         else:
             qid_type, version = dtype_to_qid(dtype, 0), 0
             path = base | ino if base is not None and ino <= INODE_MASK else qids.path(dev, ino)
-        append(pack(qid_type, version, path, next_cookie & _U64, dtype, len(name)))
+        next_cookie &= _U64
+        append(pack(qid_type, version, path, next_cookie, dtype, len(name)))
         append(name)
         used += size
-    return b"".join(parts), skipped
+        if marks is not None:
+            marks.append((next_cookie, used))
+    return used
+
+
+class Listing:
+    """A whole directory's records, ready to serve from any cookie they gave out."""
+
+    __slots__ = ("blob", "ends", "index_after")
+
+    def __init__(self, blob: bytes, marks: list[tuple[int, int]]):
+        self.blob = blob
+        self.ends = [end for _, end in marks]  # ends[i]: where record i stops in blob
+        # cookie -> index of the record that follows it (0 starts the directory)
+        self.index_after = {cookie: i + 1 for i, (cookie, _) in enumerate(marks)}
+        self.index_after[0] = 0
+
+    def records(self, cookie: int, count: int, at_least_one: bool) -> bytes | None:
+        """What ``list_packed`` would return from ``cookie``; None for a cookie this
+        listing never gave out (the caller asks the host)."""
+        first = self.index_after.get(cookie)
+        if first is None:
+            return None
+        ends = self.ends
+        start = ends[first - 1] if first else 0
+        stop = bisect.bisect_right(ends, start + count, lo=first)
+        if stop == first:
+            if not at_least_one or first == len(ends):
+                return b""
+            stop = first + 1
+        return self.blob[start:ends[stop - 1]]
+
+
+class ListingCache:
+    """Listings of directories that have not changed for a while.
+
+    A guest lists the same directories over and over (each ``ls``, every boot,
+    Python's import system), and each listing costs a getdents64 pass plus ~0.7 us
+    per entry here. A directory's listing changes only when the directory does, and
+    every such change sets the directory's ctime to the current time. So a listing
+    is kept only if the directory's ctime was already ``settled_ns`` in the past when
+    it was read -- a later change then cannot hide behind an equal coarse timestamp --
+    and it is served only while (mtime, ctime, size, nlink) are what they were.
+    Listings that needed an lstat (no d_type: such qids carry a version that changes
+    without the directory changing), or with more than ``max_entries`` entries, are
+    not kept. Used on the event-loop thread only.
+    """
+
+    def __init__(self, *, max_dirs: int = 256, max_entries: int = 4096,
+                 settled_ns: int = 2_000_000_000) -> None:
+        self.max_dirs = max_dirs
+        self.max_entries = max_entries
+        self.settled_ns = settled_ns
+        self._listings: collections.OrderedDict[tuple, tuple[tuple, Listing | None]] = (
+            collections.OrderedDict())
+        self.hits = 0
+
+    @staticmethod
+    def _key(dir_st: os.stat_result, at_root: bool) -> tuple:
+        return (dir_st.st_dev, dir_st.st_ino, at_root)
+
+    @staticmethod
+    def _version(dir_st: os.stat_result) -> tuple:
+        return (dir_st.st_mtime_ns, dir_st.st_ctime_ns, dir_st.st_size, dir_st.st_nlink)
+
+    def lookup(self, dir_st: os.stat_result, at_root: bool) -> tuple[bool, Listing | None]:
+        """(known, listing): known with None means "too big to keep", ask the host."""
+        key = self._key(dir_st, at_root)
+        found = self._listings.get(key)
+        if found is None:
+            return False, None
+        if found[0] != self._version(dir_st):
+            del self._listings[key]
+            return False, None
+        self._listings.move_to_end(key)
+        if found[1] is not None:
+            self.hits += 1
+        return True, found[1]
+
+    def read(self, fd: int, qids: QidMapper, dir_st: os.stat_result,
+             at_root: bool) -> tuple[Listing | None, list[bytes]]:
+        """Read and keep the whole directory if it has settled; (None, []) if not,
+        or if it cannot be kept (the caller then lists as usual)."""
+        if dir_st.st_ctime_ns > time.time_ns() - self.settled_ns:
+            return None, []
+        here = _Directory(fd, qids, dir_st, at_root)
+        parts: list[bytes] = []
+        skipped: list[bytes] = []
+        marks: list[tuple[int, int]] = []
+        cookie, used = 0, 0
+        while True:
+            raw = hostsys.read_dir_raw(fd, cookie, _DIR_BUFSIZE_MAX)
+            if not raw:
+                break
+            before = len(marks)
+            used = _pack(raw, _U64, False, here, parts, skipped, marks, used)
+            if len(marks) > self.max_entries or here.lstat_used:
+                self._remember(dir_st, at_root, None)
+                return None, skipped
+            if len(marks) == before:
+                return None, skipped  # only unnamable entries: cookie unknown, give up
+            cookie = marks[-1][0]
+        listing = Listing(b"".join(parts), marks)
+        self._remember(dir_st, at_root, listing)
+        return listing, skipped
+
+    def _remember(self, dir_st: os.stat_result, at_root: bool, listing: Listing | None) -> None:
+        self._listings[self._key(dir_st, at_root)] = (self._version(dir_st), listing)
+        while len(self._listings) > self.max_dirs:
+            self._listings.popitem(last=False)
 
 
 def _lstat_entry(qids: QidMapper, dir_fd: int, dev: int, ino: int,
