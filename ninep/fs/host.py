@@ -125,7 +125,7 @@ class HostFile(File):
     def __init__(self, fs: HostFilesystem, node: FdRef, parent: FdRef | None,
                  name: str | None, creds: Credentials, *, is_root: bool,
                  st: os.stat_result, io: FdRef | None = None,
-                 switch: bool | None = None) -> None:
+                 switch: bool | None = None, qid: Qid | None = None) -> None:
         self._fs = fs
         self._node = node
         self._parent = parent  # None: root, or not known yet (reached by "..")
@@ -138,7 +138,7 @@ class HostFile(File):
         self._nowait_reads = True
         self._sync_writes = False  # O_SYNC/O_DSYNC: every write waits for the disk
         self._logged_bad_names = False
-        self.qid = fs.qids.qid_of(st)
+        self.qid = qid if qid is not None else fs.qids.qid_of(st)
 
     # --- helpers ----------------------------------------------------------------
     async def _call(self, fn: Callable[..., T], *args) -> T:
@@ -157,13 +157,14 @@ class HostFile(File):
         return self._io.fd
 
     def _new_file(self, node: FdRef, parent: FdRef | None, name: str | None,
-                  st: os.stat_result, io: FdRef | None = None) -> "HostFile":
+                  st: os.stat_result, io: FdRef | None = None,
+                  qid: Qid | None = None) -> "HostFile":
         is_root = (st.st_dev, st.st_ino) == self._fs.root_key
         if is_root and parent is not None:
             parent.release()
             parent, name = None, ""
         return HostFile(self._fs, node, parent, name, self._creds, is_root=is_root,
-                        st=st, io=io, switch=self._switch)
+                        st=st, io=io, switch=self._switch, qid=qid)
 
     # --- navigation ------------------------------------------------------------------
     async def walk(self, names: Sequence[str]) -> tuple[list[Qid], "HostFile | None"]:
@@ -209,7 +210,7 @@ class HostFile(File):
                 qids.append(self._fs.qids.qid_of(st))
             if st is None:
                 st = os.stat(cur.fd)
-            new = self._new_file(cur, parent, name, st)
+            new = self._new_file(cur, parent, name, st, qid=qids[-1] if qids else None)
             cur = parent = None  # owned by the new file now
             return qids, new
         finally:
