@@ -29,6 +29,7 @@
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <poll.h>
 #include <signal.h>
@@ -472,15 +473,31 @@ static void configure_network(void)
 	note("eth0 %s/%d, gateway %s", addr_text, prefix, cfg.gw);
 }
 
+/* The socket is made here rather than by the kernel (trans=tcp) so it gets
+ * TCP_NODELAY: a 9P request larger than one segment must not have its tail held
+ * back by Nagle until the server acks the head.  The kernel drives it as trans=fd. */
 static int connect_tcp(const char *rest, const char *target)
 {
-	char host[64], trans[64];
-	int port = split_host_port(rest, host, sizeof host, 564), err;
+	char host[64];
+	int port = split_host_port(rest, host, sizeof host, 564), err = -ETIMEDOUT, one = 1;
+	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(port) };
 	long delay = 100;
 	configure_network();
-	snprintf(trans, sizeof trans, "trans=tcp,port=%d", port);
+	if (inet_pton(AF_INET, host, &addr.sin_addr) != 1)
+		die("ninep.src=%s: expected an IPv4 address", cfg.src);
 	do {
-		err = mount_9p(host, target, trans);
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			die("socket: %s", strerror(errno));
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+			err = -errno;
+			say("connect tcp %s:%d: %s", host, port, strerror(errno));
+			close(fd);
+			continue;
+		}
+		err = mount_over_fd(fd, target);
+		close(fd); /* the kernel holds its own reference once mounted */
 		if (!err)
 			return 0;
 		say("mount 9p over tcp %s:%d: %s", host, port, strerror(-err));
