@@ -1,0 +1,1 @@
+"""Diskless VMs on a 9P root: initramfs builder, QEMU launcher, the `ninep` command."""
