@@ -22,6 +22,7 @@ See docs/host-export.md for the choices and measurements.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -39,8 +40,8 @@ from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno
 from .hostqid import QidMapper
 from .hostattr import attributes_of, check_offset, truncate
 from .hostpath import (
-    FdRef, apply_creation_attrs, check_component, check_new_name, find_name,
-    names_inode, proc_path, raise_fd_limit, remove_at, rename_at, time_arg)
+    FdRef, apply_creation_attrs, check_component, check_new_name, check_xattr_name,
+    find_name, names_inode, proc_path, raise_fd_limit, remove_at, rename_at, time_arg)
 from .identity import needs_switch, run_as
 
 T = TypeVar("T")
@@ -52,12 +53,13 @@ O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # cached 1 MiB pread ~40 µs, so only transfers beyond any usual msize leave the loop.
 THREAD_IO_MIN = 1 << 20
 _SIZE_FIRST_MIN = 64 * 1024  # reads asking for more than this fstat first
+# Open flags as plain ints, and their host translation memoised: IntFlag arithmetic
+# builds enum members (~1 us each), and Tlcreate/Tlopen are hot in create loads.
+_ACCMODE, _TRUNC, _EXCL = int(ACCMODE), int(OpenFlags.TRUNC), int(OpenFlags.EXCL)
+_WRITE_ACCESS = (int(OpenFlags.WRONLY), int(OpenFlags.RDWR))
+_SYNC_FLAGS = int(OpenFlags.SYNC | OpenFlags.DSYNC)
+_host_flags = functools.lru_cache(maxsize=1024)(dotl_to_host_flags)
 _ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
-
-
-def _check_xattr_name(name: str) -> None:
-    if not name or "\0" in name:
-        raise errno_error(errno.EINVAL, "bad xattr name")
 
 
 class HostFilesystem(Filesystem):
@@ -245,20 +247,20 @@ class HostFile(File):
     async def open(self, flags: int) -> int:
         if self._io is not None:
             raise errno_error(errno.EINVAL, "fid already open")
-        writes = (flags & ACCMODE) in (OpenFlags.WRONLY, OpenFlags.RDWR)
-        if writes or flags & OpenFlags.TRUNC:
+        writes = (flags & _ACCMODE) in _WRITE_ACCESS
+        if writes or flags & _TRUNC:
             self._fs.check_writable()
         if self._fmt == stat.S_IFLNK:
             raise errno_error(errno.ELOOP, "open of a symlink")
         if self._fmt not in (stat.S_IFREG, stat.S_IFDIR):
             raise errno_error(errno.ENXIO, "host device nodes, FIFOs and sockets are not opened")
-        host = dotl_to_host_flags(flags) & ~(os.O_CREAT | os.O_EXCL)
+        host = _host_flags(flags) & ~(os.O_CREAT | os.O_EXCL)
         host |= os.O_CLOEXEC | os.O_NOCTTY
         if self._fmt == stat.S_IFDIR:
             host |= os.O_DIRECTORY
         fd = await self._call(os.open, proc_path(self._node.fd), host)
         self._io = FdRef(fd)
-        self._sync_writes = bool(flags & (OpenFlags.SYNC | OpenFlags.DSYNC))
+        self._sync_writes = bool(flags & _SYNC_FLAGS)
         self.qid = self._fs.qids.qid_of(os.stat(fd))
         return 0
 
@@ -280,12 +282,12 @@ class HostFile(File):
         return existing, 0
 
     def _create_sync(self, name: str, flags: int, mode: int, gid: int) -> "HostFile | None":
-        host = dotl_to_host_flags(flags) & ~os.O_DIRECTORY
+        host = _host_flags(flags) & ~os.O_DIRECTORY
         host |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
         try:
             fd = os.open(name, host, mode & 0o7777, dir_fd=self._node.fd)
         except FileExistsError:
-            if flags & OpenFlags.EXCL:
+            if flags & _EXCL:
                 raise
             return None
         try:
@@ -295,7 +297,7 @@ class HostFile(File):
             raise
         st = apply_creation_attrs(path_fd, os.stat(fd), mode, gid)
         new = self._new_file(FdRef(path_fd), self._node.acquire(), name, st, FdRef(fd))
-        new._sync_writes = bool(flags & (OpenFlags.SYNC | OpenFlags.DSYNC))
+        new._sync_writes = bool(flags & _SYNC_FLAGS)
         return new
 
     async def read(self, offset: int, count: int) -> bytes | memoryview:
@@ -572,19 +574,19 @@ class HostFile(File):
                 parent.release()
 
     async def xattr_get(self, name: str) -> bytes:
-        _check_xattr_name(name)
+        check_xattr_name(name)
         return await self._call(self._xattr_sync, os.getxattr, name)
 
     async def xattr_list(self) -> list[str]:
         return await self._call(self._xattr_sync, os.listxattr)
 
     async def xattr_set(self, name: str, value: bytes, flags: int) -> None:
-        _check_xattr_name(name)
+        check_xattr_name(name)
         self._fs.check_writable()
         await self._call(self._xattr_sync, os.setxattr, name, bytes(value), flags)
 
     async def xattr_remove(self, name: str) -> None:
-        _check_xattr_name(name)
+        check_xattr_name(name)
         self._fs.check_writable()
         await self._call(self._xattr_sync, os.removexattr, name)
 

@@ -62,6 +62,11 @@ def check_component(name: str) -> None:
         raise errno_error(errno.EINVAL, f"bad path component {name!r}")
 
 
+def check_xattr_name(name: str) -> None:
+    if not name or "\0" in name:
+        raise errno_error(errno.EINVAL, "bad xattr name")
+
+
 def check_new_name(name: str) -> None:
     check_component(name)
     if name in (".", ".."):
