@@ -325,11 +325,19 @@ class RemoteFile:
 
     async def write_file(self, path: str, data: bytes | bytearray | memoryview,
                          mode: int = 0o644) -> None:
-        """Create or truncate ``path`` and write ``data`` to it."""
-        flags = OpenFlags.WRONLY | OpenFlags.CREATE | OpenFlags.TRUNC
-        async with self.create(path, flags, mode) as created:
+        """Truncate and write ``path``, creating it if it does not exist.
+
+        An existing file is opened (Tlopen O_WRONLY|O_TRUNC), not re-created, as the
+        Linux kernel does for ``echo x > file``: control files in synthetic trees
+        accept writes but refuse Tlcreate."""
+        try:
+            opening = await self._open(path, OpenFlags.WRONLY | OpenFlags.TRUNC)
+        except FileNotFoundError:
+            flags = OpenFlags.WRONLY | OpenFlags.CREATE | OpenFlags.TRUNC
+            opening = await self._create(path, flags, mode, None)
+        async with opening as opened:
             with _naming(path):
-                await created.write(data)
+                await opened.write(data)
 
     async def listdir(self, path: str = "") -> list[Dirent]:
         """The entries of directory ``path`` as the server lists them ("." and ".." too)."""
