@@ -5,7 +5,8 @@ debootstrapped Debian (built and cached on first use) until the marker unit prin
 its line after multi-user.target; QEMU is killed at that moment.  Times are seconds
 from QEMU's start to the marker (and to the kernel's "Run /init" line).
 
-    .venv/bin/python benchmarks/boot.py [--runs N] [--accel tcg] [--only NAME ...] [--json]
+    .venv/bin/python benchmarks/boot.py [--runs N] [--accel tcg] [--smp N] [--cache MODE]
+                                        [--only NAME ...] [--json]
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ def make_ext4_image(tree: Path, image: Path) -> Path:
 
 
 async def boot_once(name: str, root: Path, image: Path | None, accel: str,
-                    cache: str) -> dict:
+                    cache: str, smp: int) -> dict:
     transport, server = CONFIGURATIONS[name]
     config = VmConfig(rootfs=root, kernel=default_kernel(), transport=transport, server=server,
-                      accel=accel, cache=cache, timeout=300, disk_image=image,
+                      accel=accel, cache=cache, smp=smp, timeout=300, disk_image=image,
                       extra_append=("ninep.marker=1",))
     result = await run_vm(config, watch=(INIT_LINE, re.escape(BOOT_MARKER)),
                           stop_when=re.escape(BOOT_MARKER))
@@ -72,7 +73,8 @@ async def main_async(args: argparse.Namespace) -> dict:
             for name in names:
                 if CONFIGURATIONS[name][1] == "diod" and shutil.which("diod") is None:
                     continue
-                results[name].append(await boot_once(name, root, image, args.accel, args.cache))
+                results[name].append(await boot_once(name, root, image, args.accel, args.cache,
+                                                     args.smp))
     summary = {}
     for name, runs in results.items():
         markers = [run["marker"] for run in runs if run["marker"] is not None]
@@ -90,6 +92,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--accel", default="tcg", choices=("tcg", "kvm", "auto"))
     parser.add_argument("--cache", default="loose", help="9P cache mode for the 9P runs")
+    parser.add_argument("--smp", type=int, default=1, help="guest CPUs")
     parser.add_argument("--only", action="append", choices=list(CONFIGURATIONS))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

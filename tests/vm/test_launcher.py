@@ -1,6 +1,7 @@
 """The launcher's decisions without booting: QEMU argv, kernel command line, CLI errors."""
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="qemu-system-x86_64 not installed")
 
 
-def _plan(tmp_path, **options):
-    config = VmConfig(rootfs=tmp_path / "root", kernel=Path("/boot/vmlinuz-test"), **options)
+def _plan(tmp_path, rootfs=None, **options):
+    config = VmConfig(rootfs=rootfs or tmp_path / "root", kernel=Path("/boot/vmlinuz-test"),
+                      **options)
     return plan_vm(config, tmp_path, tmp_path / "initrd.cpio", "tcg")
 
 
@@ -40,14 +42,16 @@ def test_virtio_serial_with_ninepd_uses_a_reconnecting_unix_chardev(tmp_path):
 
 @needs_qemu
 def test_tcp_with_diod_forwards_a_virtual_address_through_the_relay(tmp_path):
-    plan = _plan(tmp_path, transport="tcp", server="diod", overlay=True, quiet=True)
+    # diod needs every parent of the export open to others; tmp_path's are 0700
+    export = Path(tempfile.gettempdir()) / "ninep-test-export-never-created"
+    plan = _plan(tmp_path, export, transport="tcp", server="diod", overlay=True, quiet=True)
     port = plan.server_ready[1]
     assert plan.server_argv[:2] == ["diod", "-f"] and f"127.0.0.1:{port}" in plan.server_argv
     netdev = _option(plan.qemu_argv, "-netdev")[0]
     assert netdev.startswith("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:564-cmd:")
     assert netdev.endswith(f"-m ninep.vm.relay tcp:127.0.0.1:{port}")
     append = plan.append.split()
-    assert {"ninep.src=tcp://10.0.2.100:564", f"ninep.aname={tmp_path}/root",
+    assert {"ninep.src=tcp://10.0.2.100:564", f"ninep.aname={export}",
             "ninep.overlay=tmpfs", "quiet"} <= set(append)
 
 
