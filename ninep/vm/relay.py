@@ -83,12 +83,18 @@ def pump(guest_in: int, guest_out: int, server: socket.socket) -> None:
     """Copy both directions until either side closes.
 
     One process per direction: a single loop blocked writing a large request to the
-    server would stop reading the server's large reply, and the server, blocked on
-    that reply, would stop reading the request -- a deadlock seen with msize 512000.
+    server would stop reading the server's large reply, and a server blocked on that
+    reply might stop reading requests -- with msize 512000 both can be large.
     """
     child = os.fork()
     if child == 0:  # server -> guest
         copy(server.fileno(), guest_out)
+        guest = _tcp_socket(guest_out)
+        if guest is not None:  # the server is gone: let the guest see EOF, not silence
+            try:
+                guest.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         os._exit(0)
     copy(guest_in, server.fileno())  # guest -> server
     try:
