@@ -15,6 +15,9 @@ lstat'ed. A mount point inside the export therefore lists with the inode it cove
 Names that are not valid UTF-8 cannot be carried by a 9P2000.L string: such entries
 are skipped (returned to the caller, which logs them) so that the rest of the
 directory still lists, instead of every Treaddir of it failing.
+
+``ListingCache`` keeps whole listings of directories that have not changed for a
+while, checked against the directory's stat on every Treaddir (see its docstring).
 """
 
 from __future__ import annotations
