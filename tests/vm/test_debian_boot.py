@@ -16,17 +16,30 @@ pytestmark = [pytest.mark.vm, pytest.mark.debian]
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
+@pytest.fixture(scope="module")
+def debian_root(tmp_path_factory):
+    return build_debian_rootfs(tmp_path_factory.mktemp("debian") / "root")
+
+
+# tcp: systemd also powers the guest off, which is checked.  virtio-serial: the run
+# ends at the marker, because systemd's final kill phase stalls on that transport
+# (docs/diskless-boot.md, known problems).
 @pytest.mark.timeout(1200)  # a cold cache means a debootstrap first
-async def test_debian_systemd_reaches_multi_user_over_9p(tmp_path):
-    root = build_debian_rootfs(tmp_path / "debian")
-    result = await boot_script(root, None, timeout=240, extra_append=("ninep.marker=1",),
-                               stop_when=re.escape(BOOT_MARKER),
-                               watch=(KERNEL_REACHED_INIT, "Reached target.*multi-user.target"))
+@pytest.mark.parametrize("transport", ["tcp", "virtio-serial"])
+async def test_debian_systemd_reaches_multi_user_over_9p(debian_root, transport):
+    power_off = transport == "tcp"
+    result = await boot_script(debian_root, None, transport=transport, timeout=240,
+                               extra_append=("ninep.marker=1",),
+                               stop_when=None if power_off else re.escape(BOOT_MARKER))
     console = ANSI_ESCAPE.sub("", result.console)
     assert not result.timed_out, console[-4000:]
     assert KERNEL_REACHED_INIT in console
-    assert f"{ROOT_MOUNTED} virtio-serial://ninep on /newroot" in console
+    assert f"{ROOT_MOUNTED} {'tcp://10.0.2.100:564' if power_off else 'virtio-serial://ninep'}" \
+        " on /newroot" in console
     assert re.search(r"systemd\[1\]: systemd 252.* running in system mode", console), console[-4000:]
     assert "Reached target multi-user.target - Multi-User System." in console
     assert BOOT_MARKER in console.splitlines()
     assert "Failed to start" not in console, [l for l in console.splitlines() if "Failed" in l]
+    if power_off:
+        assert "systemd-shutdown[1]: Syncing filesystems and block devices." in console
+        assert "reboot: Power down" in console and result.qemu_returncode == 0
