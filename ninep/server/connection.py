@@ -438,8 +438,10 @@ class Connection:
             reply = m.Rlerror(reply.tag, Errno.EIO)
             buffers = encode(reply)
         size = sum(map(len, buffers))
-        if size > self.session.msize:
-            # Only variable replies without a count (a huge Rreadlink) can get here.
+        if size >= self.session.msize:
+            # Linux's fd/tcp transport drops the whole mount (EIO) on a reply whose size
+            # is >= msize, not only > msize. Only variable replies without a count (a
+            # huge Rreadlink) can get here.
             log.warning("%s: %s of %d bytes exceeds msize", self.name, type(reply).__name__, size)
             reply = m.Rlerror(reply.tag, Errno.ERANGE)
             buffers = encode(reply)

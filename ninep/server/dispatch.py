@@ -312,7 +312,11 @@ class Dispatcher:
                 value += msg.data
                 return m.Rwrite(msg.tag, len(msg.data))
             data = msg.data if isinstance(msg.data, memoryview) else memoryview(msg.data)
-            return m.Rwrite(msg.tag, await fid.file.write(msg.offset, data))
+            written = await fid.file.write(msg.offset, data)
+            if written == 0 and len(data):
+                # Linux retries a short write; an Rwrite of 0 would make it loop forever.
+                raise errno_error(errno.EIO, "backend wrote nothing")
+            return m.Rwrite(msg.tag, written)
         finally:
             await self._let_go(fid)
 
