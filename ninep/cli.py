@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity-inline", action="store_true",
                    help="switch to a guest user's identity on the event loop, not in a worker "
                         "thread (~3x cheaper metadata operations; a slow one stalls every client)")
+    p.add_argument("--no-listing-cache", dest="listing_cache", action="store_false",
+                   help="never reuse a directory listing (for host filesystems that do not "
+                        "update a directory's ctime when its entries change)")
     p.add_argument("--config", metavar="FILE", help="YAML export config (see exports/)")
     p.add_argument("--msize", metavar="N", help="largest msize offered (default 1M, at least 4096)")
     p.add_argument("--log-level", default="info",
@@ -78,11 +81,12 @@ def load_synthetic(spec: str) -> Filesystem:
 
 
 def _host_export(path: str, read_only: bool, squash: tuple[int, int] | None, *,
-                 statfs_passthru: bool = False, identity_inline: bool = False) -> Export:
+                 statfs_passthru: bool = False, identity_inline: bool = False,
+                 listing_cache: bool = True) -> Export:
     from .fs.host import HostFilesystem
 
     fs = HostFilesystem(path, read_only=read_only, squash=squash, pass_statfs=statfs_passthru,
-                        identity_inline=identity_inline)
+                        identity_inline=identity_inline, listing_cache=listing_cache)
     return Export(fs, squash=Credentials(squash[0], squash[1]) if squash else None,
                   read_only=read_only)
 
@@ -100,13 +104,15 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
         name = "" if "" not in exports else args.export
         exports[name] = _host_export(args.export, args.read_only, squash,
                                      statfs_passthru=args.statfs_passthru,
-                                     identity_inline=args.identity_inline)
+                                     identity_inline=args.identity_inline,
+                                     listing_cache=args.listing_cache)
     for item in config.exports if config else ():
         if item.name in exports:
             raise ValueError(f"export {item.name!r} is defined twice")
         exports[item.name] = _host_export(item.path, item.read_only, item.squash,
                                           statfs_passthru=item.statfs_passthru,
-                                          identity_inline=item.identity_inline)
+                                          identity_inline=item.identity_inline,
+                                          listing_cache=item.listing_cache)
     if not exports:
         raise ValueError("nothing to serve: give --export, --synthetic or --config")
     return exports

@@ -12,6 +12,8 @@
         statfs_passthru: false    # true: statfs reports the host filesystem's f_type
         identity_inline: false    # true: switch to the guest's identity on the event
                                   #   loop (faster; a slow syscall stalls every client)
+        listing_cache: true       # false: never reuse a directory listing (for host
+                                  #   filesystems that do not move a directory's ctime)
       share:
         path: /srv/share
         read_only: true
@@ -29,8 +31,9 @@ import yaml
 from .protocol.constants import MIN_MSIZE
 
 _TOP_KEYS = {"listen", "msize", "exports", "max_fids", "max_in_flight"}
-_EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline"}
-_EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline")
+_EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline",
+                "listing_cache"}
+_EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache")
 
 
 class ConfigError(Exception):
@@ -45,6 +48,7 @@ class ExportConfig:
     squash: tuple[int, int] | None = None
     statfs_passthru: bool = False
     identity_inline: bool = False
+    listing_cache: bool = True
 
 
 @dataclass

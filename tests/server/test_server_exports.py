@@ -109,3 +109,10 @@ exports:
     assert exports["plain"].read_only and exports["plain"].filesystem.read_only
     with pytest.raises(ConfigError, match=r"f.yaml:4: exports.x.statfs_passthru: expected true or false"):
         parse_config(f"exports:\n  x:\n    path: {tmp_path}\n    statfs_passthru: 1\n", "f.yaml")
+
+
+def test_listing_cache_can_be_turned_off(tmp_path):
+    assert exports_for(["--export", str(tmp_path)])[""].filesystem.listings is not None
+    assert exports_for(["--export", str(tmp_path), "--no-listing-cache"])[""].filesystem.listings is None
+    config = parse_config(f"exports:\n  x:\n    path: {tmp_path}\n    listing_cache: false\n")
+    assert exports_for([], config)["x"].filesystem.listings is None
