@@ -1,6 +1,8 @@
 """Fixtures for VM tests: a private busybox root per test (a copy of the cached tree)."""
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,10 @@ def fsops_binary() -> Path:
 
 
 @pytest.fixture
-def busybox_root(tmp_path: Path, fsops_binary: Path) -> Path:
-    root = fresh_busybox_rootfs(tmp_path / "root")
-    shutil.copy2(fsops_binary, root / "usr/bin/fsops")
-    return root
+def busybox_root(fsops_binary: Path):
+    """Below a directory others can enter: diod refuses exports under 0700 tmp_path."""
+    with tempfile.TemporaryDirectory(prefix="ninep-vm-root-") as parent:
+        os.chmod(parent, 0o755)
+        root = fresh_busybox_rootfs(Path(parent) / "root")
+        shutil.copy2(fsops_binary, root / "usr/bin/fsops")
+        yield root

@@ -7,7 +7,6 @@ markers) and, where the root is writable, what landed in the host directory.
 import hashlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -132,16 +131,13 @@ async def test_guest_gives_up_with_a_clear_panic_when_no_server_comes(busybox_ro
 @pytest.mark.diod
 async def test_file_operations_served_by_diod(busybox_root):
     """The launcher's server is pluggable: the same script against diod over TCP."""
-    with tempfile.TemporaryDirectory(prefix="ninep-diod-") as open_dir:
-        os.chmod(open_dir, 0o755)  # diod refuses exports below 0700 dirs such as tmp_path
-        root = Path(open_dir) / "root"
-        busybox_root.rename(root)
-        result = await boot_script(root, FILE_OPS, transport="tcp", server="diod")
-        assert f"aname={root}" in result.console  # diod attaches by export path
-        _check_file_ops(result, root)
+    result = await boot_script(busybox_root, FILE_OPS, transport="tcp", server="diod")
+    assert f"aname={busybox_root}" in result.console  # diod attaches by export path
+    _check_file_ops(result, busybox_root)
 
 
-def test_diod_below_a_closed_directory_is_refused_up_front(busybox_root):
+def test_diod_below_a_closed_directory_is_refused_up_front(tmp_path):
+    assert not tmp_path.parent.stat().st_mode & 0o001  # pytest's tmp dirs are 0700
     with pytest.raises(LaunchError, match="not searchable by others"):
-        plan_vm(VmConfig(rootfs=busybox_root, kernel=Path("/boot/vmlinuz"), server="diod"),
-                busybox_root.parent, busybox_root.parent / "initrd", "tcg")
+        plan_vm(VmConfig(rootfs=tmp_path / "root", kernel=Path("/boot/vmlinuz"), server="diod"),
+                tmp_path, tmp_path / "initrd", "tcg")
