@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EXPORT ?= ./rootfs
 LISTEN ?= tcp://127.0.0.1:5640
 
-.PHONY: venv run test test-fast test-vm bench demo-rootfs clean
+.PHONY: venv run test test-fast test-vm bench bench-load demo demo-rootfs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,22 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not vm and not debian" $(PYTEST_ARGS)
 
+test-vm: venv
+	$(PY) -m pytest -q -m "vm or debian" $(PYTEST_ARGS)
+
+# A busybox root in ./demo-root, then a diskless QEMU guest that runs a command in it.
+demo-rootfs: venv
+	$(VENV)/bin/ninep rootfs busybox ./demo-root
+
+demo: demo-rootfs
+	$(VENV)/bin/ninep vm ./demo-root --cmd 'uname -a; mount | grep " / "; echo hello from the guest > /hello; cat /hello'
+
 bench: venv
 	$(PY) benchmarks/codec.py
+
+# ninepd vs diod side by side (needs diod).
+bench-load: venv
+	$(PY) benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
