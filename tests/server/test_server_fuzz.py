@@ -9,6 +9,7 @@ changed, and no ERROR record or traceback was logged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
@@ -211,7 +212,10 @@ NAMES = st.one_of(
                      "up-link", "in-link", "big", "new", "secret", "x" * 256, "\u00e9t\u00e9"]),
     st.text(max_size=8).filter(lambda s: "\x00" not in s),
 )
-FIDS = st.one_of(st.sampled_from([0, 1, 2, 3, 4, NOFID]), st.integers(0, 0xFFFFFFFF))
+EXISTING = st.sampled_from(["file", "dir", "fifo", "out-link", "up-link", "in-link", "big", ".."])
+KNOWN_FIDS = st.sampled_from([0, 1, 2, 3, 4, NOFID])
+FIDS = st.one_of(KNOWN_FIDS, KNOWN_FIDS, KNOWN_FIDS, st.integers(0, 0xFFFFFFFF))  # one_of: equal odds
+OPEN_FLAGS = st.sampled_from([0, 1, 2, 0o100, 0o200, 0o1000, 0o2000, 0o4000, 0o200000, 0x200])
 TAGS = st.one_of(st.integers(0, 7), st.just(0xFFFF), st.integers(0, 0xFFFF))
 
 
@@ -227,10 +231,11 @@ BY_NAME = {
     "oldtag": TAGS,
     "name": NAMES, "oldname": NAMES, "newname": NAMES, "symtgt": NAMES,
     "aname": st.sampled_from(["", "/", "nope", "honest/.."]),
-    "version": st.sampled_from(["9P2000.L", "9P2000", "9P2000.u", "", "9P2000.L.x"]),
+    "version": st.sampled_from(["9P2000.L"] * 4 + ["9P2000", "9P2000.u", "", "9P2000.L.x"]),
     "wnames": st.lists(NAMES, max_size=16).map(tuple),
     "msize": st.one_of(st.sampled_from([0, 7, 19, 20, 4095, 4096, 8192, MAX_MSIZE, 1 << 20, 0xFFFFFFFF]),
                        st.integers(0, 0xFFFFFFFF)),
+    "flags": st.one_of(OPEN_FLAGS, OPEN_FLAGS, edgy(32)),
     "n_uname": st.sampled_from([0, 1000, 65534, NONUNAME]),
 }
 
@@ -254,12 +259,21 @@ def field_strategy(con) -> st.SearchStrategy:
     raise TypeError(f"no strategy for {con!r}")
 
 
+def encodable(msg: m.Message) -> bool:
+    try:
+        encode_bytes(msg)
+    except Exception:
+        return False
+    return True
+
+
 def message(type_byte: int) -> st.SearchStrategy:
     body = schema.BODIES[type_byte]
     return st.builds(MESSAGE_CLASSES[type_byte], TAGS, *(field_strategy(sub) for sub in body.subcons))
 
 
-T_TYPES = sorted(t for t, cls in MESSAGE_CLASSES.items() if cls.__name__.startswith("T") and t in schema.BODIES)
+T_TYPES = sorted(t for t, cls in MESSAGE_CLASSES.items()
+                 if cls.__name__.startswith("T") and t in schema.BODIES and cls is not m.Tversion)
 OTHER_TYPES = sorted(t for t in schema.BODIES if t not in T_TYPES)  # R-messages, Rerror
 # Requests mostly; R-messages sometimes. Filtered to what the codec will encode (a
 # wname of 256 bytes is fine, but the strategies could make a field the wire refuses).
@@ -267,7 +281,11 @@ MESSAGES = st.one_of(
     st.one_of(*(message(t) for t in T_TYPES)),
     st.one_of(*(message(t) for t in T_TYPES)),
     st.one_of(*(message(t) for t in OTHER_TYPES)),
-).filter(lambda msg: encodable(msg))
+).filter(encodable)
+# What reaches the backend once fids exist: drawn more often.
+CORE_MESSAGES = st.one_of(*(message(cls.TYPE) for cls in (
+    m.Twalk, m.Tlopen, m.Tread, m.Treaddir, m.Tgetattr, m.Treadlink, m.Tclunk, m.Tflush,
+    m.Txattrwalk, m.Tlcreate, m.Tmkdir, m.Tunlinkat, m.Twrite, m.Tlock, m.Tsetattr))).filter(encodable)
 
 
 @st.composite
@@ -295,50 +313,95 @@ FRAMING_BREAKERS = st.builds(
 
 
 @st.composite
-def sessions(draw) -> list[bytes]:
-    """Frames for one connection: usually a proper start, then anything."""
-    frames = []
+def sessions(draw) -> tuple[list[bytes], list[bytes], bool]:
+    """Frames for one connection: a start (usually proper: version, attach, fids 1-4
+    walked to real nodes, some opened) sent in lockstep, then anything, sent either
+    in lockstep too (one at a time, waiting a little for each reply: deeper states)
+    or all pipelined at once (races, duplicate tags). Requests mostly get tags of
+    their own, sometimes any."""
+    start = []
+    tags = iter(range(1, 0xFFFF))
     if draw(st.integers(0, 9)) < 8:
-        frames.append(encode_bytes(m.Tversion(0xFFFF, draw(st.sampled_from([4096, 8192, MAX_MSIZE, 1 << 20])),
+        start.append(encode_bytes(m.Tversion(0xFFFF, draw(st.sampled_from([4096, 8192, MAX_MSIZE, 1 << 20])),
                                               "9P2000.L")))
-        frames.append(encode_bytes(m.Tattach(0, 0, NOFID, "root", "", draw(BY_NAME["n_uname"]))))
-        for fid, name in enumerate(draw(st.lists(NAMES, max_size=4)), start=1):
-            frames.append(encode_bytes(m.Twalk(0, 0, fid, (name,))))
+        start.append(encode_bytes(m.Tattach(next(tags), 0, NOFID, "root", "", draw(BY_NAME["n_uname"]))))
+        for fid in (1, 2, 3, 4):  # fids worth using: walked to real nodes, some opened
+            start.append(encode_bytes(m.Twalk(next(tags), 0, fid, (draw(EXISTING),))))
+            if draw(st.booleans()):
+                start.append(encode_bytes(m.Tlopen(next(tags), fid, draw(st.sampled_from([0, 2, 0o200000])))))
+    frames = []
     for _ in range(draw(st.integers(1, 20))):
         kind = draw(st.integers(0, 9))
         if kind < 7:
-            frames.append(encode_bytes(draw(MESSAGES)))
+            msg = draw(st.one_of(CORE_MESSAGES, MESSAGES))
+            if draw(st.integers(0, 4)):
+                msg = dataclasses.replace(msg, tag=next(tags))
+            frames.append(encode_bytes(msg))
+        elif kind == 7:  # mid-session: often a reset, sometimes a refusal that ends the protocol
+            frames.append(encode_bytes(draw(message(m.Tversion.TYPE))))
         else:
             frames.append(draw(mutated_frame()))
     if draw(st.integers(0, 9)) == 0:
         frames.append(draw(FRAMING_BREAKERS))
-    return frames
+    return start, frames, draw(st.booleans())
 
 
-def encodable(msg: m.Message) -> bool:
-    try:
-        encode_bytes(msg)
-    except Exception:
-        return False
-    return True
+class ReplyChecker:
+    """Every reply decodes, is an R-message, answers a tag that was sent and fits the
+    msize in effect (the last Rversion's; the server's own before that)."""
 
+    def __init__(self) -> None:
+        self.sent_tags: set[int] = set()
+        self.limit = MAX_MSIZE
+        self.replies: list[m.Message] = []
 
-def check_replies(client: RawClient, sent_tags: set[int]) -> list[m.Message]:
-    """Read to EOF; every reply decodes, is an R-message, answers a tag that was sent
-    and fits the msize in effect (the last Rversion's, the server's before that)."""
-    limit = MAX_MSIZE
-    replies = []
-    while (frame := client.recv_frame()) is not None:
+    def sent(self, frame: bytes) -> None:
+        if len(frame) >= 7:
+            self.sent_tags.add(int.from_bytes(frame[5:7], "little"))
+
+    def check(self, frame: bytes) -> None:
         reply = decode(frame)
         assert type(reply).__name__.startswith("R"), reply
-        assert reply.tag in sent_tags, reply
+        assert reply.tag in self.sent_tags, reply
         if isinstance(reply, m.Rversion):
-            limit = reply.msize
-            assert len(frame) <= limit and reply.msize <= max(MAX_MSIZE, 0), reply
+            self.limit = reply.msize
+            assert len(frame) <= reply.msize <= 0xFFFFFFFF, reply
+            assert reply.version == "unknown" or 4096 <= reply.msize <= MAX_MSIZE, reply
         else:
-            assert len(frame) < limit, (type(reply).__name__, len(frame), limit)
-        replies.append(reply)
-    return replies
+            assert len(frame) < self.limit, (type(reply).__name__, len(frame), self.limit)
+        self.replies.append(reply)
+
+
+LOCKSTEP_WAIT = 0.5  # for one reply; a request that never answers (a blocked lock) only costs time
+
+
+def run_session(client: RawClient, start: list[bytes], frames: list[bytes],
+                lockstep: bool) -> ReplyChecker:
+    checker = ReplyChecker()
+    one_by_one, pipelined = (start + frames, []) if lockstep else (start, frames)
+    try:
+        for frame in one_by_one:
+            checker.sent(frame)
+            client.sock.sendall(frame)
+            client.sock.settimeout(LOCKSTEP_WAIT)
+            try:
+                reply = client.recv_frame()
+            except TimeoutError:
+                continue
+            finally:
+                client.sock.settimeout(SETTLE_SECONDS)
+            if reply is None:
+                return checker  # it hung up (a broken frame)
+            checker.check(reply)
+        for frame in pipelined:
+            checker.sent(frame)
+        client.sock.sendall(b"".join(pipelined))
+        client.sock.shutdown(socket.SHUT_WR)  # EOF: the server answers what it can, then closes
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # it already hung up on a broken frame
+    while (reply := client.recv_frame()) is not None:
+        checker.check(reply)
+    return checker
 
 
 def outside_untouched(outside) -> None:
@@ -351,19 +414,13 @@ def outside_untouched(outside) -> None:
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
-@given(frames=sessions())
-def test_random_sessions_never_hurt_the_server(fuzz_server, trees, records, frames):
+@given(session=sessions())
+def test_random_sessions_never_hurt_the_server(fuzz_server, trees, records, session):
     records.records.clear()
     fds_before = open_fds()
     client = RawClient(fuzz_server.address)
     try:
-        try:
-            client.sock.sendall(b"".join(frames))
-            client.sock.shutdown(socket.SHUT_WR)  # EOF: the server answers what it can, then closes
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it already hung up on a broken frame
-        sent_tags = {int.from_bytes(f[5:7], "little") for f in frames if len(f) >= 7}
-        check_replies(client, sent_tags)
+        run_session(client, *session)
     finally:
         client.close()
     fuzz_server.wait_idle()
