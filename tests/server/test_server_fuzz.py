@@ -110,9 +110,9 @@ class Records(logging.Handler):
                 if r.levelno >= logging.ERROR or r.exc_info]
 
 
-@pytest.fixture(scope="module")
-def trees(tmp_path_factory):
-    base = tmp_path_factory.mktemp("fuzz")
+def make_trees(base):
+    """play: what the fuzz attacks; honest: the read-only export the honest client
+    reads; outside: what must never change."""
     play, honest, outside = base / "play", base / "honest", base / "outside"
     for d in (play / "dir" / "sub", honest, outside):
         d.mkdir(parents=True)
@@ -126,6 +126,17 @@ def trees(tmp_path_factory):
     os.mkfifo(play / "fifo")
     (play / "big").write_bytes(b"\xab" * (2 << 20))
     return play, honest, outside
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    """Shared by the fuzz examples (which may rename or remove anything in play)."""
+    return make_trees(tmp_path_factory.mktemp("fuzz"))
+
+
+@pytest.fixture
+def fresh_trees(tmp_path):
+    return make_trees(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -433,9 +444,9 @@ def test_random_sessions_never_hurt_the_server(fuzz_server, trees, records, sess
 
 # --- 2. resource bounds -----------------------------------------------------------------
 
-def test_fid_exhaustion_gets_emfile_and_frees_everything(trees, records):
+def test_fid_exhaustion_gets_emfile_and_frees_everything(fresh_trees, records):
     records.records.clear()
-    with ServerThread(exports(trees), Limits(max_msize=MAX_MSIZE, max_fids=64)) as server:
+    with ServerThread(exports(fresh_trees), Limits(max_msize=MAX_MSIZE, max_fids=64)) as server:
         fds_before = open_fds()
         client = RawClient(server.address)
         client.start()
@@ -456,11 +467,11 @@ def test_fid_exhaustion_gets_emfile_and_frees_everything(trees, records):
     assert records.internal_errors() == []
 
 
-def test_a_client_that_never_reads_is_bounded_and_others_are_served(trees, records):
+def test_a_client_that_never_reads_is_bounded_and_others_are_served(fresh_trees, records):
     records.records.clear()
     mib = 1 << 20
     limits = Limits(max_msize=mib + 4096, max_buffered=8 * mib)
-    with ServerThread(exports(trees), limits) as server:
+    with ServerThread(exports(fresh_trees), limits) as server:
         greedy = RawClient(server.address)
         greedy.start(msize=mib + 4096)
         assert isinstance(greedy.rpc(m.Twalk(2, 0, 1, ("big",))), m.Rwalk)
@@ -491,10 +502,10 @@ def test_a_client_that_never_reads_is_bounded_and_others_are_served(trees, recor
     assert records.internal_errors() == []
 
 
-def test_disconnect_with_100_requests_in_flight(trees, records):
+def test_disconnect_with_100_requests_in_flight(fresh_trees, records):
     records.records.clear()
     wrlck, block = int(LockType.WRLCK), int(LockFlags.BLOCK)
-    with ServerThread(exports(trees), Limits(max_msize=MAX_MSIZE)) as server:
+    with ServerThread(exports(fresh_trees), Limits(max_msize=MAX_MSIZE)) as server:
         fds_before = open_fds()
         client = RawClient(server.address)
         client.start()
@@ -528,29 +539,37 @@ def test_disconnect_with_100_requests_in_flight(trees, records):
 
 # --- 3. the fifo and a symlink out of the export ------------------------------------------
 
-def test_fifo_and_outward_symlink_are_inert(fuzz_server, trees, records):
+def test_fifo_and_outward_symlink_are_inert(tmp_path, records):
     """getattr/readlink/readdir/open on them answer about the node itself and never
-    block or read the target (walks *through* links: test_server_hostile)."""
+    block or read the target (walks *through* links: test_server_hostile). A tree of
+    its own: the fuzz may have renamed or removed anything in the shared one."""
     records.records.clear()
-    client = RawClient(fuzz_server.address, timeout=10)
-    try:
-        client.start()
-        assert isinstance(client.rpc(m.Twalk(2, 0, 1, ("fifo",))), m.Rwalk)
-        attr = client.rpc(m.Tgetattr(3, 1, 0x7FF))
-        assert isinstance(attr, m.Rgetattr) and attr.mode & 0o170000 == 0o010000
-        assert client.rpc(m.Tlopen(4, 1, 0)) == m.Rlerror(4, 6)  # ENXIO, not a blocked open
-        assert isinstance(client.rpc(m.Treaddir(5, 1, 0, 4096)), m.Rlerror)
-        assert isinstance(client.rpc(m.Treadlink(6, 1)), m.Rlerror)
-        assert isinstance(client.rpc(m.Twalk(7, 0, 2, ("out-link",))), m.Rwalk)
-        attr = client.rpc(m.Tgetattr(8, 2, 0x7FF))
-        assert isinstance(attr, m.Rgetattr) and attr.mode & 0o170000 == 0o120000
-        assert attr.size == len(str(trees[2]))  # the link's own size, not the directory's
-        assert client.rpc(m.Treadlink(9, 2)) == m.Rreadlink(9, str(trees[2]))
-        assert isinstance(client.rpc(m.Tlopen(10, 2, 0)), m.Rlerror)
-        assert isinstance(client.rpc(m.Treaddir(11, 2, 0, 4096)), m.Rlerror)
-        assert isinstance(client.rpc(m.Twalk(12, 2, 3, ("secret",))), m.Rlerror)
-    finally:
-        client.close()
-    fuzz_server.wait_idle()
-    outside_untouched(trees[2])
+    export, outside = tmp_path / "export", tmp_path / "outside"
+    export.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_bytes(SECRET)
+    os.mkfifo(export / "fifo")
+    os.symlink(str(outside), export / "out-link")
+    with ServerThread({"": Export(HostFilesystem(str(export)))}, Limits(max_msize=MAX_MSIZE)) as server:
+        client = RawClient(server.address, timeout=10)
+        try:
+            client.start()
+            assert isinstance(client.rpc(m.Twalk(2, 0, 1, ("fifo",))), m.Rwalk)
+            attr = client.rpc(m.Tgetattr(3, 1, 0x7FF))
+            assert isinstance(attr, m.Rgetattr) and attr.mode & 0o170000 == 0o010000
+            assert client.rpc(m.Tlopen(4, 1, 0)) == m.Rlerror(4, 6)  # ENXIO, not a blocked open
+            assert isinstance(client.rpc(m.Treaddir(5, 1, 0, 4096)), m.Rlerror)
+            assert isinstance(client.rpc(m.Treadlink(6, 1)), m.Rlerror)
+            assert isinstance(client.rpc(m.Twalk(7, 0, 2, ("out-link",))), m.Rwalk)
+            attr = client.rpc(m.Tgetattr(8, 2, 0x7FF))
+            assert isinstance(attr, m.Rgetattr) and attr.mode & 0o170000 == 0o120000
+            assert attr.size == len(str(outside))  # the link's own size, not the directory's
+            assert client.rpc(m.Treadlink(9, 2)) == m.Rreadlink(9, str(outside))
+            assert isinstance(client.rpc(m.Tlopen(10, 2, 0)), m.Rlerror)
+            assert isinstance(client.rpc(m.Treaddir(11, 2, 0, 4096)), m.Rlerror)
+            assert isinstance(client.rpc(m.Twalk(12, 2, 3, ("secret",))), m.Rlerror)
+        finally:
+            client.close()
+        server.wait_idle()
+    outside_untouched(outside)
     assert records.internal_errors() == []
