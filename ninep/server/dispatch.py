@@ -251,15 +251,26 @@ class Dispatcher:
     async def _lopen(self, msg: m.Tlopen) -> m.Message:
         fid = self._file_fid(msg.fid)
         try:
-            if fid.opened:
-                raise errno_error(errno.EINVAL, "fid already open")
-            if (msg.flags & ACCMODE) in _WRITE_ACCESS or msg.flags & OpenFlags.TRUNC:
-                self._check_writable(fid)
-            iounit = await fid.file.open(msg.flags)
-            fid.open_flags = msg.flags
+            self._start_opening(fid)
+            try:
+                if (msg.flags & ACCMODE) in _WRITE_ACCESS or msg.flags & OpenFlags.TRUNC:
+                    self._check_writable(fid)
+                iounit = await fid.file.open(msg.flags)
+                fid.open_flags = msg.flags
+            finally:
+                fid.opening = False
             return m.Rlopen(msg.tag, fid.file.qid, self._iounit(iounit))
         finally:
             await self._let_go(fid)
+
+    @staticmethod
+    def _start_opening(fid: Fid) -> None:
+        """Tlopen/Tlcreate: one at a time per fid. Pipelined ones would otherwise all
+        pass the "already open" check while the first is in the backend, and open
+        the file twice (the host backend then leaks the first open fd)."""
+        if fid.opened or fid.opening:
+            raise errno_error(errno.EINVAL, "fid already open")
+        fid.opening = True
 
     def _iounit(self, iounit: int) -> int:
         return min(iounit, self.session.msize - IOHDRSZ)
@@ -267,11 +278,13 @@ class Dispatcher:
     async def _lcreate(self, msg: m.Tlcreate) -> m.Message:
         fid = self._file_fid(msg.fid)
         try:
-            if fid.opened:
-                raise errno_error(errno.EINVAL, "fid already open")
-            self._check_writable(fid)
-            check_new_name(msg.name)
-            new_file, iounit = await fid.file.create(msg.name, msg.flags, msg.mode, msg.gid)
+            self._start_opening(fid)
+            try:
+                self._check_writable(fid)
+                check_new_name(msg.name)
+                new_file, iounit = await fid.file.create(msg.name, msg.flags, msg.mode, msg.gid)
+            finally:
+                fid.opening = False
             if fid.retired:  # clunked while we created: the new file has no fid to live in
                 await new_file.close()
                 raise errno_error(errno.EBADF, "fid clunked during create")

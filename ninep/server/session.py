@@ -71,6 +71,7 @@ class Fid:
     creds: Credentials
     kind: FidKind = FidKind.FILE
     open_flags: int | None = None  # P9_DOTL flags once Tlopen/Tlcreate succeeded
+    opening: bool = False  # a Tlopen/Tlcreate of it is in the backend: refuse another
     lock_key: Hashable = None  # (filesystem, File.lock_key); None for xattr values
     xattr_name: str = ""
     xattr_value: bytes | bytearray = b""

@@ -573,3 +573,28 @@ def test_fifo_and_outward_symlink_are_inert(tmp_path, records):
         server.wait_idle()
     outside_untouched(outside)
     assert records.internal_errors() == []
+
+
+# --- found by the fuzz ---------------------------------------------------------------------
+
+def test_concurrent_tlopens_of_one_fid_open_it_once(fresh_trees, records):
+    """Two pipelined Tlopens of one fid both passed the "already open" check while
+    the first was in the backend (a guest user's open runs in a worker thread), so
+    the fid was opened twice and one host fd leaked per pair. Now the second gets
+    EINVAL, and every fd is given back at disconnect."""
+    records.records.clear()
+    with ServerThread(exports(fresh_trees), Limits(max_msize=MAX_MSIZE)) as server:
+        fds_before = open_fds()
+        client = RawClient(server.address)
+        client.start(n_uname=1000)  # not the server's own identity: open goes to a thread
+        fids = range(1, 21)
+        for fid in fids:
+            assert isinstance(client.rpc(m.Twalk(2, 0, fid, ("file",))), m.Rwalk)
+        client.send(*(m.Tlopen(tag, fid, 0) for fid in fids for tag in (100 + 2 * fid, 101 + 2 * fid)))
+        replies = [decode(client.recv_frame()) for _ in range(2 * len(fids))]
+        assert sum(isinstance(r, m.Rlopen) for r in replies) == len(fids), replies
+        assert sum(r == m.Rlerror(r.tag, 22) for r in replies) == len(fids), replies
+        client.close()
+        server.wait_idle()
+        assert open_fds() == fds_before
+    assert records.internal_errors() == []
