@@ -519,7 +519,7 @@ class Dispatcher:
             raise errno_error(errno.EINVAL, "empty xattr name")
         fid = self._file_fid(msg.fid)
         try:
-            if fid.opened:
+            if fid.opened or fid.opening:
                 raise errno_error(errno.EINVAL, "xattrcreate on an opened fid")
             self._check_writable(fid)
             fid.kind = FidKind.XATTR_WRITE

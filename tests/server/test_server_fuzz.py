@@ -598,3 +598,25 @@ def test_concurrent_tlopens_of_one_fid_open_it_once(fresh_trees, records):
         server.wait_idle()
         assert open_fds() == fds_before
     assert records.internal_errors() == []
+
+
+def test_tlopen_and_txattrcreate_racing_on_one_fid_only_one_wins(fresh_trees, records):
+    """Txattrcreate while a Tlopen of the same fid was in the backend turned the fid
+    into an xattr fid that the open then marked opened too. Exactly one may win."""
+    records.records.clear()
+    with ServerThread(exports(fresh_trees), Limits(max_msize=MAX_MSIZE)) as server:
+        fds_before = open_fds()
+        client = RawClient(server.address)
+        client.start(n_uname=1000)
+        fids = range(1, 21)
+        for fid in fids:
+            assert isinstance(client.rpc(m.Twalk(2, 0, fid, ("file",))), m.Rwalk)
+        client.send(*(msg for fid in fids for msg in (
+            m.Tlopen(100 + 2 * fid, fid, 0), m.Txattrcreate(101 + 2 * fid, fid, "user.x", 1, 0))))
+        replies = [decode(client.recv_frame()) for _ in range(2 * len(fids))]
+        wins = sum(isinstance(r, (m.Rlopen, m.Rxattrcreate)) for r in replies)
+        assert wins == len(fids), replies
+        client.close()
+        server.wait_idle()
+        assert open_fds() == fds_before
+    assert records.internal_errors() == []
