@@ -14,39 +14,12 @@ ninep-load options as load.py (whose helpers it uses).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load  # noqa: E402  (benchmarks/load.py)
-
-
-def start_servers(scratch: Path) -> tuple[dict, list]:
-    procs: list[subprocess.Popen] = []
-    servers = {}
-    root = scratch / "export-ninepd"
-    load.make_export(root)
-    port = load.free_port()
-    p = subprocess.Popen([sys.executable, "-c", "from ninep.cli import main_entry; main_entry()",
-                          "--export", str(root), "--listen", f"tcp://127.0.0.1:{port}",
-                          "--log-level", "warning"], cwd=load.REPO)
-    procs.append(p)
-    load.wait_listening(port, p)
-    servers["ninepd"] = (port, "", p)
-    diod = shutil.which("diod") or "/usr/sbin/diod"
-    root = scratch / "export-diod"
-    load.make_export(root)
-    port = load.free_port()
-    p = subprocess.Popen([diod, "-f", "-n", "-l", f"127.0.0.1:{port}", "-e", str(root)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs.append(p)
-    load.wait_listening(port, p)
-    servers["diod"] = (port, str(root), p)
-    return servers, procs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modes", default=",".join(load.MODES))
     args = ap.parse_args(argv)
-    scratch = Path(tempfile.mkdtemp(prefix="ninep-bench-"))
-    procs: list[subprocess.Popen] = []
-    try:
-        binary = load.build_load(scratch)
-        servers, procs = start_servers(scratch)
+    with load.bench_setup() as (binary, servers):
+        if "diod" not in servers:
+            print("diod is not installed: nothing to interleave with", file=sys.stderr)
+            return 2
         print("| mode | c x d | unit | ninepd (median) | diod (median) | ratio (median of pairs) | ratios |")
         print("|---|---|---|---:|---:|---:|---|")
         for mode in args.modes.split(","):
@@ -86,15 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         rss = load.peak_rss_kib(servers["ninepd"][2].pid)
         print(f"\nninepd peak RSS (VmHWM) after all runs: {rss / 1024:.1f} MiB")
         return 0
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -107,6 +109,50 @@ def metric(result: dict, mode: str) -> float:
     return result["MB_per_s"] if mode in ("read", "write") else result["ops_per_s"]
 
 
+Servers = dict[str, tuple[int, str, subprocess.Popen]]  # name -> (port, aname, process)
+
+
+def _start(name: str, argv: list[str], port: int, aname: str, procs: list[subprocess.Popen],
+           servers: Servers, **popen) -> None:
+    p = subprocess.Popen(argv, **popen)
+    procs.append(p)
+    wait_listening(port, p)
+    servers[name] = (port, aname, p)
+
+
+@contextmanager
+def bench_setup(with_diod: bool = True) -> Iterator[tuple[Path, Servers]]:
+    """ninep-load built in a scratch folder, and ninepd (and diod, if installed and
+    wanted) serving identical exports on loopback TCP; all stopped and removed after."""
+    scratch = Path(tempfile.mkdtemp(prefix="ninep-bench-"))
+    procs: list[subprocess.Popen] = []
+    servers: Servers = {}
+    try:
+        binary = build_load(scratch)
+        root, port = scratch / "export-ninepd", free_port()
+        make_export(root)
+        _start("ninepd", [sys.executable, "-c", "from ninep.cli import main_entry; main_entry()",
+                          "--export", str(root), "--listen", f"tcp://127.0.0.1:{port}",
+                          "--log-level", "warning"], port, "", procs, servers, cwd=REPO)
+        diod = shutil.which("diod") or "/usr/sbin/diod"
+        if with_diod and os.path.exists(diod):
+            root, port = scratch / "export-diod", free_port()
+            make_export(root)
+            _start("diod", [diod, "-f", "-n", "-l", f"127.0.0.1:{port}", "-e", str(root)],
+                   port, str(root), procs, servers,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield binary, servers
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -116,31 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     modes = args.modes.split(",")
 
-    scratch = Path(tempfile.mkdtemp(prefix="ninep-bench-"))
-    procs: list[subprocess.Popen] = []
-    try:
-        load = build_load(scratch)
-        servers: dict[str, tuple[int, str, subprocess.Popen]] = {}
-        ninep_root = scratch / "export-ninepd"
-        make_export(ninep_root)
-        port = free_port()
-        p = subprocess.Popen([sys.executable, "-c", "from ninep.cli import main_entry; main_entry()",
-                              "--export", str(ninep_root), "--listen", f"tcp://127.0.0.1:{port}",
-                              "--log-level", "warning"], cwd=REPO)
-        procs.append(p)
-        wait_listening(port, p)
-        servers["ninepd"] = (port, "", p)
-        diod = shutil.which("diod") or "/usr/sbin/diod"
-        if not args.no_diod and os.path.exists(diod):
-            diod_root = scratch / "export-diod"
-            make_export(diod_root)
-            port = free_port()
-            p = subprocess.Popen([diod, "-f", "-n", "-l", f"127.0.0.1:{port}", "-e", str(diod_root)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(p)
-            wait_listening(port, p)
-            servers["diod"] = (port, str(diod_root), p)
-
+    with bench_setup(with_diod=not args.no_diod) as (load, servers):
         results: dict[tuple[str, str, int, int], dict] = {}
         for mode in modes:
             for conns, depth in SHAPES:
@@ -170,15 +192,6 @@ def main(argv: list[str] | None = None) -> int:
                              for k, v in results.items()], "ninepd_peak_rss_kib": rss}, indent=1))
         errors = [k for k, v in results.items() if "error" in v and k[0] == "ninepd"]
         return 1 if errors else 0
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
