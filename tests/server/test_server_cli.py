@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -35,27 +36,44 @@ async def connect_when_up(process, port) -> Peer:
                 await trio.sleep(0.05)
 
 
+@contextmanager
+def reaped(process):
+    """Whatever a test asserts, ninepd does not outlive it."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def stop(process, sig=signal.SIGTERM) -> str:
+    """Signal ninepd, wait for it to exit, return what it logged."""
+    process.send_signal(sig)
+    return process.communicate(timeout=20)[1]
+
+
+async def read_file(peer: Peer, name: str) -> m.Message:
+    """Walk fid 0 -> fid 1 to ``name``, open it, and return the Tread reply (tags 1-3)."""
+    assert isinstance(await peer.rpc(m.Twalk(1, 0, 1, (name,))), m.Rwalk)
+    assert isinstance(await peer.rpc(m.Tlopen(2, 1, 0)), m.Rlopen)
+    return await peer.rpc(m.Tread(3, 1, 0, 100))
+
+
 async def test_serve_trace_and_sigterm(tmp_path):
     (tmp_path / "hello").write_bytes(b"hi there")
     port = free_port()
     process = subprocess.Popen(
         [*NINEPD, "--export", str(tmp_path), "--listen", f"tcp://127.0.0.1:{port}", "--trace"],
         cwd=REPO, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(process):
         peer = await connect_when_up(process, port)
         async with peer.stream:
             await peer.start()
-            assert isinstance(await peer.rpc(m.Twalk(1, 0, 1, ("hello",))), m.Rwalk)
-            assert isinstance(await peer.rpc(m.Tlopen(2, 1, 0)), m.Rlopen)
-            assert await peer.rpc(m.Tread(3, 1, 0, 100)) == m.Rread(3, b"hi there")
+            assert await read_file(peer, "hello") == m.Rread(3, b"hi there")
             # Read-write export: a create works.
             assert isinstance(await peer.rpc(m.Tlcreate(4, 0, "new", 0o2, 0o644, 0)), m.Rlcreate)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stderr = stop(process)
     assert process.returncode == 0, stderr
     assert (tmp_path / "new").exists()
     assert f"serving 9P2000.L on tcp://127.0.0.1:{port}" in stderr
@@ -69,18 +87,13 @@ async def test_read_only_squash_and_sigint(tmp_path):
         [*NINEPD, "--export", str(tmp_path), "--listen", f"tcp://127.0.0.1:{port}",
          "--read-only", "--squash", "65534:65534", "--msize", "64K"],
         cwd=REPO, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(process):
         peer = await connect_when_up(process, port)
         async with peer.stream:
             assert await peer.rpc(m.Tversion(0xFFFF, 1 << 20, "9P2000.L")) == m.Rversion(0xFFFF, 65536, "9P2000.L")
             assert isinstance(await peer.rpc(m.Tattach(1, 0, 0xFFFFFFFF, "root", "", 0)), m.Rattach)
             assert await peer.rpc(m.Tmkdir(2, 0, "d", 0o755, 0)) == m.Rlerror(2, 30)  # EROFS
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop(process, signal.SIGINT)
     assert process.returncode == 0
 
 
@@ -127,19 +140,12 @@ async def test_systemd_socket_activation(tmp_path):
                                cwd=REPO, close_fds=False, preexec_fn=as_fd_3,
                                stderr=subprocess.PIPE, text=True)
     listener.close()
-    try:
+    with reaped(process):
         peer = await connect_when_up(process, port)
         async with peer.stream:
             await peer.start()
-            await peer.rpc(m.Twalk(1, 0, 1, ("f",)))
-            await peer.rpc(m.Tlopen(2, 1, 0))
-            assert await peer.rpc(m.Tread(3, 1, 0, 100)) == m.Rread(3, b"activated")
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+            assert await read_file(peer, "f") == m.Rread(3, b"activated")
+        stderr = stop(process)
     assert process.returncode == 0, stderr
     assert "systemd fd 3" in stderr
 
@@ -153,17 +159,10 @@ async def test_synthetic_module_from_the_current_directory(tmp_path):
     process = subprocess.Popen(
         [*NINEPD_SCRIPT, "--synthetic", "mytree:ROOT", "--listen", f"tcp://127.0.0.1:{port}"],
         cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(process):
         peer = await connect_when_up(process, port)
         async with peer.stream:
             await peer.start()
-            await peer.rpc(m.Twalk(1, 0, 1, ("greeting",)))
-            await peer.rpc(m.Tlopen(2, 1, 0))
-            assert await peer.rpc(m.Tread(3, 1, 0, 100)) == m.Rread(3, b"from cwd")
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+            assert await read_file(peer, "greeting") == m.Rread(3, b"from cwd")
+        stderr = stop(process)
     assert process.returncode == 0, stderr
