@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modes", default=",".join(load.MODES))
+    ap.add_argument("--workers", type=int, default=load.DEFAULT_WORKERS,
+                    help=f"ninepd --workers (default: this machine's cores, {load.DEFAULT_WORKERS})")
     args = ap.parse_args(argv)
-    with load.bench_setup() as (binary, servers):
+    print(f"ninepd --workers {args.workers}, msize 1 MiB; diod with its defaults, msize 64 KiB "
+          f"(its cap)\n")
+    with load.bench_setup(workers=args.workers) as (binary, servers):
         if "diod" not in servers:
             print("diod is not installed: nothing to interleave with", file=sys.stderr)
             return 2
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{statistics.median(theirs):,.0f} | {statistics.median(ratios):.2f} | "
                       f"{shown} |", flush=True)
         rss = load.peak_rss_kib(servers["ninepd"][2].pid)
-        print(f"\nninepd peak RSS (VmHWM) after all runs: {rss / 1024:.1f} MiB")
+        print(f"\nninepd peak RSS (VmHWM, all its processes) after all runs: {rss / 1024:.1f} MiB")
         return 0
 
 

@@ -33,6 +33,7 @@ LOAD_SRC = REPO.parent / "shared" / "tools" / "ninep-load"
 MODES = ["read", "write", "getattr", "walk", "readdir", "create", "mix"]
 SHAPES = [(1, 1), (16, 8)]
 BIG = 64 << 20
+DEFAULT_WORKERS = os.cpu_count() or 1
 
 
 def build_load(scratch: Path) -> Path:
@@ -76,13 +77,26 @@ def make_export(root: Path) -> None:
 
 
 def peak_rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """VmHWM of ``pid`` plus that of its children (``--workers``): what it all cost."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
 def run_load(load: Path, port: int, aname: str, mode: str, conns: int, depth: int,
@@ -121,9 +135,10 @@ def _start(name: str, argv: list[str], port: int, aname: str, procs: list[subpro
 
 
 @contextmanager
-def bench_setup(with_diod: bool = True) -> Iterator[tuple[Path, Servers]]:
-    """ninep-load built in a scratch folder, and ninepd (and diod, if installed and
-    wanted) serving identical exports on loopback TCP; all stopped and removed after."""
+def bench_setup(with_diod: bool = True, workers: int = 1) -> Iterator[tuple[Path, Servers]]:
+    """ninep-load built in a scratch folder, and ninepd (``--workers``) and diod (if
+    installed and wanted) serving identical exports on loopback TCP; all stopped and
+    removed after."""
     scratch = Path(tempfile.mkdtemp(prefix="ninep-bench-"))
     procs: list[subprocess.Popen] = []
     servers: Servers = {}
@@ -133,7 +148,8 @@ def bench_setup(with_diod: bool = True) -> Iterator[tuple[Path, Servers]]:
         make_export(root)
         _start("ninepd", [sys.executable, "-c", "from ninep.cli import main_entry; main_entry()",
                           "--export", str(root), "--listen", f"tcp://127.0.0.1:{port}",
-                          "--log-level", "warning"], port, "", procs, servers, cwd=REPO)
+                          "--log-level", "warning", "--workers", str(workers)],
+               port, "", procs, servers, cwd=REPO)
         diod = shutil.which("diod") or "/usr/sbin/diod"
         if with_diod and os.path.exists(diod):
             root, port = scratch / "export-diod", free_port()
@@ -159,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--json", help="also write every raw result to this file")
     ap.add_argument("--no-diod", action="store_true")
+    ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                    help=f"ninepd --workers (default: this machine's cores, {DEFAULT_WORKERS})")
     args = ap.parse_args(argv)
     modes = args.modes.split(",")
+    print(f"# ninepd --workers {args.workers}; diod with its defaults", file=sys.stderr)
 
-    with bench_setup(with_diod=not args.no_diod) as (load, servers):
+    with bench_setup(with_diod=not args.no_diod, workers=args.workers) as (load, servers):
         results: dict[tuple[str, str, int, int], dict] = {}
         for mode in modes:
             for conns, depth in SHAPES:
@@ -185,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = va / vb if vb and vb == vb and va == va else float("nan")
                 ms = f"{a.get('msize', '-')}/{b.get('msize', '-')}"
                 print(f"| {mode} | {conns}x{depth} | {unit} | {va:,.1f} | {vb:,.1f} | {ratio:.2f} | {ms} |")
-        print(f"\nninepd peak RSS (VmHWM) after all runs: {rss / 1024:.1f} MiB")
+        print(f"\nninepd --workers {args.workers}; peak RSS (VmHWM, all its processes) after "
+              f"all runs: {rss / 1024:.1f} MiB")
         if args.json:
             Path(args.json).write_text(json.dumps(
                 {"results": [{"server": k[0], "mode": k[1], "conns": k[2], "depth": k[3], **v}

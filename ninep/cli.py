@@ -3,6 +3,7 @@
     ninepd --export /srv/root --listen tcp://127.0.0.1:5640 --listen unix:///run/9p.sock
     ninepd --config exports/guest-root.yaml
     ninepd --synthetic mypkg.tree:ROOT --listen fd://0,1
+    ninepd --export /srv/root --workers 2     # one process per core (host exports)
 
 SIGINT/SIGTERM stop accepting, give requests in flight ``--grace`` seconds, exit 0.
 Exit status 2: bad arguments or config; 1: could not listen or serve.
@@ -23,6 +24,7 @@ from .config import ConfigError, ServerConfig, load_config, parse_size, parse_sq
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
 from .server.listeners import ListenError, systemd_activated
+from .server.workers import Supervisor, run_worker
 
 log = logging.getLogger("ninepd")
 
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve a Filesystem or synthetic tree object instead of a directory")
     p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                    help="how long requests in flight may take at shutdown (default 10)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes serving connections, each on its own core (default 1; "
+                        "host exports only; locks hold across them)")
+    p.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by the supervisor
     return p
 
 
@@ -118,15 +124,18 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
     return exports
 
 
-async def _run(server: Server, urls: list[str]) -> None:
+async def _run(server, urls: list[str], worker_fds: tuple[int, int] | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, signals, server, nursery.cancel_scope)
-            await server.run(urls)
+            if worker_fds is not None:
+                await run_worker(server, *worker_fds)
+            else:
+                await server.run(urls)
             nursery.cancel_scope.cancel()  # served and shut down: stop watching signals
 
 
-async def _on_signals(signals, server: Server, everything: trio.CancelScope) -> None:
+async def _on_signals(signals, server, everything: trio.CancelScope) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
         if server.shutting_down:
@@ -140,8 +149,9 @@ async def _on_signals(signals, server: Server, everything: trio.CancelScope) -> 
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    who = f"ninepd[worker {os.getpid()}]" if args.worker_fds else "ninepd"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s ninepd %(levelname)s %(message)s")
+                        format=f"%(asctime)s {who} %(levelname)s %(message)s")
     if args.trace:
         logging.getLogger("ninep.trace").setLevel(logging.INFO)
     try:
@@ -151,6 +161,13 @@ def main(argv: list[str]) -> int:
         limits = Limits(max_msize=msize or Limits().max_msize,
                         max_fids=(config.max_fids if config and config.max_fids else 65536),
                         max_in_flight=(config.max_in_flight if config and config.max_in_flight else 256))
+        workers = args.workers or (config.workers if config and config.workers else 1)
+        if workers < 1:
+            raise ValueError("--workers must be at least 1")
+        if workers > 1 and args.synthetic:
+            raise ValueError("--workers > 1 serves host exports only: a synthetic tree "
+                             "lives in one process")
+        worker_fds = _parse_worker_fds(args.worker_fds) if args.worker_fds else None
     except ConfigError as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2
@@ -160,9 +177,12 @@ def main(argv: list[str]) -> int:
     urls = args.listen or (config.listen if config and config.listen else [])
     if not urls:
         urls = ["systemd://"] if systemd_activated() else [DEFAULT_LISTEN]
-    server = Server(exports, limits=limits, trace=args.trace, grace_period=args.grace)
+    if workers > 1 and worker_fds is None:
+        server = Supervisor([*argv, "--workers", "1"], workers, grace_period=args.grace)
+    else:
+        server = Server(exports, limits=limits, trace=args.trace, grace_period=args.grace)
     try:
-        trio.run(_run, server, urls)
+        trio.run(_run, server, urls, worker_fds)
     except BaseExceptionGroup as group:
         listen_errors, others = group.split(ListenError)
         if others is not None or listen_errors is None:
@@ -172,6 +192,11 @@ def main(argv: list[str]) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+def _parse_worker_fds(text: str) -> tuple[int, int]:
+    ctl, _, rpc = text.partition(",")
+    return int(ctl), int(rpc)
 
 
 def _leaves(group: BaseExceptionGroup):

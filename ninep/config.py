@@ -4,6 +4,7 @@
       - tcp://127.0.0.1:5640
       - unix:///run/ninep.sock
     msize: 1M                     # optional; 4096 .. (default 1 MiB)
+    workers: 2                    # optional; processes serving connections (default 1)
     exports:                      # aname -> export; the first one is the default
       root:                       #   (what aname "" or "/" selects)
         path: /srv/guest-root
@@ -30,7 +31,7 @@ import yaml
 
 from .protocol.constants import MIN_MSIZE
 
-_TOP_KEYS = {"listen", "msize", "exports", "max_fids", "max_in_flight"}
+_TOP_KEYS = {"listen", "msize", "exports", "max_fids", "max_in_flight", "workers"}
 _EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline",
                 "listing_cache"}
 _EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache")
@@ -58,6 +59,7 @@ class ServerConfig:
     msize: int | None = None
     max_fids: int | None = None
     max_in_flight: int | None = None
+    workers: int | None = None
 
 
 def parse_squash(text: str) -> tuple[int, int]:
@@ -153,6 +155,8 @@ def parse_config(text: str, filename: str = "<config>") -> ServerConfig:
             config.max_fids = check.count(value, key)
         elif key == "max_in_flight":
             config.max_in_flight = check.count(value, key)
+        elif key == "workers":
+            config.workers = check.count(value, key, 1)
         elif key == "exports":
             config.exports = _exports(check, value)
     if "exports" not in seen or not config.exports:

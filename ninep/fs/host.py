@@ -142,6 +142,12 @@ class HostFile(File):
         self._logged_bad_names = False
         self.qid = qid if qid is not None else fs.qids.qid_of(st)
 
+    @property
+    def lock_key(self) -> object:
+        """The host's (st_dev, st_ino): the same in every process serving the export
+        (qid paths are not: they number devices in the order met)."""
+        return self._fs.qids.host_identity(self.qid.path)
+
     # --- helpers ----------------------------------------------------------------
     async def _call(self, fn: Callable[..., T], *args) -> T:
         """Run a permission-checked syscall sequence as the guest's user."""

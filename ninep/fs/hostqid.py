@@ -26,7 +26,9 @@ class QidMapper:
 
     def __init__(self) -> None:
         self._device_index: dict[int, int] = {}
+        self._devices: list[int] = []  # index -> st_dev
         self._fallback: dict[tuple[int, int], int] = {}
+        self._fallback_keys: list[tuple[int, int]] = []
         self._lock = threading.Lock()
 
     def path(self, dev: int, ino: int) -> int:
@@ -37,6 +39,7 @@ class QidMapper:
             index = self._device_index.get(dev)
             if index is None and len(self._device_index) < _FALLBACK_INDEX:
                 index = self._device_index[dev] = len(self._device_index)
+                self._devices.append(dev)
             if index is not None and ino <= INODE_MASK:
                 return (index << _INODE_BITS) | ino
             key = (dev, ino)
@@ -46,7 +49,16 @@ class QidMapper:
                     raise OverflowError("qid fallback table full")
                 path = (_FALLBACK_INDEX << _INODE_BITS) | len(self._fallback)
                 self._fallback[key] = path
+                self._fallback_keys.append(key)
             return path
+
+    def host_identity(self, path: int) -> tuple[int, int]:
+        """(st_dev, st_ino) of a path this mapper gave out. Paths depend on the order
+        devices were met, so they differ between processes; this does not."""
+        index = path >> _INODE_BITS
+        if index == _FALLBACK_INDEX:
+            return self._fallback_keys[path & INODE_MASK]
+        return self._devices[index], path & INODE_MASK
 
     def device_base(self, dev: int) -> int | None:
         """``path(dev, ino) == base | ino`` for every ino <= INODE_MASK, or None when

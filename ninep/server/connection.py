@@ -60,6 +60,10 @@ class LockManager:
         self.table = LockTable()
         self._released: dict[Hashable, trio.Event] = {}
 
+    def connection_id(self, number: int) -> Hashable:
+        """How lock owners name connection ``number`` of this process."""
+        return ("connection", number)
+
     async def wait_for_release(self, key: Hashable) -> None:
         event = self._released.get(key)
         if event is None:
@@ -148,7 +152,7 @@ class Connection:
         self.name = name or f"connection {self.number}"
         self.limits = limits
         self.trace = trace
-        self.session = Session(exports, limits, connection_id=("connection", self.number))
+        self.session = Session(exports, limits, connection_id=locks.connection_id(self.number))
         self.locks = locks
         self.dispatcher = Dispatcher(self.session, locks, pack_dirents)
         self._frames = FrameReader(limits.max_msize)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import weakref
 from typing import Awaitable, Callable, Hashable, Protocol
 
 from ..fs.backend import File, SetAttr, errno_error
@@ -31,7 +30,7 @@ from ..protocol.constants import (
     OpenFlags,
     host_errno_to_wire,
 )
-from .locks import HeldLock, LockOwner, LockTable
+from .locks import LockOwner, LockTable
 from .session import Fid, FidKind, Session, check_new_name, credentials_for, walk_name_ok
 
 log = logging.getLogger("ninep.server")
@@ -43,38 +42,6 @@ _CLASSIC_REQUESTS = (m.Topen, m.Tcreate, m.Tstat, m.Twstat)
 # Tlopen flags that change the file: refused on a read-only export, as open(2) on a
 # read-only mount refuses them (O_RDONLY|O_TRUNC included).
 _WRITE_ACCESS = (OpenFlags.WRONLY, OpenFlags.RDWR)
-
-
-# Blocking Tlocks waiting right now, per lock table (so per server, shared by all its
-# connections): owner -> the requests it waits on, as (key, type, start, length).
-_LOCK_WAITS: "weakref.WeakKeyDictionary[LockTable, dict[LockOwner, list[tuple]]]" = (
-    weakref.WeakKeyDictionary())
-_DEADLOCK_SEARCH_LIMIT = 64  # owners visited before giving up (and waiting) -- as Linux
-
-
-def would_deadlock(table: LockTable, owner: LockOwner, blocker: HeldLock) -> bool:
-    """Would ``owner`` waiting for ``blocker`` close a cycle of waiting owners?
-
-    Follows who the blocker's owner is itself waiting for, and so on, as Linux's
-    posix_locks_deadlock does. Each edge is recomputed from the table, never
-    remembered: a waiter whose lock was just released (woken, not yet run) waits for
-    nobody, so a stale wait cannot produce a false EDEADLK."""
-    waits = _LOCK_WAITS.get(table)
-    if not waits:
-        return False
-    todo, seen = [blocker.owner], set()
-    while todo and len(seen) < _DEADLOCK_SEARCH_LIMIT:
-        current = todo.pop()
-        if current == owner:
-            return True
-        if current in seen:
-            continue
-        seen.add(current)
-        for key, type_, start, length in waits.get(current, ()):
-            held = table.conflict(key, current, type_, start, length)
-            if held is not None:
-                todo.append(held.owner)
-    return False
 
 
 class LockWaiter(Protocol):
@@ -561,19 +528,13 @@ class Dispatcher:
         EDEADLK when the owner holding us up is (through other owners) waiting for
         us. POSIX lets F_SETLKW detect this; the kernel already does for processes
         of one guest, this catches cycles across guests and connections."""
-        blocker = table.conflict(key, owner, msg.type, msg.start, msg.length)
-        if blocker is not None and would_deadlock(table, owner, blocker):
-            raise errno_error(errno.EDEADLK, "lock wait would deadlock")
         request = (key, msg.type, msg.start, msg.length)
-        waits = _LOCK_WAITS.setdefault(table, {})
-        waits.setdefault(owner, []).append(request)
+        if not table.begin_wait(owner, request):
+            raise errno_error(errno.EDEADLK, "lock wait would deadlock")
         try:
             await self.locks.wait_for_release(key)
         finally:
-            mine = waits[owner]
-            mine.remove(request)
-            if not mine:
-                del waits[owner]
+            table.end_wait(owner, request)
 
     async def _getlock(self, msg: m.Tgetlock) -> m.Message:
         fid = self._file_fid(msg.fid)

@@ -65,11 +65,20 @@ def _conflicts(held: HeldLock, owner: LockOwner, type_: int, start: int, end: in
     return held.type == LockType.WRLCK or type_ == LockType.WRLCK
 
 
+_DEADLOCK_SEARCH_LIMIT = 64  # owners visited before giving up (and waiting) -- as Linux
+
+
 class LockTable:
-    """Locks of every file of one server, keyed by (export, ``File.lock_key``)."""
+    """Locks of every file of one server, keyed by (export, ``File.lock_key``), and
+    the blocking requests waiting on them (for deadlock detection).
+
+    Every method takes and returns plain picklable values (given picklable keys and
+    owners), so a table in one process can serve several (``server.workers``)."""
 
     def __init__(self) -> None:
         self._locks: dict[Hashable, list[HeldLock]] = {}
+        # owner -> the requests it is blocked on, as (key, type, start, length)
+        self._waits: dict[LockOwner, list[tuple]] = {}
 
     def locks(self, key: Hashable) -> list[HeldLock]:
         """The locks on ``key``, sorted by start (a copy, for tests and tracing)."""
@@ -146,6 +155,58 @@ class LockTable:
         for key in list(self._locks):
             touched |= self.release(key, connection)
         return touched
+
+    def connections(self) -> set[Hashable]:
+        """Every connection holding a lock or waiting for one."""
+        held = {lock.owner.connection for locks in self._locks.values() for lock in locks}
+        return held | {owner.connection for owner in self._waits}
+
+    # --- blocked requests ------------------------------------------------------------
+    def begin_wait(self, owner: LockOwner, request: tuple) -> bool:
+        """``owner`` is about to block on ``request`` = (key, type, start, length).
+
+        Returns False, recording nothing, when waiting would deadlock (EDEADLK), that
+        is when the owner in the way is, through other waiting owners, waiting for
+        ``owner``; as Linux's posix_locks_deadlock, the search gives up (and lets the
+        request wait) after 64 owners. Otherwise records the wait until ``end_wait``."""
+        key, type_, start, length = request
+        blocker = self.conflict(key, owner, type_, start, length)
+        if blocker is not None and self._would_deadlock(owner, blocker):
+            return False
+        self._waits.setdefault(owner, []).append(request)
+        return True
+
+    def end_wait(self, owner: LockOwner, request: tuple) -> None:
+        mine = self._waits.get(owner)
+        if mine and request in mine:
+            mine.remove(request)
+            if not mine:
+                del self._waits[owner]
+
+    def end_waits_of(self, connection: Hashable) -> None:
+        """Forget the waits of a connection that is gone (its process died)."""
+        for owner in [o for o in self._waits if o.connection == connection]:
+            del self._waits[owner]
+
+    def _would_deadlock(self, owner: LockOwner, blocker: HeldLock) -> bool:
+        """Each edge is recomputed from the table, never remembered: a waiter whose
+        lock was just released (woken, not yet run) waits for nobody, so a stale wait
+        cannot produce a false EDEADLK."""
+        if not self._waits:
+            return False
+        todo, seen = [blocker.owner], set()
+        while todo and len(seen) < _DEADLOCK_SEARCH_LIMIT:
+            current = todo.pop()
+            if current == owner:
+                return True
+            if current in seen:
+                continue
+            seen.add(current)
+            for key, type_, start, length in self._waits.get(current, ()):
+                held = self.conflict(key, current, type_, start, length)
+                if held is not None:
+                    todo.append(held.owner)
+        return False
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._locks.values())

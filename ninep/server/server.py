@@ -86,6 +86,8 @@ class Server:
         self.addresses: list[str] = []
         self.connections: set[Connection] = set()
         self._shutdown = trio.Event()
+        # Called (no arguments) after each connection ends: a worker tells its supervisor.
+        self.on_connection_closed = None
         self._single_streams = 0
         self._listeners = 0
 
@@ -97,7 +99,11 @@ class Server:
         """Begin a graceful shutdown (safe to call more than once)."""
         self._shutdown.set()
 
-    async def run(self, urls: Iterable[str], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, urls: Iterable[str], *, task_status=trio.TASK_STATUS_IGNORED,
+                  handoff=None) -> None:
+        """Serve ``urls`` until ``shutdown()``. ``handoff(server, handlers)``, if given,
+        is one more source of connections, run beside the accept loops (a worker's
+        supervisor); it calls ``server.serve_stream(handlers, stream, peer, endpoint)``."""
         endpoints: list[Endpoint] = []
         try:
             for url in urls:
@@ -118,6 +124,9 @@ class Server:
                         else:
                             self._single_streams += 1
                             handlers.start_soon(self._handle_single, endpoint)
+                    if handoff is not None:
+                        self._listeners += 1
+                        acceptors.start_soon(handoff, self, handlers)
                     for address in self.addresses:
                         log.info("serving 9P2000.L on %s", address)
                     task_status.started(self)
@@ -149,6 +158,10 @@ class Server:
                 continue
             handlers.start_soon(self._handle, stream, _peer_name(stream, endpoint), endpoint.address)
 
+    def serve_stream(self, handlers: trio.Nursery, stream: trio.abc.Stream, peer: str,
+                     endpoint: str) -> None:
+        handlers.start_soon(self._handle, stream, peer, endpoint)
+
     async def _handle(self, stream: trio.abc.Stream, name: str, endpoint: str) -> None:
         connection = Connection(stream, self.exports, self.locks, limits=self.limits,
                                 trace=self.trace, name=name)
@@ -164,6 +177,8 @@ class Server:
         finally:
             self.connections.discard(connection)
             log.debug("%s: closed after %d requests", name, connection.requests_served)
+            if self.on_connection_closed is not None:
+                self.on_connection_closed()
 
     async def _handle_single(self, endpoint: Endpoint) -> None:
         """fd:// and Accept=yes sockets: one client; when it leaves and nothing else

@@ -180,28 +180,30 @@ async def test_lock_handed_over_then_asked_back_is_no_deadlock(autojump_clock):
 def test_deadlock_search_recomputes_every_wait_from_the_table():
     """The cycle A -> B -> A exists only while A still holds what B waits for. A
     waiter whose lock was just released (woken, not yet run) waits for nobody."""
-    from ninep.server.dispatch import _LOCK_WAITS, would_deadlock
     from ninep.server.locks import LockOwner, LockTable
 
     table = LockTable()
     a, b = LockOwner("c1", "a", 1), LockOwner("c2", "b", 2)
     assert table.set("f", a, WR, 0, 10)[0] and table.set("f", b, WR, 20, 10)[0]
-    _LOCK_WAITS[table] = {b: [("f", WR, 0, 10)]}  # B is waiting for A's range
-    blocker = table.conflict("f", a, WR, 20, 10)  # what A would now wait for: B's lock
-    assert blocker.owner == b and would_deadlock(table, a, blocker)
+    assert table.begin_wait(b, ("f", WR, 0, 10))  # B is waiting for A's range
+    assert not table.begin_wait(a, ("f", WR, 20, 10))  # A -> B -> A: refused
     table.set("f", a, UN, 0, 10)  # A lets go; B has not run yet, its wait is stale
-    assert not would_deadlock(table, a, blocker)
+    assert table.begin_wait(a, ("f", WR, 20, 10))
+    table.end_wait(a, ("f", WR, 20, 10))
+    table.end_wait(b, ("f", WR, 0, 10))
     # A longer chain: A -> B -> C -> A.
     c = LockOwner("c3", "c", 3)
     table.set("f", a, WR, 0, 10)
     table.set("f", c, WR, 40, 10)
-    _LOCK_WAITS[table] = {b: [("f", WR, 40, 10)], c: [("f", RD, 5, 1)]}
-    assert would_deadlock(table, a, table.conflict("f", a, WR, 20, 10))
-    assert would_deadlock(table, c, table.conflict("f", c, WR, 20, 10))  # C -> B -> C
+    assert table.begin_wait(b, ("f", WR, 40, 10)) and table.begin_wait(c, ("f", RD, 5, 1))
+    assert not table.begin_wait(a, ("f", WR, 20, 10))
+    assert not table.begin_wait(c, ("f", WR, 20, 10))  # C -> B -> C
     # D, waited for by nobody, meets the chain B -> C -> A and ends there: no cycle.
     d = LockOwner("c4", "d", 4)
-    assert not would_deadlock(table, d, table.conflict("f", d, WR, 20, 10))
-    del _LOCK_WAITS[table]
+    assert table.begin_wait(d, ("f", WR, 20, 10))
+    # A connection that is gone takes its waits along.
+    table.end_waits_of("c4")
+    assert table.connections() == {"c1", "c2", "c3"}
 
 
 async def test_locks_die_with_last_fid_and_with_connection(autojump_clock):

@@ -39,6 +39,7 @@ exports:
     ("listen: 5640\nexports: {a: {path: /}}\n", "f.yaml:1: listen: expected a non-empty string"),
     ("listen:\n  - tcp://x:1\n  - nonsense\nexports: {a: {path: /}}\n", "f.yaml:3: listen: 'nonsense' is not a URL"),
     ("msize: 1000\nexports: {a: {path: /}}\n", "f.yaml:1: msize: must be at least 4096"),
+    ("exports: {a: {path: /}}\nworkers: 0\n", "f.yaml:2: workers: must be at least 1"),
     ("exprots:\n  a: {path: /}\n", "f.yaml:1: exprots: unknown key"),
     ("listen: [tcp://x:1]\n", "f.yaml:1: exports: at least one export is required"),
     ("exports: [/a]\n", "f.yaml:1: exports: expected a mapping"),
@@ -49,6 +50,11 @@ def test_errors_name_file_line_and_key(text, where):
     with pytest.raises(ConfigError) as info:
         parse_config(text, "f.yaml")
     assert str(info.value).startswith(where), str(info.value)
+
+
+def test_workers():
+    assert parse_config("workers: 4\nexports: {a: {path: /}}\n").workers == 4
+    assert parse_config("exports: {a: {path: /}}\n").workers is None
 
 
 def test_unreadable_file(tmp_path):

@@ -1,0 +1,396 @@
+"""Several processes behind one set of listeners: ``ninepd --workers N``.
+
+One trio loop is one core: under many clients ninepd was CPU-bound on one core while
+the machine had more (docs/performance.md). Python threads would not help (the GIL),
+so, as gunicorn and nginx do, N worker processes each run their own ``Server``:
+
+* the **supervisor** (the process started as ``ninepd``) opens the listeners, accepts,
+  and hands each new connection to the worker serving the fewest (SCM_RIGHTS over a
+  Unix socketpair, the "ctl" channel); it starts a new worker when one dies;
+* it also keeps the **one lock table** (``locks.LockTable``): POSIX locks taken over
+  one connection must stop another, whichever process serves it. A worker's table is
+  a ``RemoteLockTable`` whose calls are synchronous round trips on a second socketpair
+  (the "rpc" channel): locking is rare, and a synchronous call keeps the dispatcher's
+  lock code identical in both modes (nothing can run between a refused Tlock and the
+  start of its wait, so no release can be missed). When a call frees a range, the
+  supervisor tells the other workers on ctl, and their blocked Tlocks retry;
+* a **worker** is ``python -m ninep.cli <the same arguments> --worker-fds CTL,RPC``:
+  it builds the same exports and serves what ctl hands it. It leaves when ctl closes
+  (the supervisor is gone) and on SIGTERM, which the supervisor sends at shutdown.
+
+Only host exports can be split so: their state is the host's. A synthetic tree lives
+in one process's memory, so ``--workers`` refuses ``--synthetic``.
+
+Messages on both channels are pickles on SOCK_SEQPACKET (one message per send); the
+peers are this program's own processes, never a client.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import pickle
+import signal
+import socket as stdsocket
+import sys
+from dataclasses import dataclass, field
+from typing import Hashable, Mapping
+
+import trio
+
+from .connection import LockManager
+from .listeners import Endpoint, ListenError, open_endpoints
+from .locks import LockOwner, LockTable
+from .session import Export
+
+log = logging.getLogger("ninep.workers")
+
+_MAX_MESSAGE = 1 << 20
+_RPC_TIMEOUT = 30.0  # a supervisor that does not answer a lock call in this is gone
+_RESPAWN_DELAY = 0.5
+# LockTable methods a worker may call, and whether they can free ranges.
+_RPC_METHODS = {"set": True, "release": True, "release_connection": True,
+                "conflict": False, "begin_wait": False, "end_wait": False}
+
+
+# --- the worker side ----------------------------------------------------------------------
+class RemoteLockTable:
+    """``LockTable``'s interface, answered by the supervisor's table.
+
+    Keys are (filesystem object, File.lock_key) in the dispatcher; on the wire the
+    filesystem becomes its export's name, which every worker shares."""
+
+    def __init__(self, rpc: stdsocket.socket, exports: Mapping[str, Export]) -> None:
+        self._rpc = rpc
+        self._names = {id(export.filesystem): name for name, export in exports.items()}
+        self._filesystems = {name: export.filesystem for name, export in exports.items()}
+
+    def _call(self, method: str, *args):
+        self._rpc.sendall(pickle.dumps((method, args)))
+        status, value = pickle.loads(self._rpc.recv(_MAX_MESSAGE))
+        if status != "ok":
+            raise OSError(5, f"lock table: {value}")
+        return value
+
+    def wire_key(self, key: Hashable) -> Hashable:
+        filesystem, file_key = key
+        return self._names[id(filesystem)], file_key
+
+    def local_keys(self, keys) -> set[Hashable]:
+        return {(self._filesystems[name], file_key) for name, file_key in keys
+                if name in self._filesystems}
+
+    def set(self, key, owner: LockOwner, type_: int, start: int, length: int):
+        granted, released = self._call("set", self.wire_key(key), owner, type_, start, length)
+        return granted, self.local_keys(released)
+
+    def conflict(self, key, owner: LockOwner, type_: int, start: int, length: int):
+        return self._call("conflict", self.wire_key(key), owner, type_, start, length)
+
+    def release(self, key, connection: Hashable) -> set[Hashable]:
+        return self.local_keys(self._call("release", self.wire_key(key), connection))
+
+    def release_connection(self, connection: Hashable) -> set[Hashable]:
+        return self.local_keys(self._call("release_connection", connection))
+
+    def begin_wait(self, owner: LockOwner, request: tuple) -> bool:
+        return self._call("begin_wait", owner, (self.wire_key(request[0]), *request[1:]))
+
+    def end_wait(self, owner: LockOwner, request: tuple) -> None:
+        self._call("end_wait", owner, (self.wire_key(request[0]), *request[1:]))
+
+
+class WorkerLockManager(LockManager):
+    def __init__(self, table: RemoteLockTable) -> None:
+        super().__init__()
+        self.table = table
+        self._pid = os.getpid()
+
+    def connection_id(self, number: int) -> Hashable:
+        # Unique across workers, and tells the supervisor whose it was if we die.
+        return ("connection", self._pid, number)
+
+
+def _send_message(sock: stdsocket.socket, message, fds=()) -> None:
+    data = pickle.dumps(message)
+    if fds:
+        sock.sendmsg([data], [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.send(data)
+
+
+async def run_worker(server, ctl_fd: int, rpc_fd: int) -> None:
+    """Serve, as one of the supervisor's workers, what its ctl channel hands over."""
+    ctl = stdsocket.socket(fileno=ctl_fd)
+    ctl.setblocking(False)
+    rpc = stdsocket.socket(fileno=rpc_fd)
+    rpc.settimeout(_RPC_TIMEOUT)
+    table = RemoteLockTable(rpc, server.exports)
+    server.locks = WorkerLockManager(table)
+
+    def closed() -> None:
+        try:
+            _send_message(ctl, ("closed",))
+        except OSError:
+            pass  # only the supervisor's balancing notices; it may be gone already
+
+    server.on_connection_closed = closed
+
+    async def handoff(server, handlers: trio.Nursery) -> None:
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(ctl)
+                try:
+                    data, fds, _flags, _addr = stdsocket.recv_fds(ctl, _MAX_MESSAGE, 4)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    log.warning("supervisor gone: shutting down")
+                    server.shutdown()
+                    return
+                message = pickle.loads(data)
+                if message[0] == "conn":
+                    _, peer, endpoint = message
+                    sock = stdsocket.socket(fileno=fds[0])
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                    server.serve_stream(handlers, stream, peer, endpoint)
+                elif message[0] == "released":
+                    server.locks.released(table.local_keys(message[1]))
+        finally:
+            server.on_connection_closed = None
+
+    await server.run([], handoff=handoff)
+
+
+# --- the supervisor side ------------------------------------------------------------------
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    process: trio.Process
+    ctl: trio.socket.SocketType
+    rpc: trio.socket.SocketType
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+    connections: int = 0
+    gone: bool = False
+
+    async def send(self, message, fds=()) -> None:
+        async with self.send_lock:
+            while True:
+                try:
+                    return _send_message(self.ctl._sock, message, fds)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self.ctl)
+
+
+class Supervisor:
+    """``Server``'s interface for the CLI (run, shutdown, shutting_down,
+    grace_period), with ``count`` worker processes doing the serving."""
+
+    def __init__(self, worker_argv: list[str], count: int, *, grace_period: float = 10.0) -> None:
+        self.worker_argv = worker_argv
+        self.count = count
+        self.grace_period = grace_period
+        self.table = LockTable()
+        self.addresses: list[str] = []
+        self.workers: list[_Worker] = []
+        self._shutdown = trio.Event()
+        self._failed: str | None = None
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown.is_set()
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def run(self, urls, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        endpoints: list[Endpoint] = []
+        try:
+            for url in urls:
+                endpoints += await open_endpoints(url)
+            for endpoint in endpoints:
+                if endpoint.listener is None:
+                    raise ListenError(f"{endpoint.url}: one connected stream cannot be shared "
+                                      f"by workers; use --workers 1")
+        except BaseException:
+            await _close(endpoints)
+            raise
+        self.addresses = [e.address for e in endpoints]
+        try:
+            async with trio.open_nursery() as nursery:
+                for index in range(self.count):
+                    await self._start_worker(nursery, index)
+                async with trio.open_nursery() as acceptors:
+                    for endpoint in endpoints:
+                        acceptors.start_soon(self._accept_loop, endpoint)
+                    for address in self.addresses:
+                        log.info("serving 9P2000.L on %s with %d workers", address, self.count)
+                    task_status.started(self)
+                    await self._shutdown.wait()
+                    acceptors.cancel_scope.cancel()
+                await _close(endpoints)
+                await self._stop_workers()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await _close(endpoints)
+                for worker in self.workers:
+                    if worker.process.returncode is None:
+                        worker.process.kill()
+                        await worker.process.wait()
+        if self._failed:
+            raise ListenError(self._failed)
+
+    async def _start_worker(self, nursery: trio.Nursery, index: int) -> None:
+        ctl_parent, ctl_child = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+        rpc_parent, rpc_child = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+        fds = (ctl_child.fileno(), rpc_child.fileno())
+        argv = [sys.executable, "-m", "ninep.cli", *self.worker_argv,
+                "--worker-fds", f"{fds[0]},{fds[1]}"]
+        try:
+            # Its own process group: a terminal's ^C reaches the supervisor only, which
+            # then asks each worker once, so none takes it for an impatient second ^C.
+            process = await trio.lowlevel.open_process(argv, pass_fds=fds, process_group=0)
+        finally:
+            ctl_child.close()
+            rpc_child.close()
+        worker = _Worker(index, process, trio.socket.from_stdlib_socket(ctl_parent),
+                         trio.socket.from_stdlib_socket(rpc_parent))
+        if index < len(self.workers):
+            self.workers[index] = worker
+        else:
+            self.workers.append(worker)
+        log.debug("worker %d: pid %d", index, process.pid)
+        nursery.start_soon(self._serve_locks, worker)
+        nursery.start_soon(self._read_ctl, worker)
+        nursery.start_soon(self._watch, nursery, worker)
+
+    async def _watch(self, nursery: trio.Nursery, worker: _Worker) -> None:
+        status = await worker.process.wait()
+        worker.gone = True
+        self._forget_locks_of(worker)
+        if self.shutting_down:
+            return
+        if status == 2:  # the worker refused its arguments: so will the next one
+            self._failed = f"worker {worker.index} exited with status 2 (bad arguments)"
+            self.shutdown()
+            return
+        log.error("worker %d (pid %d) exited with status %s; starting another",
+                  worker.index, worker.process.pid, status)
+        await trio.sleep(_RESPAWN_DELAY)
+        if not self.shutting_down:
+            await self._start_worker(nursery, worker.index)
+
+    def _forget_locks_of(self, worker: _Worker) -> None:
+        released: set[Hashable] = set()
+        for connection in self.table.connections():
+            if isinstance(connection, tuple) and connection[1:2] == (worker.process.pid,):
+                released |= self.table.release_connection(connection)
+                self.table.end_waits_of(connection)
+        if released:
+            self._broadcast(released, source=worker)
+
+    async def _accept_loop(self, endpoint: Endpoint) -> None:
+        while True:
+            try:
+                stream = await endpoint.listener.accept()
+            except OSError as exc:
+                log.error("%s: accept: %s; retrying", endpoint.address, exc)
+                await trio.sleep(0.1)
+                continue
+            await self._hand_over(stream, endpoint)
+
+    async def _hand_over(self, stream: trio.SocketStream, endpoint: Endpoint) -> None:
+        from .server import _peer_name
+
+        peer = _peer_name(stream, endpoint)
+        live = [w for w in self.workers if not w.gone]
+        try:
+            if not live:
+                log.error("%s: no worker to serve it; closed", peer)
+                return
+            worker = min(live, key=lambda w: (w.connections, w.index))
+            try:
+                await worker.send(("conn", peer, endpoint.address), [stream.socket.fileno()])
+            except OSError as exc:
+                log.error("%s: handing it to worker %d failed: %s", peer, worker.index, exc)
+                return
+            worker.connections += 1
+            log.debug("%s: to worker %d (pid %d)", peer, worker.index, worker.process.pid)
+        finally:
+            stream.socket.close()  # the worker has its own copy
+
+    async def _read_ctl(self, worker: _Worker) -> None:
+        while not worker.gone:
+            try:
+                data = await worker.ctl.recv(_MAX_MESSAGE)
+            except OSError:  # ECONNRESET: it died with our notices unread
+                return
+            if not data:
+                return
+            if pickle.loads(data)[0] == "closed":
+                worker.connections = max(0, worker.connections - 1)
+
+    async def _serve_locks(self, worker: _Worker) -> None:
+        """One lock call at a time per worker (the worker waits for each answer)."""
+        while True:
+            try:
+                data = await worker.rpc.recv(_MAX_MESSAGE)
+            except OSError:
+                return
+            if not data:
+                return
+            method = None
+            try:
+                method, args = pickle.loads(data)
+                if method not in _RPC_METHODS:
+                    raise ValueError(f"no lock call {method!r}")
+                result = getattr(self.table, method)(*args)
+                reply = ("ok", result)
+            except Exception as exc:  # a bad call costs that call, not the table
+                log.exception("worker %d: lock call failed", worker.index)
+                reply, result = ("error", str(exc)), None
+            try:
+                await worker.rpc.send(pickle.dumps(reply))
+            except OSError:
+                return  # it died waiting; _watch forgets its locks
+            if _RPC_METHODS.get(method):
+                released = result[1] if method == "set" else result
+                if released:
+                    self._broadcast(released, source=worker)
+
+    def _broadcast(self, keys: set[Hashable], source: _Worker) -> None:
+        """Wake blocked Tlocks on ``keys`` in every other worker. Sent without
+        waiting: a worker too busy to drain small notices will find them later."""
+        for worker in self.workers:
+            if worker is not source and not worker.gone:
+                try:
+                    _send_message(worker.ctl._sock, ("released", list(keys)))
+                except OSError as exc:
+                    if worker.process.returncode is None and not self.shutting_down:
+                        log.warning("worker %d: lock notice lost: %s", worker.index, exc)
+
+    async def _stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.process.returncode is None:
+                try:
+                    worker.process.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        with trio.move_on_after(self.grace_period + 5):
+            for worker in self.workers:
+                await worker.process.wait()
+        for worker in self.workers:
+            if worker.process.returncode is None:
+                log.warning("worker %d did not stop in time: killed", worker.index)
+                worker.process.kill()
+                await worker.process.wait()
+
+
+async def _close(endpoints: list[Endpoint]) -> None:
+    for endpoint in endpoints:
+        if endpoint.listener is not None:
+            await endpoint.listener.aclose()

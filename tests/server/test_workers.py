@@ -1,0 +1,167 @@
+"""ninepd --workers N: connections spread over processes, one lock table for all.
+
+Connections go to the worker with the fewest, lowest index first, so the first client
+lands on worker 0 and the second on worker 1: the lock tests below really cross
+processes (each asserts so from the supervisor's log)."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import trio
+
+from ninep.protocol import messages as m
+from ninep.protocol.constants import Errno, LockFlags, LockStatus, LockType
+
+from test_server_cli import NINEPD, REPO, connect_when_up, free_port, reaped
+
+WR, UN = LockType.WRLCK, LockType.UNLCK
+
+
+def start_workers(root, log_path, *extra):
+    port = free_port()
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [*NINEPD, "--export", str(root), "--listen", f"tcp://127.0.0.1:{port}", "--workers", "2",
+         "--log-level", "debug", *extra], cwd=REPO, stderr=log, stdin=subprocess.DEVNULL)
+    log.close()
+    return process, port
+
+
+def worker_pids(log_path) -> dict[int, int]:
+    """worker index -> pid, the latest start of each, from the supervisor's log."""
+    return {int(i): int(pid) for i, pid in
+            re.findall(r"worker (\d+): pid (\d+)", log_path.read_text())}
+
+
+def placements(log_path) -> list[int]:
+    """The worker each connection went to, in order."""
+    return [int(i) for i in re.findall(r": to worker (\d+) ", log_path.read_text())]
+
+
+async def open_locked_file(peer, name="f"):
+    """fid 1 = ``name`` opened read-write (tags 2-3)."""
+    assert isinstance(await peer.rpc(m.Twalk(2, 0, 1, (name,))), m.Rwalk)
+    assert isinstance(await peer.rpc(m.Tlopen(3, 1, 0o2)), m.Rlopen)
+
+
+async def until(predicate, seconds=10.0):
+    with trio.fail_after(seconds):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+async def test_locks_hold_across_workers_and_blocked_locks_wake(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "f").write_bytes(b"x" * 100)
+    log_path = tmp_path / "log"
+    process, port = start_workers(tmp_path / "export", log_path)
+    with reaped(process):
+        a = await connect_when_up(process, port)
+        await a.start()
+        b = await connect_when_up(process, port)
+        await b.start()
+        await until(lambda: len(placements(log_path)) == 2)
+        assert placements(log_path) == [0, 1]
+        for peer in (a, b):
+            await open_locked_file(peer)
+        assert await a.rpc(m.Tlock(4, 1, WR, 0, 0, 10, 1, "a")) == m.Rlock(4, LockStatus.SUCCESS)
+        # b, in the other process, sees a's lock...
+        assert await b.rpc(m.Tlock(4, 1, WR, 0, 5, 1, 2, "b")) == m.Rlock(4, LockStatus.BLOCKED)
+        assert await b.rpc(m.Tgetlock(5, 1, WR, 0, 0, 2, "b")) == m.Rgetlock(5, WR, 0, 10, 1, "a")
+        # ... and a blocking request there waits until a lets go.
+        await b.send(m.Tlock(6, 1, WR, LockFlags.BLOCK, 5, 1, 2, "b"))
+        with trio.move_on_after(0.5) as early:
+            await b.recv()
+        assert early.cancelled_caught
+        assert await a.rpc(m.Tlock(5, 1, UN, 0, 0, 10, 1, "a")) == m.Rlock(5, LockStatus.SUCCESS)
+        with trio.fail_after(10):
+            assert await b.recv() == m.Rlock(6, LockStatus.SUCCESS)
+
+        # A cycle across the two processes is a deadlock, refused with EDEADLK.
+        assert await a.rpc(m.Tlock(6, 1, WR, 0, 20, 10, 1, "a")) == m.Rlock(6, LockStatus.SUCCESS)
+        await a.send(m.Tlock(7, 1, WR, LockFlags.BLOCK, 5, 1, 1, "a"))  # waits for b
+        await trio.sleep(0.3)
+        assert await b.rpc(m.Tlock(7, 1, WR, LockFlags.BLOCK, 25, 1, 2, "b")) == \
+            m.Rlerror(7, Errno.EDEADLK)
+        # b's clunk drops its lock (its last fid there): a's wait ends.
+        assert await b.rpc(m.Tclunk(8, 1)) == m.Rclunk(8)
+        with trio.fail_after(10):
+            assert await a.recv() == m.Rlock(7, LockStatus.SUCCESS)
+        await a.stream.aclose()
+        await b.stream.aclose()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    text = log_path.read_text()
+    assert "with 2 workers" in text and "Traceback" not in text, text
+
+
+async def test_a_dead_worker_loses_its_locks_and_is_replaced(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "f").write_bytes(b"hello")
+    log_path = tmp_path / "log"
+    process, port = start_workers(tmp_path / "export", log_path)
+    with reaped(process):
+        a = await connect_when_up(process, port)
+        await a.start()
+        b = await connect_when_up(process, port)
+        await b.start()
+        await until(lambda: len(placements(log_path)) == 2)
+        for peer in (a, b):
+            await open_locked_file(peer)
+        assert await a.rpc(m.Tlock(4, 1, WR, 0, 0, 0, 1, "a")) == m.Rlock(4, LockStatus.SUCCESS)
+        await b.send(m.Tlock(4, 1, WR, LockFlags.BLOCK, 0, 0, 2, "b"))
+        await trio.sleep(0.3)
+        first = worker_pids(log_path)
+        os.kill(first[0], signal.SIGKILL)  # a's worker
+        # Its connection goes, its lock with it: b's blocked request is granted.
+        assert await a.at_eof()
+        with trio.fail_after(10):
+            assert await b.recv() == m.Rlock(4, LockStatus.SUCCESS)
+        # A new worker takes the next client, and b was never disturbed.
+        await until(lambda: worker_pids(log_path)[0] != first[0])
+        c = await connect_when_up(process, port)
+        await c.start()
+        assert isinstance(await c.rpc(m.Twalk(2, 0, 1, ("f",))), m.Rwalk)
+        assert isinstance(await c.rpc(m.Tlopen(3, 1, 0)), m.Rlopen)
+        assert await c.rpc(m.Tread(4, 1, 0, 100)) == m.Rread(4, b"hello")
+        assert await b.rpc(m.Tread(5, 1, 0, 100)) == m.Rread(5, b"hello")
+        await until(lambda: len(placements(log_path)) == 3)
+        assert placements(log_path)[2] == 0  # the replacement had none
+        for peer in (a, b, c):
+            await peer.stream.aclose()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert "exited with status -9; starting another" in log_path.read_text()
+
+
+def test_workers_leave_with_the_supervisor_and_refuse_what_they_cannot_share(tmp_path):
+    log_path = tmp_path / "log"
+    process, port = start_workers(tmp_path, log_path)
+    with reaped(process):
+        deadline = time.monotonic() + 20
+        while len(worker_pids(log_path)) < 2 or "serving" not in log_path.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        pids = worker_pids(log_path).values()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    # One connected stream cannot be shared: exit 1 naming the URL.
+    r, w = os.pipe()
+    try:
+        out = subprocess.run([*NINEPD, "--export", str(tmp_path), "--workers", "2",
+                              "--listen", f"fd://{r},{w}"], cwd=REPO, pass_fds=(r, w),
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert out.returncode == 1 and "use --workers 1" in out.stderr, out.stderr
+    # A synthetic tree lives in one process: refused up front.
+    out = subprocess.run([*NINEPD, "--synthetic", "examples.hello:tree", "--workers", "2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "host exports only" in out.stderr, out.stderr
