@@ -41,6 +41,7 @@ import trio
 
 from .connection import LockManager
 from .listeners import Endpoint, ListenError, open_endpoints
+from ..protocol.constants import LockType
 from .locks import LockOwner, LockTable
 from .session import Export
 
@@ -65,6 +66,10 @@ class RemoteLockTable:
         self._rpc = rpc
         self._names = {id(export.filesystem): name for name, export in exports.items()}
         self._filesystems = {name: export.filesystem for name, export in exports.items()}
+        # connection -> keys it may hold locks on (granted here, maybe unlocked since).
+        # Every clunk of a file's last fid releases the connection's locks there; with
+        # this, only files it ever locked cost a round trip.
+        self._maybe_held: dict[Hashable, set[Hashable]] = {}
 
     def _call(self, method: str, *args):
         self._rpc.sendall(pickle.dumps((method, args)))
@@ -82,6 +87,10 @@ class RemoteLockTable:
                 if name in self._filesystems}
 
     def set(self, key, owner: LockOwner, type_: int, start: int, length: int):
+        if type_ != LockType.UNLCK:
+            self._maybe_held.setdefault(owner.connection, set()).add(key)
+        elif key not in self._maybe_held.get(owner.connection, ()):
+            return True, set()  # nothing of this connection's there to unlock
         granted, released = self._call("set", self.wire_key(key), owner, type_, start, length)
         return granted, self.local_keys(released)
 
@@ -89,9 +98,15 @@ class RemoteLockTable:
         return self._call("conflict", self.wire_key(key), owner, type_, start, length)
 
     def release(self, key, connection: Hashable) -> set[Hashable]:
+        held = self._maybe_held.get(connection)
+        if held is None or key not in held:
+            return set()
+        held.discard(key)
         return self.local_keys(self._call("release", self.wire_key(key), connection))
 
     def release_connection(self, connection: Hashable) -> set[Hashable]:
+        if self._maybe_held.pop(connection, None) is None:
+            return set()
         return self.local_keys(self._call("release_connection", connection))
 
     def begin_wait(self, owner: LockOwner, request: tuple) -> bool:

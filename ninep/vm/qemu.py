@@ -71,6 +71,7 @@ class VmConfig:
     extra_append: tuple[str, ...] = ()
     extra_modules: tuple[str, ...] = ()
     server_argv: tuple[str, ...] | None = None  # override the server command entirely
+    server_args: tuple[str, ...] = ()     # more ninepd arguments ("--workers", "2")
 
 
 @dataclass
@@ -132,7 +133,8 @@ def _server_plan(config: VmConfig, workdir: Path):
         return argv, ("tcp", port), ("tcp", port)
     if config.server == "ninepd":
         sock = workdir / "ninepd.sock"
-        argv = [*ninepd_command(), "--export", export, "--listen", f"unix://{sock}"]
+        argv = [*ninepd_command(), "--export", export, "--listen", f"unix://{sock}",
+                *config.server_args]
         return argv, ("unix", str(sock)), ("unix", str(sock))
     raise LaunchError(f"server must be one of {SERVERS}, not {config.server!r}")
 

@@ -6,6 +6,7 @@ markers) and, where the root is writable, what landed in the host directory.
 
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -85,6 +86,16 @@ def _check_file_ops(result, root: Path | None, *, user_xattrs: bool = True) -> N
     assert big_lines == [f"BIG:{host_md5}"]
     assert (work / "big").stat().st_size == 24 * 65536
     assert os.getxattr(renamed, "user.color") == b"blue"
+
+
+async def test_file_operations_served_by_ninepd_workers(busybox_root):
+    """The kernel's client through --workers: its connection handed to a worker
+    process, fcntl locks answered by the supervisor's table."""
+    result = await boot_script(busybox_root, FILE_OPS, transport="tcp",
+                               server_args=("--workers", "2", "--log-level", "debug"))
+    assert "ROOT:9p" in _lines(result.console)
+    _check_file_ops(result, busybox_root)
+    assert re.search(r": to worker \d \(pid \d+\)", result.server_log), result.server_log[-2000:]
 
 
 @pytest.mark.parametrize("transport", ["virtio-serial", "tcp"])
