@@ -152,3 +152,33 @@ def test_diod_below_a_closed_directory_is_refused_up_front(tmp_path):
     with pytest.raises(LaunchError, match="not searchable by others"):
         plan_vm(VmConfig(rootfs=tmp_path / "root", kernel=Path("/boot/vmlinuz"), server="diod"),
                 tmp_path, tmp_path / "initrd", "tcg")
+
+
+# The kernel's own root keys, handled by ninep-init: init= picks what runs, ro mounts
+# the root read-only, rootflags= adds 9P mount options; ninep.ip= and ninep.cache= are
+# the init's.  The custom init reports what it sees, then powers off.
+CUSTOM_INIT = """#!/bin/sh
+echo "CUSTOM-INIT:pid=$$"
+grep ' / 9p ' /proc/mounts | sed 's/^/ROOTMOUNT:/'
+touch /rotest 2>/dev/null && echo "RO:writable" || echo "RO:refused"
+ip -4 addr show eth0 | sed -n 's/.*inet \\([0-9./]*\\).*/ADDR:\\1/p'
+grep -q "^root:" /etc/passwd && echo "READ:ok"
+poweroff -f
+"""
+
+
+async def test_init_ro_rootflags_ip_and_cache_from_the_command_line(busybox_root):
+    custom = busybox_root / "sbin/custom-init"
+    custom.write_text(CUSTOM_INIT)
+    custom.chmod(0o755)
+    result = await boot_script(busybox_root, None, transport="tcp", cache="mmap",
+                               extra_append=("ro", "init=/sbin/custom-init",
+                                             "rootflags=posixacl", "ninep.ip=10.0.2.77/24"))
+    lines = _lines(result.console)
+    assert "CUSTOM-INIT:pid=1" in lines, result.console[-3000:]
+    mount = next(line for line in lines if line.startswith("ROOTMOUNT:"))
+    options = mount.split()[3].split(",")
+    assert "ro" in options and "mmap" in options and "posixacl" in options, mount  # 6.1 shows the cache mode bare
+    assert "RO:refused" in lines and not (busybox_root / "rotest").exists()
+    assert "ADDR:10.0.2.77/24" in lines and "READ:ok" in lines
+    assert result.qemu_returncode == 0 and not result.timed_out
