@@ -81,6 +81,7 @@ static struct config {
 
 static char cmdline[4096];
 static double deadline;
+static int relaying; /* relay processes carry the 9P stream (virtio-serial) */
 static int quiet;
 
 static void say(const char *fmt, ...)
@@ -405,6 +406,7 @@ static int connect_virtio_serial(const char *name, const char *target, char *arg
 		return -ETIMEDOUT;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		die("socketpair: %s", strerror(errno));
+	relaying = 1;
 	start_pump(port, sv[1], sv[0], "virtio-serial port", argv0);
 	start_pump(sv[1], port, sv[0], "kernel socket", argv0);
 	close(port);
@@ -673,6 +675,13 @@ int main(int argc, char **argv)
 	switch_root();
 	if (script)
 		run_and_power_off(script);
+	/* systemd-shutdown's last kill phase SIGSTOPs every process, the relays too, and
+	 * only then calls in_initrd() for the first time: access("/etc/initrd-release"),
+	 * a lookup v9fs must ask the server (it caches no negative dentries), which no
+	 * relay carries while stopped: the power-off hung there.  We are past the initrd,
+	 * so say so up front; PID 1's environment goes on to systemd-shutdown. */
+	if (relaying)
+		setenv("SYSTEMD_IN_INITRD", "0", 1);
 	argv[0] = (char *)cfg.init;
 	execv(cfg.init, argv);
 	die("exec %s: %s", cfg.init, strerror(errno));

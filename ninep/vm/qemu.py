@@ -72,6 +72,7 @@ class VmConfig:
     extra_modules: tuple[str, ...] = ()
     server_argv: tuple[str, ...] | None = None  # override the server command entirely
     server_args: tuple[str, ...] = ()     # more ninepd arguments ("--workers", "2")
+    qemu_args: tuple[str, ...] = ()       # more QEMU arguments ("-monitor", "unix:...")
 
 
 @dataclass
@@ -199,6 +200,7 @@ def plan_vm(config: VmConfig, workdir: Path, initrd: Path, accel: str) -> VmPlan
     if config.quiet:
         append.append("quiet")
     append += list(config.extra_append)
+    argv += list(config.qemu_args)
     return VmPlan(argv + ["-append", " ".join(append)], server_argv, ready, " ".join(append),
                   helper)
 
