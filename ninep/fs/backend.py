@@ -103,7 +103,16 @@ class StatFs:
 
 
 class Filesystem:
-    """One export. Subclasses override ``attach``."""
+    """One export. Subclasses override ``attach``.
+
+    ``prompt``: True when no operation of this filesystem ever waits for anything but
+    the host itself (no other client, no event, no data that may never come). The
+    server may then answer a request in the connection's reader task when it is the
+    only one in flight, a task switch fewer. A backend whose reads can wait (streams,
+    pipes, anything fed by another client) must leave it False.
+    """
+
+    prompt: bool = False
 
     async def attach(self, aname: str, creds: Credentials) -> "File":
         raise errno_error(errno.ENOSYS, "attach")

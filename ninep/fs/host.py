@@ -74,6 +74,8 @@ class HostFilesystem(Filesystem):
     (``hostdir.ListingCache``; docs/performance.md).
     """
 
+    prompt = True  # host syscalls only: no request waits on another client or an event
+
     def __init__(self, root: str, *, read_only: bool = False,
                  squash: tuple[int, int] | None = None, pass_statfs: bool = False,
                  identity_inline: bool = False, listing_cache: bool = True) -> None:

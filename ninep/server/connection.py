@@ -77,6 +77,22 @@ class LockManager:
                 event.set()
 
 
+# Requests answered in the reader task itself (no worker task, one task switch fewer:
+# +15-35% single-client getattr) when nothing else of the connection is in flight and
+# the fid's filesystem is ``prompt``; the value names the field holding that fid. The
+# reader cannot read while it runs one, so nothing that may wait for another client
+# goes here: not Tlock (a blocking one is ended by a Tflush the reader must read), not
+# Tfsync, Tflush, Tversion or Tattach.
+_INLINE_FID_FIELD = {
+    m.Tgetattr: "fid", m.Twalk: "fid", m.Tclunk: "fid", m.Tlopen: "fid", m.Tread: "fid",
+    m.Twrite: "fid", m.Treaddir: "fid", m.Tstatfs: "fid", m.Treadlink: "fid",
+    m.Txattrwalk: "fid", m.Txattrcreate: "fid", m.Tlcreate: "fid", m.Tsetattr: "fid",
+    m.Tunlinkat: "dirfid", m.Tmkdir: "dfid", m.Tsymlink: "fid", m.Trenameat: "olddirfid",
+    m.Tremove: "fid", m.Tlink: "dfid", m.Tmknod: "dfid", m.Trename: "fid",
+    m.Tgetlock: "fid",
+}
+
+
 class _Request:
     __slots__ = ("tag", "scope", "_done", "finished", "reply_bytes")
 
@@ -172,6 +188,7 @@ class Connection:
         self._raw_socket = getattr(self._socket, "_sock", None)
         self._writer_busy = False
         self.requests_served = 0
+        self.requests_inline = 0  # of those, answered in the reader (_INLINE_FID_FIELD)
 
     # --- lifetime ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -351,7 +368,10 @@ class Connection:
         promised = min(msg.count, self.session.msize) if isinstance(msg, (m.Tread, m.Treaddir)) else 0
         request = self._requests[tag] = _Request(tag, promised)
         self._promised += promised
-        if isinstance(msg, m.Tflush):
+        field = _INLINE_FID_FIELD.get(type(msg))
+        if field is not None and len(self._requests) == 1 and self._prompt(getattr(msg, field)):
+            await self._run_inline(msg, request)  # then wait for room below, like any
+        elif isinstance(msg, m.Tflush):
             request.scope = trio.CancelScope()
             self._nursery.start_soon(self._flush, msg, request)
         elif self._idle_workers:
@@ -367,6 +387,21 @@ class Connection:
                or self._out_bytes + self._promised >= limits.max_buffered):
             self._room = trio.Event()
             await self._room.wait()
+
+    def _prompt(self, number: int) -> bool:
+        fid = self.session.fids.get(number)
+        return fid is not None and fid.export.filesystem.prompt
+
+    async def _run_inline(self, msg: m.Message, request: _Request) -> None:
+        request.scope = trio.CancelScope()
+        reply = None
+        try:
+            with request.scope:
+                reply = await self.dispatcher.handle(msg)
+        finally:
+            msg = None  # as in _work: do not pin a pooled frame buffer
+            self.requests_inline += 1
+            self._finish(request, reply)
 
     async def _work(self, worker: _Worker, job: tuple | None) -> None:
         """Serve requests one after the other, parking in between (see _Worker)."""

@@ -1,0 +1,57 @@
+"""Requests answered in the connection's reader (no worker task) for ``prompt``
+filesystems when nothing else is in flight -- and never one that may wait."""
+
+import trio
+
+from ninep.fs.host import HostFilesystem
+from ninep.fs.synthetic import Directory, StaticFile, as_filesystem
+from ninep.protocol import messages as m
+from ninep.protocol.constants import LockFlags, LockStatus, LockType
+
+from srv_wire import served
+
+WR = LockType.WRLCK
+
+
+async def test_one_request_at_a_time_is_answered_in_the_reader(tmp_path):
+    (tmp_path / "f").write_bytes(b"hello")
+    async with served(HostFilesystem(str(tmp_path))) as ([peer], [conn]):
+        await peer.start()
+        assert isinstance(await peer.rpc(m.Twalk(2, 0, 1, ("f",))), m.Rwalk)
+        assert isinstance(await peer.rpc(m.Tlopen(3, 1, 0)), m.Rlopen)
+        assert await peer.rpc(m.Tread(4, 1, 0, 100)) == m.Rread(4, b"hello")
+        assert isinstance(await peer.rpc(m.Tgetattr(5, 1, 0x3FFF)), m.Rgetattr)
+        assert await peer.rpc(m.Tclunk(6, 1)) == m.Rclunk(6)
+        assert conn.requests_inline == 5  # Tversion and Tattach are not candidates
+        # A pipelined burst: the first may go inline, the rest go to worker tasks.
+        await peer.send(*(m.Tgetattr(tag, 0, 0x7FF) for tag in range(10, 20)))
+        replies = [await peer.recv() for _ in range(10)]
+        assert sorted(r.tag for r in replies) == list(range(10, 20))
+        assert all(isinstance(r, m.Rgetattr) for r in replies)
+
+
+async def test_a_filesystem_that_is_not_prompt_is_never_run_in_the_reader():
+    tree = as_filesystem(Directory({"f": StaticFile(b"x")}))
+    assert not tree.prompt
+    async with served(tree) as ([peer], [conn]):
+        await peer.start()
+        assert isinstance(await peer.rpc(m.Twalk(2, 0, 1, ("f",))), m.Rwalk)
+        assert isinstance(await peer.rpc(m.Tgetattr(3, 1, 0x7FF)), m.Rgetattr)
+        assert conn.requests_inline == 0
+
+
+async def test_a_blocking_lock_on_a_prompt_filesystem_can_still_be_flushed(tmp_path):
+    """Were Tlock run in the reader, the reader could not read the Tflush."""
+    (tmp_path / "f").write_bytes(b"")
+    async with served(HostFilesystem(str(tmp_path)), connections=2) as ([a, b], _):
+        for peer in (a, b):
+            await peer.start()
+            assert isinstance(await peer.rpc(m.Twalk(2, 0, 1, ("f",))), m.Rwalk)
+            assert isinstance(await peer.rpc(m.Tlopen(3, 1, 2)), m.Rlopen)
+        assert await a.rpc(m.Tlock(4, 1, WR, 0, 0, 0, 1, "a")) == m.Rlock(4, LockStatus.SUCCESS)
+        await b.send(m.Tlock(4, 1, WR, LockFlags.BLOCK, 0, 0, 2, "b"))
+        await trio.sleep(0.2)
+        with trio.fail_after(5):
+            assert await b.rpc(m.Tflush(5, 4)) == m.Rflush(5)
+        # And the connection goes on serving, inline again.
+        assert isinstance(await b.rpc(m.Tgetattr(6, 1, 0x7FF)), m.Rgetattr)
