@@ -189,6 +189,7 @@ class Connection:
         self._writer_busy = False
         self.requests_served = 0
         self.requests_inline = 0  # of those, answered in the reader (_INLINE_FID_FIELD)
+        self._held: tuple | None = None  # (msg, request): a lone candidate for the reader
 
     # --- lifetime ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -230,10 +231,13 @@ class Connection:
 
     # --- reading -------------------------------------------------------------------------
     async def _read_loop(self) -> None:
-        if self._raw_socket is not None:
-            await self._read_socket()
-        else:
-            await self._read_stream()
+        try:
+            if self._raw_socket is not None:
+                await self._read_socket()
+            else:
+                await self._read_stream()
+        finally:
+            self._release_held()  # stopping or gone: it runs (or is cancelled) as any other
 
     async def _read_socket(self) -> None:
         """recv_into one reused buffer; a frame bigger than it (a 1 MiB Twrite) gets
@@ -284,6 +288,9 @@ class Connection:
             try:
                 received = sock.recv_into(view[end:end + peek] if peek else view[end:])
             except (BlockingIOError, InterruptedError):
+                if self._held is not None:  # a lone request, nothing more to read: answer it
+                    await self._run_held()
+                    continue
                 await trio.lowlevel.wait_readable(sock)
                 waited = True
                 continue
@@ -352,10 +359,13 @@ class Connection:
             except ProtocolError as exc:  # the FrameReader's: a size field out of range
                 log.warning("%s: malformed frame, closing: %s", self.name, exc)
                 return
+            if self._held is not None:
+                await self._run_held()
 
     async def _accept(self, msg: m.Message) -> None:
         if self.trace:
             trace_log.info("%s <- %s", self.name, describe(msg))
+        self._release_held()  # another request came: the held one is no longer alone
         if isinstance(msg, m.Tversion):
             await self._version(msg)
             return
@@ -370,8 +380,19 @@ class Connection:
         self._promised += promised
         field = _INLINE_FID_FIELD.get(type(msg))
         if field is not None and len(self._requests) == 1 and self._prompt(getattr(msg, field)):
-            await self._run_inline(msg, request)  # then wait for room below, like any
-        elif isinstance(msg, m.Tflush):
+            # Answered by the reader itself once it finds nothing more to read; if more
+            # comes first, it goes to a worker like any (replies stay batched under load).
+            self._held = (msg, request)
+        else:
+            self._start(msg, request)
+        limits = self.limits
+        while (len(self._requests) >= limits.max_in_flight
+               or self._out_bytes + self._promised >= limits.max_buffered):
+            self._room = trio.Event()
+            await self._room.wait()
+
+    def _start(self, msg: m.Message, request: _Request) -> None:
+        if isinstance(msg, m.Tflush):
             request.scope = trio.CancelScope()
             self._nursery.start_soon(self._flush, msg, request)
         elif self._idle_workers:
@@ -382,11 +403,15 @@ class Connection:
             worker = _Worker()
             request.scope = worker.scope
             self._nursery.start_soon(self._work, worker, (msg, request))
-        limits = self.limits
-        while (len(self._requests) >= limits.max_in_flight
-               or self._out_bytes + self._promised >= limits.max_buffered):
-            self._room = trio.Event()
-            await self._room.wait()
+
+    def _release_held(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._start(*held)
+
+    async def _run_held(self) -> None:
+        (msg, request), self._held = self._held, None
+        await self._run_inline(msg, request)
 
     def _prompt(self, number: int) -> bool:
         fid = self.session.fids.get(number)

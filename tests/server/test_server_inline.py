@@ -55,3 +55,19 @@ async def test_a_blocking_lock_on_a_prompt_filesystem_can_still_be_flushed(tmp_p
             assert await b.rpc(m.Tflush(5, 4)) == m.Rflush(5)
         # And the connection goes on serving, inline again.
         assert isinstance(await b.rpc(m.Tgetattr(6, 1, 0x7FF)), m.Rgetattr)
+
+
+async def test_a_request_held_for_the_reader_meets_tflush_and_tversion(tmp_path):
+    """A lone candidate waits for the reader to find nothing more to read; a Tflush or
+    Tversion arriving in the same read must still see it as an ordinary request."""
+    (tmp_path / "f").write_bytes(b"x")
+    async with served(HostFilesystem(str(tmp_path))) as ([peer], [conn]):
+        await peer.start()
+        await peer.send(m.Tgetattr(5, 0, 0x7FF), m.Tflush(6, 5))
+        with trio.fail_after(5):  # Rgetattr if it ran before the flush, then Rflush
+            while (reply := await peer.recv()) != m.Rflush(6):
+                assert isinstance(reply, m.Rgetattr) and reply.tag == 5, reply
+        await peer.send(m.Tgetattr(7, 0, 0x7FF), m.Tversion(0xFFFF, 65536, "9P2000.L"))
+        with trio.fail_after(5):
+            while (reply := await peer.recv()) != m.Rversion(0xFFFF, 65536, "9P2000.L"):
+                assert reply.tag == 7, reply
