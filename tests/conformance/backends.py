@@ -4,7 +4,7 @@ A factory takes an empty scratch directory (``pathlib.Path``) and returns a ``Ba
 the Filesystem, what it can do, and the credentials to attach with. Every backend must
 show the ``SEED_*`` tree below at its root (a read-only backend builds it in memory; the
 host backend writes it into the scratch directory). Tests that need a capability the
-backend lacks skip themselves (``require(backend, "writable")``).
+backend lacks skip themselves (``@pytest.mark.needs("writable")``).
 
 To add a backend: write a factory and decorate it with ``@register("name")``.
 """
@@ -57,11 +57,6 @@ def register(name: str) -> Callable[[BackendFactory], BackendFactory]:
         FACTORIES[name] = factory
         return factory
     return add
-
-
-def require(backend: Backend, capability: str) -> None:
-    if not getattr(backend.caps, capability):
-        pytest.skip(f"{backend.name} lacks {capability}")
 
 
 def write_seed(root: Path, *, symlinks: bool = True) -> None:

@@ -4,10 +4,12 @@ import errno
 import stat
 import time
 
+import pytest
+
 from ninep.fs.backend import SetAttr
 from ninep.protocol.constants import GetattrMask, OpenFlags, SetattrMask, V9FS_MAGIC
 
-from .backends import SEED_FILES, require
+from .backends import SEED_FILES
 from .helpers import raises_errno, walk_to, walked
 
 
@@ -38,8 +40,8 @@ async def test_getattr_of_directory_and_link(root, backend):
         assert stat.S_ISLNK(la.mode) and la.size == len("dir/file.txt")
 
 
+@pytest.mark.needs("writable")
 async def test_setattr_mode(root, backend):
-    require(backend, "writable")
     async with walked(root, "dir/file.txt") as f:
         await f.setattr(SetAttr(valid=SetattrMask.MODE, mode=0o640))
         assert stat.S_IMODE((await f.getattr(0)).mode) == 0o640
@@ -47,8 +49,8 @@ async def test_setattr_mode(root, backend):
         assert stat.S_IMODE((await f.getattr(0)).mode) == 0o4755
 
 
+@pytest.mark.needs("writable")
 async def test_setattr_size_grows_and_shrinks(root, backend):
-    require(backend, "writable")
     async with walked(root, "dir/file.txt") as f:
         await f.setattr(SetAttr(valid=SetattrMask.SIZE, size=3))
         assert (await f.getattr(0)).size == 3
@@ -58,14 +60,14 @@ async def test_setattr_size_grows_and_shrinks(root, backend):
         assert bytes(await f.read(0, 10)) == b"hel" + b"\0" * 7
 
 
+@pytest.mark.needs("writable")
 async def test_setattr_size_on_directory_is_eisdir(root, backend):
-    require(backend, "writable")
     with raises_errno(errno.EISDIR):
         await root.setattr(SetAttr(valid=SetattrMask.SIZE, size=0))
 
 
+@pytest.mark.needs("writable")
 async def test_setattr_times_given_and_now(root, backend):
-    require(backend, "writable")
     async with walked(root, "dir/file.txt") as f:
         await f.setattr(SetAttr(
             valid=SetattrMask.ATIME | SetattrMask.ATIME_SET | SetattrMask.MTIME
@@ -79,8 +81,8 @@ async def test_setattr_times_given_and_now(root, backend):
         assert (a.atime_sec, a.atime_nsec) == (1_000_000, 5)
 
 
+@pytest.mark.needs("writable")
 async def test_setattr_owner_to_self(root, backend):
-    require(backend, "writable")
     async with walked(root, "dir/file.txt") as f:
         a = await f.getattr(0)
         await f.setattr(SetAttr(valid=SetattrMask.UID | SetattrMask.GID, uid=a.uid, gid=a.gid))
@@ -88,8 +90,8 @@ async def test_setattr_owner_to_self(root, backend):
         assert (b.uid, b.gid) == (a.uid, a.gid)
 
 
+@pytest.mark.needs("chown")
 async def test_setattr_owner_to_others(root, backend):
-    require(backend, "chown")
     async with walked(root, "dir/file.txt") as f:
         await f.setattr(SetAttr(valid=SetattrMask.UID | SetattrMask.GID, uid=1234, gid=4321))
         a = await f.getattr(0)
@@ -105,9 +107,8 @@ async def test_statfs(root):
     assert s.bfree <= s.blocks and s.ffree <= s.files or s.files == 0
 
 
+@pytest.mark.needs("writable", "symlinks")
 async def test_chmod_of_symlink_refused(root, backend):
-    require(backend, "writable")
-    require(backend, "symlinks")
     async with walked(root, "link") as link:
         with raises_errno(errno.EOPNOTSUPP, errno.EPERM):
             await link.setattr(SetAttr(valid=SetattrMask.MODE, mode=0o600))
@@ -119,10 +120,10 @@ async def test_chmod_of_symlink_refused(root, backend):
         assert (await target.getattr(0)).mtime_sec != 12345
 
 
+@pytest.mark.needs("writable")
 async def test_setattr_ctime_alone_is_accepted(root, backend):
     """Linux sends ATTR_CTIME with other bits, sometimes alone (e.g. after a
     setxattr); there is nothing to set, and it must not fail."""
-    require(backend, "writable")
     async with walked(root, "dir/file.txt") as f:
         before = await f.getattr(0)
         await f.setattr(SetAttr(valid=SetattrMask.CTIME))

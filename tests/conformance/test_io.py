@@ -2,10 +2,12 @@
 
 import errno
 
+import pytest
+
 from ninep.fs.backend import SetAttr
 from ninep.protocol.constants import OpenFlags, SetattrMask
 
-from .backends import SEED_FILES, require
+from .backends import SEED_FILES
 from .helpers import raises_errno, read_all, walk_to, walked
 
 
@@ -31,8 +33,8 @@ async def test_empty_file_reads_nothing(root):
         assert bytes(await f.read(0, 100)) == b""
 
 
+@pytest.mark.needs("writable")
 async def test_write_then_read_back(root, backend):
-    require(backend, "writable")
     async with walked(root, "dir/file.txt", OpenFlags.RDWR) as f:
         assert await f.write(0, memoryview(b"HELLO")) == 5
         await f.fsync(False)
@@ -42,22 +44,22 @@ async def test_write_then_read_back(root, backend):
         assert len(await f.read(0, 200)) == 101
 
 
+@pytest.mark.needs("writable")
 async def test_open_truncate(root, backend):
-    require(backend, "writable")
     async with walked(root, "dir/file.txt", OpenFlags.WRONLY | OpenFlags.TRUNC) as f:
         assert (await f.getattr(0)).size == 0
 
 
+@pytest.mark.needs("writable")
 async def test_append_writes_at_end(root, backend):
-    require(backend, "writable")
     async with walked(root, "dir/file.txt", OpenFlags.WRONLY | OpenFlags.APPEND) as f:
         await f.write(0, memoryview(b"tail"))
     async with walked(root, "dir/file.txt", OpenFlags.RDONLY) as f:
         assert bytes(await f.read(0, 100)) == SEED_FILES["dir/file.txt"] + b"tail"
 
 
+@pytest.mark.needs("writable")
 async def test_write_changes_qid_version(root, backend):
-    require(backend, "writable")
     async with walked(root, "empty", OpenFlags.WRONLY) as f:
         before = (await f.getattr(0)).qid
         await f.write(0, memoryview(b"x" * 10))

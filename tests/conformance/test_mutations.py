@@ -3,9 +3,10 @@
 import errno
 import stat
 
+import pytest
+
 from ninep.protocol.constants import AT_REMOVEDIR, OpenFlags, QidType
 
-from .backends import require
 from .helpers import list_dir, raises_errno, walk_to, walked
 
 
@@ -14,8 +15,8 @@ async def names_in(root, path):
         return {e.name for e in await list_dir(d)} - {".", ".."}
 
 
+@pytest.mark.needs("writable")
 async def test_create_opens_the_new_file(root, backend):
-    require(backend, "writable")
     d = await walk_to(root, "dir")
     new, iounit = await d.create("made", OpenFlags.RDWR, 0o640, 0)
     assert iounit >= 0 and new.qid.type == QidType.FILE
@@ -28,16 +29,16 @@ async def test_create_opens_the_new_file(root, backend):
     assert "made" in await names_in(root, "dir")
 
 
+@pytest.mark.needs("writable")
 async def test_create_excl_on_existing_is_eexist(root, backend):
-    require(backend, "writable")
     d = await walk_to(root, "dir")
     with raises_errno(errno.EEXIST):
         await d.create("file.txt", OpenFlags.RDWR | OpenFlags.EXCL, 0o644, 0)
     await d.close()
 
 
+@pytest.mark.needs("writable")
 async def test_create_without_excl_opens_existing(root, backend):
-    require(backend, "writable")
     d = await walk_to(root, "dir")
     f, _ = await d.create("file.txt", OpenFlags.RDWR, 0o600, 0)
     assert bytes(await f.read(0, 5)) == b"hello"
@@ -45,8 +46,8 @@ async def test_create_without_excl_opens_existing(root, backend):
     await d.close()
 
 
+@pytest.mark.needs("writable")
 async def test_mkdir_and_rmdir(root, backend):
-    require(backend, "writable")
     qid = await root.mkdir("newdir", 0o750, 0)
     assert qid.type & QidType.DIR
     d = await walk_to(root, "newdir")
@@ -59,8 +60,8 @@ async def test_mkdir_and_rmdir(root, backend):
     assert "newdir" not in await names_in(root, "")
 
 
+@pytest.mark.needs("writable")
 async def test_unlinkat_rules(root, backend):
-    require(backend, "writable")
     with raises_errno(errno.ENOTEMPTY, errno.EEXIST):
         await root.unlinkat("dir", AT_REMOVEDIR)
     with raises_errno(errno.EISDIR, errno.EPERM):
@@ -72,9 +73,8 @@ async def test_unlinkat_rules(root, backend):
         await root.unlinkat("empty", 0)
 
 
+@pytest.mark.needs("writable", "symlinks")
 async def test_symlink_and_readlink(root, backend):
-    require(backend, "writable")
-    require(backend, "symlinks")
     qid = await root.symlink("sl", "some/where/../else", 0)
     assert qid.type == QidType.SYMLINK
     async with walked(root, "sl") as link:
@@ -82,17 +82,15 @@ async def test_symlink_and_readlink(root, backend):
         assert link.qid.path == qid.path
 
 
+@pytest.mark.needs("writable", "mknod")
 async def test_mknod_fifo(root, backend):
-    require(backend, "writable")
-    require(backend, "mknod")
     await root.mknod("fifo", stat.S_IFIFO | 0o644, 0, 0, 0)
     async with walked(root, "fifo") as f:
         assert stat.S_ISFIFO((await f.getattr(0)).mode)
 
 
+@pytest.mark.needs("writable", "hardlinks")
 async def test_hard_link(root, backend):
-    require(backend, "writable")
-    require(backend, "hardlinks")
     target = await walk_to(root, "dir/file.txt")
     await root.link(target, "hard")
     assert (await target.getattr(0)).nlink == 2
@@ -101,8 +99,8 @@ async def test_hard_link(root, backend):
     await target.close()
 
 
+@pytest.mark.needs("writable")
 async def test_renameat_moves_between_directories(root, backend):
-    require(backend, "writable")
     d = await walk_to(root, "dir")
     sub = await walk_to(root, "dir/sub")
     await d.renameat("file.txt", sub, "moved.txt")
@@ -114,8 +112,8 @@ async def test_renameat_moves_between_directories(root, backend):
     await sub.close()
 
 
+@pytest.mark.needs("writable")
 async def test_rename_fid_then_operate_on_it(root, backend):
-    require(backend, "writable")
     f = await walk_to(root, "dir/file.txt")
     sub = await walk_to(root, "dir/sub")
     await f.rename(sub, "renamed")
@@ -128,8 +126,8 @@ async def test_rename_fid_then_operate_on_it(root, backend):
     await sub.close()
 
 
+@pytest.mark.needs("writable")
 async def test_remove_file_and_empty_directory(root, backend):
-    require(backend, "writable")
     f = await walk_to(root, "empty")
     await f.remove()
     await f.close()
@@ -139,8 +137,8 @@ async def test_remove_file_and_empty_directory(root, backend):
     assert {"empty", "emptydir"}.isdisjoint(await names_in(root, ""))
 
 
+@pytest.mark.needs("writable")
 async def test_remove_nonempty_directory_fails(root, backend):
-    require(backend, "writable")
     d = await walk_to(root, "dir")
     with raises_errno(errno.ENOTEMPTY, errno.EEXIST):
         await d.remove()

@@ -2,9 +2,10 @@
 
 import errno
 
+import pytest
+
 from ninep.protocol.constants import QidType
 
-from .backends import require
 from .helpers import raises_errno, walk_to
 
 
@@ -84,8 +85,8 @@ async def test_clone_is_independent(root):
     await again.close()
 
 
+@pytest.mark.needs("symlinks")
 async def test_walk_to_symlink_gives_the_link(root, backend):
-    require(backend, "symlinks")
     qids, new = await root.walk(["link"])
     assert qids[0].type == QidType.SYMLINK
     assert await new.readlink() == "dir/file.txt"

@@ -1,8 +1,9 @@
 """readdir: ".", "..", types, qids, offsets that resume, the end."""
 
+import pytest
+
 from ninep.protocol.constants import DirentType, OpenFlags, QidType
 
-from .backends import require
 from .helpers import list_dir, walk_to, walked
 
 
@@ -68,8 +69,8 @@ async def test_empty_directory_has_only_dots(root):
         assert sorted(e.name for e in await list_dir(d)) == [".", ".."]
 
 
+@pytest.mark.needs("writable")
 async def test_new_entries_appear(root, backend):
-    require(backend, "writable")
     emptydir = await walk_to(root, "emptydir")
     await emptydir.mkdir("fresh", 0o755, 0)
     await emptydir.close()

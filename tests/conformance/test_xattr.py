@@ -2,14 +2,15 @@
 
 import errno
 
+import pytest
+
 from ninep.protocol.constants import XATTR_CREATE, XATTR_REPLACE
 
-from .backends import require
 from .helpers import raises_errno, walked
 
 
+@pytest.mark.needs("xattrs")
 async def test_xattr_round_trip(root, backend):
-    require(backend, "xattrs")
     async with walked(root, "dir/file.txt") as f:
         await f.xattr_set("user.color", b"blue", 0)
         assert await f.xattr_get("user.color") == b"blue"
@@ -25,8 +26,8 @@ async def test_xattr_round_trip(root, backend):
             await f.xattr_set("user.other", b"x", XATTR_REPLACE)
 
 
+@pytest.mark.needs("xattrs")
 async def test_xattr_empty_value_and_binary(root, backend):
-    require(backend, "xattrs")
     async with walked(root, "dir") as d:
         await d.xattr_set("user.empty", b"", 0)
         assert await d.xattr_get("user.empty") == b""
