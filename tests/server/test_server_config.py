@@ -18,6 +18,7 @@ def test_shipped_configs_load():
     share = load_config(str(REPO / "exports/readonly-share.yaml"))
     assert share.exports[0].read_only is True
     assert share.exports[0].squash == (65534, 65534)
+    assert share.workers == 2
 
 
 def test_several_exports_keep_their_order():
