@@ -50,6 +50,7 @@ log = logging.getLogger("ninep.workers")
 _MAX_MESSAGE = 1 << 20
 _RPC_TIMEOUT = 30.0  # a supervisor that does not answer a lock call in this is gone
 _RESPAWN_DELAY = 0.5
+_LOCK_RECHECK_SECONDS = 1.0
 # LockTable methods a worker may call, and whether they can free ranges.
 _RPC_METHODS = {"set": True, "release": True, "release_connection": True,
                 "conflict": False, "begin_wait": False, "end_wait": False}
@@ -125,6 +126,13 @@ class WorkerLockManager(LockManager):
     def connection_id(self, number: int) -> Hashable:
         # Unique across workers, and tells the supervisor whose it was if we die.
         return ("connection", self._pid, number)
+
+    async def wait_for_release(self, key: Hashable) -> None:
+        # A release elsewhere arrives as a notice on ctl, which the supervisor sends
+        # without waiting; should one be lost (ctl full), the blocked Tlock retries
+        # anyway after a while instead of waiting for the next release.
+        with trio.move_on_after(_LOCK_RECHECK_SECONDS):
+            await super().wait_for_release(key)
 
 
 def _send_message(sock: stdsocket.socket, message, fds=()) -> None:

@@ -165,3 +165,14 @@ def test_workers_leave_with_the_supervisor_and_refuse_what_they_cannot_share(tmp
     out = subprocess.run([*NINEPD, "--synthetic", "examples.hello:tree", "--workers", "2"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "host exports only" in out.stderr, out.stderr
+
+
+async def test_a_blocked_lock_in_a_worker_rechecks_even_if_a_notice_is_lost(autojump_clock):
+    """Release notices reach workers without the supervisor waiting; one that is lost
+    (the worker's channel full) must not leave a blocked Tlock waiting for ever."""
+    from ninep.server.workers import _LOCK_RECHECK_SECONDS, WorkerLockManager
+
+    locks = WorkerLockManager(table=None)
+    start = trio.current_time()
+    await locks.wait_for_release(("export", (1, 2)))  # nobody releases anything
+    assert trio.current_time() - start == _LOCK_RECHECK_SECONDS
