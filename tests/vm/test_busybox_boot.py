@@ -98,6 +98,15 @@ async def test_file_operations_served_by_ninepd_workers(busybox_root):
     assert re.search(r": to worker \d \(pid \d+\)", result.server_log), result.server_log[-2000:]
 
 
+async def test_file_operations_with_cache_fscache(busybox_root):
+    """cache=fscache (loose plus the kernel's fscache cookies, with no cache backend
+    in the guest) must behave as loose does."""
+    result = await boot_script(busybox_root, FILE_OPS, cache="fscache")
+    assert "ROOT:9p" in _lines(result.console)
+    assert "cache=fscache" in result.console  # ninep-init's mount line
+    _check_file_ops(result, busybox_root)
+
+
 @pytest.mark.parametrize("transport", ["virtio-serial", "tcp"])
 async def test_file_operations_on_the_9p_root(busybox_root, transport):
     result = await boot_script(busybox_root, FILE_OPS, transport=transport)
