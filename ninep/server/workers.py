@@ -47,7 +47,7 @@ from .session import Export
 
 log = logging.getLogger("ninep.workers")
 
-_MAX_MESSAGE = 1 << 20
+_MAX_MESSAGE = 1 << 16  # pickled lock calls and notices: a few hundred bytes
 _RPC_TIMEOUT = 30.0  # a supervisor that does not answer a lock call in this is gone
 _RESPAWN_DELAY = 0.5
 _LOCK_RECHECK_SECONDS = 1.0
