@@ -47,7 +47,9 @@ from .session import Export
 
 log = logging.getLogger("ninep.workers")
 
-_MAX_MESSAGE = 1 << 16  # pickled lock calls and notices: a few hundred bytes
+# Pickled lock calls and notices: usually a few hundred bytes, but a Tlock's client_id
+# may be a 64 KiB string, and a reply can carry two of them.
+_MAX_MESSAGE = 1 << 18
 _RPC_TIMEOUT = 30.0  # a supervisor that does not answer a lock call in this is gone
 _RESPAWN_DELAY = 0.5
 _LOCK_RECHECK_SECONDS = 1.0

@@ -176,3 +176,27 @@ async def test_a_blocked_lock_in_a_worker_rechecks_even_if_a_notice_is_lost(auto
     start = trio.current_time()
     await locks.wait_for_release(("export", (1, 2)))  # nobody releases anything
     assert trio.current_time() - start == _LOCK_RECHECK_SECONDS
+
+
+async def test_a_64k_client_id_crosses_the_lock_channel(tmp_path):
+    """9P strings run to 65535 bytes; a lock owner named so must not break the
+    round trip to the supervisor (its reply carries the name back)."""
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "f").write_bytes(b"")
+    log_path = tmp_path / "log"
+    process, port = start_workers(tmp_path / "export", log_path)
+    name = "n" * 65535
+    with reaped(process):
+        a = await connect_when_up(process, port)
+        await a.start(msize=1 << 20)
+        b = await connect_when_up(process, port)
+        await b.start(msize=1 << 20)
+        await until(lambda: len(placements(log_path)) == 2)
+        for peer in (a, b):
+            await open_locked_file(peer)
+        assert await a.rpc(m.Tlock(4, 1, WR, 0, 0, 0, 7, name)) == m.Rlock(4, LockStatus.SUCCESS)
+        assert await b.rpc(m.Tgetlock(4, 1, WR, 0, 0, 2, "b")) == m.Rgetlock(4, WR, 0, 0, 7, name)
+        for peer in (a, b):
+            await peer.stream.aclose()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
