@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pytest
-
 from ninep.fs.backend import Credentials, Filesystem
 from ninep.fs.host import HostFilesystem
 
