@@ -56,8 +56,8 @@ _connection_numbers = itertools.count(1)
 class LockManager:
     """The server-wide lock table plus the trio side of waiting on it."""
 
-    def __init__(self) -> None:
-        self.table = LockTable()
+    def __init__(self, table: LockTable | None = None) -> None:
+        self.table = table if table is not None else LockTable()
         self._released: dict[Hashable, trio.Event] = {}
 
     def connection_id(self, number: int) -> Hashable:

@@ -17,6 +17,8 @@ serves a guest that mounts over vsock port 564. A QEMU virtio-serial chardev
 from __future__ import annotations
 
 import errno
+import itertools
+import logging
 import os
 import socket as stdsocket
 import stat
@@ -25,8 +27,13 @@ from urllib.parse import urlsplit
 
 import trio
 
+log = logging.getLogger("ninep.server")
+
 VMADDR_CID_ANY = 0xFFFFFFFF
 SD_LISTEN_FDS_START = 3
+# accept() errors that mean "out of something, try again soon" (as trio.serve_listeners)
+_ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_client_numbers = itertools.count(1)
 
 
 class ListenError(Exception):
@@ -62,6 +69,50 @@ async def open_endpoints(url: str) -> list[Endpoint]:
         return await opener(url, rest)
     except OSError as exc:
         raise ListenError(f"{url}: {exc.strerror or exc}") from exc
+
+
+async def open_all(urls) -> list[Endpoint]:
+    """Every URL opened, or none: what was opened is closed again if one fails."""
+    endpoints: list[Endpoint] = []
+    try:
+        for url in urls:
+            endpoints += await open_endpoints(url)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            for endpoint in endpoints:
+                await (endpoint.listener or endpoint.stream).aclose()
+        raise
+    return endpoints
+
+
+async def close_listeners(endpoints: list[Endpoint]) -> None:
+    for endpoint in endpoints:
+        if endpoint.listener is not None:
+            await endpoint.listener.aclose()  # idempotent
+
+
+async def accept(endpoint: Endpoint) -> trio.abc.Stream:
+    """The next connection; running out of fds or memory is logged and retried."""
+    while True:
+        try:
+            return await endpoint.listener.accept()
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_RETRY:
+                raise
+            log.error("%s: accept: %s; retrying", endpoint.address, exc)
+            await trio.sleep(0.1)
+
+
+def peer_name(stream: trio.abc.Stream, endpoint: Endpoint) -> str:
+    """How log lines name a client: its address, or the endpoint and a number."""
+    sock = getattr(stream, "socket", None)
+    try:
+        peer = sock.getpeername() if sock is not None else None
+    except OSError:
+        peer = None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+    return f"{endpoint.address}#{next(_client_numbers)}"
 
 
 async def _tcp(url: str, rest: str) -> list[Endpoint]:

@@ -14,8 +14,6 @@ listeners close at once, every connection stops reading, requests in flight get
 from __future__ import annotations
 
 import contextvars
-import errno
-import itertools
 import logging
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Union
@@ -24,15 +22,12 @@ import trio
 
 from ..fs.backend import Filesystem
 from .connection import Connection, LockManager
-from .listeners import Endpoint, open_endpoints
+from .listeners import Endpoint, accept, close_listeners, open_all, peer_name
 from .session import Export, Limits
 
 log = logging.getLogger("ninep.server")
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:5640"
-# accept() errors that mean "out of something, try again soon" (as trio.serve_listeners)
-_ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_client_numbers = itertools.count(1)
 
 Exportable = Union[Filesystem, Export, Mapping[str, Union[Filesystem, Export]]]
 
@@ -104,15 +99,7 @@ class Server:
         """Serve ``urls`` until ``shutdown()``. ``handoff(server, handlers)``, if given,
         is one more source of connections, run beside the accept loops (a worker's
         supervisor); it calls ``server.serve_stream(handlers, stream, peer, endpoint)``."""
-        endpoints: list[Endpoint] = []
-        try:
-            for url in urls:
-                endpoints += await open_endpoints(url)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                for endpoint in endpoints:
-                    await (endpoint.listener or endpoint.stream).aclose()
-            raise
+        endpoints = await open_all(urls)
         self.addresses = [e.address for e in endpoints]
         try:
             async with trio.open_nursery() as handlers:
@@ -132,13 +119,13 @@ class Server:
                     task_status.started(self)
                     await self._shutdown.wait()
                     acceptors.cancel_scope.cancel()
-                await _close_listeners(endpoints)
+                await close_listeners(endpoints)
                 for connection in list(self.connections):
                     connection.stop_reading()
                 handlers.cancel_scope.deadline = trio.current_time() + self.grace_period
         finally:
             with trio.CancelScope(shield=True):
-                await _close_listeners(endpoints)
+                await close_listeners(endpoints)
                 for export in self.exports.values():
                     try:
                         await export.filesystem.aclose()
@@ -146,17 +133,9 @@ class Server:
                         log.exception("closing an export failed")
 
     async def _accept_loop(self, endpoint: Endpoint, handlers: trio.Nursery) -> None:
-        listener = endpoint.listener
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_RETRY:
-                    raise
-                log.error("%s: accept: %s; retrying", endpoint.address, exc)
-                await trio.sleep(0.1)
-                continue
-            handlers.start_soon(self._handle, stream, _peer_name(stream, endpoint), endpoint.address)
+            stream = await accept(endpoint)
+            handlers.start_soon(self._handle, stream, peer_name(stream, endpoint), endpoint.address)
 
     def serve_stream(self, handlers: trio.Nursery, stream: trio.abc.Stream, peer: str,
                      endpoint: str) -> None:
@@ -187,24 +166,6 @@ class Server:
         self._single_streams -= 1
         if self._single_streams == 0 and self._listeners == 0:
             self.shutdown()
-
-
-async def _close_listeners(endpoints: list[Endpoint]) -> None:
-    for endpoint in endpoints:
-        if endpoint.listener is not None:
-            await endpoint.listener.aclose()  # idempotent
-
-
-def _peer_name(stream: trio.abc.Stream, endpoint: Endpoint) -> str:
-    """How log lines name a client: its address, or the endpoint and a number."""
-    sock = getattr(stream, "socket", None)
-    try:
-        peer = sock.getpeername() if sock is not None else None
-    except OSError:
-        peer = None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
-    return f"{endpoint.address}#{next(_client_numbers)}"
 
 
 async def serve(filesystem_or_exports: Exportable, urls: str | Iterable[str] = DEFAULT_LISTEN, *,

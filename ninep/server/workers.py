@@ -40,7 +40,7 @@ from typing import Hashable, Mapping
 import trio
 
 from .connection import LockManager
-from .listeners import Endpoint, ListenError, open_endpoints
+from .listeners import Endpoint, ListenError, accept, close_listeners, open_all, peer_name
 from ..protocol.constants import LockType
 from .locks import LockOwner, LockTable
 from .session import Export
@@ -121,8 +121,7 @@ class RemoteLockTable:
 
 class WorkerLockManager(LockManager):
     def __init__(self, table: RemoteLockTable) -> None:
-        super().__init__()
-        self.table = table
+        super().__init__(table)
         self._pid = os.getpid()
 
     def connection_id(self, number: int) -> Hashable:
@@ -232,17 +231,14 @@ class Supervisor:
         self._shutdown.set()
 
     async def run(self, urls, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        endpoints: list[Endpoint] = []
-        try:
-            for url in urls:
-                endpoints += await open_endpoints(url)
-            for endpoint in endpoints:
-                if endpoint.listener is None:
-                    raise ListenError(f"{endpoint.url}: one connected stream cannot be shared "
-                                      f"by workers; use --workers 1")
-        except BaseException:
-            await _close(endpoints)
-            raise
+        endpoints = await open_all(urls)
+        streams = [e for e in endpoints if e.listener is None]
+        if streams:
+            with trio.CancelScope(shield=True):
+                for endpoint in endpoints:
+                    await (endpoint.listener or endpoint.stream).aclose()
+            raise ListenError(f"{streams[0].url}: one connected stream cannot be shared "
+                              f"by workers; use --workers 1")
         self.addresses = [e.address for e in endpoints]
         try:
             async with trio.open_nursery() as nursery:
@@ -256,12 +252,12 @@ class Supervisor:
                     task_status.started(self)
                     await self._shutdown.wait()
                     acceptors.cancel_scope.cancel()
-                await _close(endpoints)
+                await close_listeners(endpoints)
                 await self._stop_workers()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await _close(endpoints)
+                await close_listeners(endpoints)
                 for worker in self.workers:
                     if worker.process.returncode is None:
                         worker.process.kill()
@@ -320,18 +316,10 @@ class Supervisor:
 
     async def _accept_loop(self, endpoint: Endpoint) -> None:
         while True:
-            try:
-                stream = await endpoint.listener.accept()
-            except OSError as exc:
-                log.error("%s: accept: %s; retrying", endpoint.address, exc)
-                await trio.sleep(0.1)
-                continue
-            await self._hand_over(stream, endpoint)
+            await self._hand_over(await accept(endpoint), endpoint)
 
     async def _hand_over(self, stream: trio.SocketStream, endpoint: Endpoint) -> None:
-        from .server import _peer_name
-
-        peer = _peer_name(stream, endpoint)
+        peer = peer_name(stream, endpoint)
         live = [w for w in self.workers if not w.gone]
         try:
             if not live:
@@ -413,9 +401,3 @@ class Supervisor:
                 log.warning("worker %d did not stop in time: killed", worker.index)
                 worker.process.kill()
                 await worker.process.wait()
-
-
-async def _close(endpoints: list[Endpoint]) -> None:
-    for endpoint in endpoints:
-        if endpoint.listener is not None:
-            await endpoint.listener.aclose()

@@ -47,6 +47,19 @@ async def open_locked_file(peer, name="f"):
     assert isinstance(await peer.rpc(m.Tlopen(3, 1, 0o2)), m.Rlopen)
 
 
+async def two_clients_with_f_open(process, port, log_path, msize=65536):
+    """Clients a and b, one per worker (asserted), each with fid 1 = "f" open read-write."""
+    a = await connect_when_up(process, port)
+    await a.start(msize)
+    b = await connect_when_up(process, port)
+    await b.start(msize)
+    await until(lambda: len(placements(log_path)) == 2)
+    assert placements(log_path) == [0, 1]
+    for peer in (a, b):
+        await open_locked_file(peer)
+    return a, b
+
+
 async def until(predicate, seconds=10.0):
     with trio.fail_after(seconds):
         while not predicate():
@@ -59,14 +72,7 @@ async def test_locks_hold_across_workers_and_blocked_locks_wake(tmp_path):
     log_path = tmp_path / "log"
     process, port = start_workers(tmp_path / "export", log_path)
     with reaped(process):
-        a = await connect_when_up(process, port)
-        await a.start()
-        b = await connect_when_up(process, port)
-        await b.start()
-        await until(lambda: len(placements(log_path)) == 2)
-        assert placements(log_path) == [0, 1]
-        for peer in (a, b):
-            await open_locked_file(peer)
+        a, b = await two_clients_with_f_open(process, port, log_path)
         assert await a.rpc(m.Tlock(4, 1, WR, 0, 0, 10, 1, "a")) == m.Rlock(4, LockStatus.SUCCESS)
         # b, in the other process, sees a's lock...
         assert await b.rpc(m.Tlock(4, 1, WR, 0, 5, 1, 2, "b")) == m.Rlock(4, LockStatus.BLOCKED)
@@ -104,13 +110,7 @@ async def test_a_dead_worker_loses_its_locks_and_is_replaced(tmp_path):
     log_path = tmp_path / "log"
     process, port = start_workers(tmp_path / "export", log_path)
     with reaped(process):
-        a = await connect_when_up(process, port)
-        await a.start()
-        b = await connect_when_up(process, port)
-        await b.start()
-        await until(lambda: len(placements(log_path)) == 2)
-        for peer in (a, b):
-            await open_locked_file(peer)
+        a, b = await two_clients_with_f_open(process, port, log_path)
         assert await a.rpc(m.Tlock(4, 1, WR, 0, 0, 0, 1, "a")) == m.Rlock(4, LockStatus.SUCCESS)
         await b.send(m.Tlock(4, 1, WR, LockFlags.BLOCK, 0, 0, 2, "b"))
         await trio.sleep(0.3)
@@ -187,13 +187,7 @@ async def test_a_64k_client_id_crosses_the_lock_channel(tmp_path):
     process, port = start_workers(tmp_path / "export", log_path)
     name = "n" * 65535
     with reaped(process):
-        a = await connect_when_up(process, port)
-        await a.start(msize=1 << 20)
-        b = await connect_when_up(process, port)
-        await b.start(msize=1 << 20)
-        await until(lambda: len(placements(log_path)) == 2)
-        for peer in (a, b):
-            await open_locked_file(peer)
+        a, b = await two_clients_with_f_open(process, port, log_path, msize=1 << 20)
         assert await a.rpc(m.Tlock(4, 1, WR, 0, 0, 0, 7, name)) == m.Rlock(4, LockStatus.SUCCESS)
         assert await b.rpc(m.Tgetlock(4, 1, WR, 0, 0, 2, "b")) == m.Rgetlock(4, WR, 0, 0, 7, name)
         for peer in (a, b):
