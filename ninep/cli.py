@@ -161,7 +161,8 @@ def main(argv: list[str]) -> int:
         limits = Limits(max_msize=msize or Limits().max_msize,
                         max_fids=(config.max_fids if config and config.max_fids else 65536),
                         max_in_flight=(config.max_in_flight if config and config.max_in_flight else 256))
-        workers = args.workers or (config.workers if config and config.workers else 1)
+        workers = (args.workers if args.workers is not None
+                   else config.workers if config and config.workers else 1)
         if workers < 1:
             raise ValueError("--workers must be at least 1")
         if workers > 1 and args.synthetic:

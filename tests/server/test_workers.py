@@ -161,6 +161,10 @@ def test_workers_leave_with_the_supervisor_and_refuse_what_they_cannot_share(tmp
         os.close(r)
         os.close(w)
     assert out.returncode == 1 and "use --workers 1" in out.stderr, out.stderr
+    # Zero workers is a mistake, not "the default".
+    out = subprocess.run([*NINEPD, "--export", str(tmp_path), "--workers", "0"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--workers must be at least 1" in out.stderr, out.stderr
     # A synthetic tree lives in one process: refused up front.
     out = subprocess.run([*NINEPD, "--synthetic", "examples.hello:tree", "--workers", "2"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
