@@ -10,20 +10,22 @@ import pytest
 from ninep.vm.initramfs import compile_static
 from ninep.vm.testing import fresh_busybox_rootfs
 
-FSOPS_SOURCE = Path(__file__).with_name("fsops.c")
+HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="session")
-def fsops_binary() -> Path:
-    """tests/vm/fsops.c compiled static: flock, record locks and xattrs in the guest."""
-    return compile_static(FSOPS_SOURCE)
+def guest_tools() -> dict[str, Path]:
+    """The guest-side helpers, compiled static: fsops (flock, record locks, xattrs) and
+    fsx (the data-integrity exerciser)."""
+    return {name: compile_static(HERE / f"{name}.c") for name in ("fsops", "fsx")}
 
 
 @pytest.fixture
-def busybox_root(fsops_binary: Path):
+def busybox_root(guest_tools: dict[str, Path]):
     """Below a directory others can enter: diod refuses exports under 0700 tmp_path."""
     with tempfile.TemporaryDirectory(prefix="ninep-vm-root-") as parent:
         os.chmod(parent, 0o755)
         root = fresh_busybox_rootfs(Path(parent) / "root")
-        shutil.copy2(fsops_binary, root / "usr/bin/fsops")
+        for name, binary in guest_tools.items():
+            shutil.copy2(binary, root / "usr/bin" / name)
         yield root
