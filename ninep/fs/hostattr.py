@@ -38,7 +38,7 @@ def attributes_of(fd: int, qids: QidMapper, mask: int = _VALID_WITH_BTIME) -> At
     sx = hostsys.statx_fd(fd)
     if sx is None:
         return _attributes_from_fstat(fd, qids)
-    qid = qids.qid(sx.mode, sx.dev, sx.ino, sx.mtime[0] * _NS + sx.mtime[1], sx.size)
+    qid = qids.qid(sx.mode, sx.dev, sx.ino)
     has_btime = sx.mask & hostsys.STATX_BTIME
     return Attr(
         qid=qid, mode=sx.mode, uid=sx.uid, gid=sx.gid, nlink=sx.nlink, rdev=sx.rdev,

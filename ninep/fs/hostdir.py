@@ -32,7 +32,7 @@ from ..protocol.codec import DIRENT_HEAD
 from ..protocol.constants import QidType
 from ..protocol.messages import Qid
 from . import hostsys
-from .hostqid import INODE_MASK, QidMapper
+from .hostqid import HOST_QID_VERSION, INODE_MASK, QidMapper
 
 _DT_UNKNOWN, _DT_DIR, _DT_LNK = 0, 4, 10
 _DTYPE_TO_QID = {_DT_DIR: int(QidType.DIR), _DT_LNK: int(QidType.SYMLINK)}
@@ -127,7 +127,7 @@ def _pack(raw: bytes, limit: int, at_least_one: bool, here: _Directory, parts: l
             qid_type, version, path = qid.type, qid.version, qid.path
             here.lstat_used = True
         else:
-            qid_type, version = dtype_to_qid(dtype, 0), 0
+            qid_type, version = dtype_to_qid(dtype, 0), HOST_QID_VERSION
             path = base | ino if base is not None and ino <= INODE_MASK else qids.path(dev, ino)
         next_cookie &= _U64
         append(pack(qid_type, version, path, next_cookie, dtype, len(name)))

@@ -5,6 +5,20 @@ overlap. Each device seen gets a small index stored in the top 16 bits, the inod
 fills the low 48. Devices beyond 0xFFFE, or inodes wider than 48 bits, go to a
 fallback table numbered in the reserved index 0xFFFF, so no two files ever share a
 path. No I/O.
+
+qid.version is the same constant for every host file, for the file's whole life
+(``HOST_QID_VERSION``). The Linux client reads the version as part of the inode's
+identity, not as a data version: when it looks a file up again (after its dentry was
+dropped) the 6.1 client reuses its cached inode only if type, path *and* version match
+(``v9fs_test_inode_dotl``). A version that followed mtime and size changed with the
+guest's own writes, so the guest built a second inode for the file, with the server's
+older size, while the first still held dirty pages: bytes it had written vanished
+from its view (issue 15), and fscache saw two cookies for one file. Linux 6.4 and
+later read version 0 as "synthetic or legacy server" and then bypass the page cache
+for that file unless mounted with ``ignoreqv`` (``v9fs_fid_add_modes``), so the
+constant is not 0. diod sends 0; QEMU sends mtime ^ size << 8 and has this bug.
+What a guest sees when the host changes a file underneath it, per cache mode, is in
+docs/host-export.md.
 """
 
 from __future__ import annotations
@@ -14,6 +28,9 @@ import threading
 
 from ..protocol.constants import QidType
 from ..protocol.messages import Qid
+
+#: qid.version of every host file (see the module docstring for why it never changes).
+HOST_QID_VERSION = 1
 
 _INODE_BITS = 48
 INODE_MASK = (1 << _INODE_BITS) - 1
@@ -67,15 +84,14 @@ class QidMapper:
         index = self._device_index.get(dev)
         return None if index is None else index << _INODE_BITS
 
-    def qid(self, mode: int, dev: int, ino: int, mtime_ns: int, size: int) -> Qid:
-        # qid_type and qid_version inlined: every walk step and getattr makes a qid.
-        mixed = mtime_ns ^ (size << 8)
-        return Qid(_QID_TYPES.get(mode & _S_IFMT, _QTFILE),
-                   (mixed ^ (mixed >> 32)) & 0xFFFFFFFF, self.path(dev, ino))
+    def qid(self, mode: int, dev: int, ino: int) -> Qid:
+        # qid_type inlined: every walk step and getattr makes a qid.
+        return Qid(_QID_TYPES.get(mode & _S_IFMT, _QTFILE), HOST_QID_VERSION,
+                   self.path(dev, ino))
 
     def qid_of(self, st) -> Qid:
         """The qid of an os.stat_result."""
-        return self.qid(st.st_mode, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        return self.qid(st.st_mode, st.st_dev, st.st_ino)
 
 
 _S_IFMT = 0o170000
@@ -90,8 +106,3 @@ def qid_type(mode: int) -> int:
         return QidType.SYMLINK
     return QidType.FILE
 
-
-def qid_version(mtime_ns: int, size: int) -> int:
-    """Changes whenever the content visibly does (mtime or size), folded to 32 bits."""
-    mixed = mtime_ns ^ (size << 8)
-    return (mixed ^ (mixed >> 32)) & 0xFFFFFFFF

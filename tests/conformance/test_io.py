@@ -59,12 +59,24 @@ async def test_append_writes_at_end(root, backend):
 
 
 @pytest.mark.needs("writable")
-async def test_write_changes_qid_version(root, backend):
+async def test_own_changes_keep_the_qid(root, backend):
+    """The Linux client takes a new qid.version for a new inode: a client's own
+    write, truncate, chmod or entry change must not change it, or a guest that looks
+    the file up again loses sight of bytes it wrote (issue 15)."""
     async with walked(root, "empty", OpenFlags.WRONLY) as f:
         before = (await f.getattr(0)).qid
         await f.write(0, memoryview(b"x" * 10))
-        after = (await f.getattr(0)).qid
-        assert after.path == before.path and after.version != before.version
+        await f.setattr(SetAttr(valid=SetattrMask.SIZE, size=3))
+        await f.setattr(SetAttr(valid=SetattrMask.MODE, mode=0o600))
+        assert (await f.getattr(0)).qid == before
+    again = await walk_to(root, "empty")
+    assert again.qid == before
+    await again.close()
+    directory = await walk_to(root, "dir")
+    dir_before = (await directory.getattr(0)).qid
+    await directory.mkdir("made-here", 0o755, 0)
+    assert (await directory.getattr(0)).qid == dir_before
+    await directory.close()
 
 
 async def test_read_only_backend_refuses_writes(root, backend):

@@ -39,11 +39,23 @@ class RamFile(Node):
         super().__init__(**meta)
         self.data = bytearray(data)
         self.xattrs = {}
-        self._writes = 0
+        self._replacements = 0
 
     @property
     def version(self) -> int:
-        return self._writes
+        """Changes only when the program replaces the content behind the clients'
+        backs (``replace``), never with a client's own writes: the Linux client takes
+        a new qid.version for a new inode, and a second inode for a file whose first
+        still holds dirty pages loses the guest's writes (issue 15). Never 0, which
+        Linux 6.4+ reads as "do not cache"."""
+        return 1 + self._replacements
+
+    def replace(self, data: bytes) -> None:
+        """New content from the program: clients that look the file up again see a
+        new qid.version and drop what they cached."""
+        self.data = bytearray(data)
+        self._replacements += 1
+        self.touch()
 
     def size(self) -> int:
         return len(self.data)
@@ -61,7 +73,6 @@ class RamFile(Node):
         self._modified()
 
     def _modified(self) -> None:
-        self._writes += 1
         self.touch()
 
     async def make_handle(self, ctx: OpenContext) -> Handle:
@@ -99,6 +110,12 @@ class RamDirectory(Directory):
     def __init__(self, entries: Any = None, **meta: Any):
         super().__init__(entries, **meta)
         self.xattrs = {}
+
+    @property
+    def version(self) -> int:
+        # Constant, as for RamFile: entries that clients add and remove are their own
+        # changes, and a new version would make the kernel build a second inode.
+        return 1
 
     def can_chown(self) -> bool:
         return True
