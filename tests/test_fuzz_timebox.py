@@ -43,3 +43,13 @@ def test_fuzz_time_box(name, tmp_path):
     assert run.returncode == 0 and not crashes, (
         f"fuzz.{name} failed (rc {run.returncode}); reproducers: {[str(c) for c in crashes]}\n"
         + run.stderr[-4000:])
+
+
+# Found by the config harness's time box: an empty value escaped as yaml's ParserError.
+@pytest.mark.parametrize("text", ["exports: {a: {path: /a}}\nmax_fids: ",
+                                  "listen:\n  -\r\nexports: {a: {path: /a}}",
+                                  "exports: {a: {path: /a, read_only: }}"])
+def test_empty_config_values_are_config_errors(text):
+    from ninep.config import ConfigError, parse_config
+    with pytest.raises(ConfigError):
+        parse_config(text)
