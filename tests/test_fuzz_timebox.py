@@ -45,10 +45,11 @@ def test_fuzz_time_box(name, tmp_path):
         + run.stderr[-4000:])
 
 
-# Found by the config harness's time box: an empty value escaped as yaml's ParserError.
+# Found by the config harness: an empty value or an unknown tag escaped as a YAMLError.
 @pytest.mark.parametrize("text", ["exports: {a: {path: /a}}\nmax_fids: ",
                                   "listen:\n  -\r\nexports: {a: {path: /a}}",
-                                  "exports: {a: {path: /a, read_only: }}"])
+                                  "exports: {a: {path: /a, read_only: }}",
+                                  "listen:\n !- tcp://127.0.0.1:5640\nexports: {a: {path: /a}}"])
 def test_empty_config_values_are_config_errors(text):
     from ninep.config import ConfigError, parse_config
     with pytest.raises(ConfigError):
