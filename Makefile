@@ -46,3 +46,21 @@ bench-load: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Coverage-guided fuzzing (docs/fuzzing.md): each harness for FUZZ_RUNS executions, the
+# work corpus in $(FUZZ_WORK), crashes saved there as crash-*. Needs the `fuzz` extra.
+FUZZ_RUNS ?= 1000000
+FUZZ_WORK ?= /tmp/ninep-fuzz
+FUZZ_HARNESSES := codec session config
+.PHONY: fuzz fuzz-deps
+fuzz-deps: venv
+	$(PY) -m pip install -q -e '.[fuzz]'
+
+fuzz: fuzz-deps
+	@for h in $(FUZZ_HARNESSES); do \
+	  mkdir -p $(FUZZ_WORK)/$$h && \
+	  nice -n 10 $(PY) -m fuzz.$$h -runs=$(FUZZ_RUNS) -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_WORK)/$$h/crash- $(FUZZ_WORK)/$$h fuzz/corpus/$$h \
+	    2>&1 | tee $(FUZZ_WORK)/$$h.log | grep -E '^#[0-9]+ +(INITED|DONE)|stat::|crash' \
+	    || exit 1; \
+	done

@@ -101,7 +101,12 @@ class _Checker:
     def scalar(self, node: yaml.Node, key: str) -> object:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, key, "expected a single value")
-        return yaml.safe_load(yaml.serialize(node))
+        # Construct the node itself: re-serializing it and loading the text fails (a
+        # YAML parser error, not a ConfigError) for an empty value such as "max_fids:".
+        try:
+            return yaml.constructor.SafeConstructor().construct_object(node)
+        except yaml.YAMLError as exc:  # a tag such as "!x" that the safe loader refuses
+            raise self.fail(node, key, f"not a plain value: {getattr(exc, 'problem', exc)}") from None
 
     def string(self, node: yaml.Node, key: str) -> str:
         value = self.scalar(node, key)

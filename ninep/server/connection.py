@@ -40,6 +40,7 @@ from ..protocol.constants import HEADER_SIZE, Errno, host_errno_to_wire
 from ..protocol.errors import NOT_UTF8
 from .dispatch import Dispatcher
 from .locks import LockTable
+from .ratelimit import LogLimiter
 from .session import Export, Limits, Session
 from .trace import describe
 
@@ -190,6 +191,7 @@ class Connection:
         self.requests_served = 0
         self.requests_inline = 0  # of those, answered in the reader (_INLINE_FID_FIELD)
         self._held: tuple | None = None  # (msg, request): a lone candidate for the reader
+        self._log_limit = LogLimiter()  # a client must not write our log at line rate
 
     # --- lifetime ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -216,8 +218,20 @@ class Connection:
                     self._out_ready.set()
                     outer.cancel_scope.deadline = trio.current_time() + _DRAIN_SECONDS
         finally:
+            for cause, count in self._log_limit.pending().items():
+                log.warning("%s: %d more %ss, not logged", self.name, count, cause)
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
+
+    def _warn(self, cause: str, text: str, *args) -> None:
+        """log.warning for what a client causes: the first few of each cause verbatim,
+        then one line a minute saying how many more there were."""
+        write, dropped = self._log_limit.admit(cause, trio.current_time())
+        if dropped:
+            log.warning("%s: %d more %ss in the last minute, not logged",
+                        self.name, dropped, cause)
+        if write:
+            log.warning("%s: " + text, self.name, *args)
 
     def stop_reading(self) -> None:
         """Graceful shutdown: read no more requests, let those in flight finish."""
@@ -337,8 +351,8 @@ class Connection:
             log.warning("%s: malformed frame, closing: %s", self.name, exc)
             return False
         code = errno.EILSEQ if NOT_UTF8 in str(exc) else errno.EINVAL
-        log.warning("%s: malformed request, answering Rlerror(%s): %s",
-                    self.name, errno.errorcode[code], exc)
+        self._warn("malformed request", "malformed request, answering Rlerror(%s): %s",
+                   errno.errorcode[code], exc)
         self.queue_reply(m.Rlerror(exc.tag, host_errno_to_wire(code)))
         return True
 

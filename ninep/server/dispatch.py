@@ -36,6 +36,8 @@ from .session import Fid, FidKind, Session, check_new_name, credentials_for, wal
 log = logging.getLogger("ninep.server")
 
 XATTR_SIZE_MAX = 65536  # Linux's limit for one xattr value (and for a listing)
+_MAJOR_MAX = (1 << 12) - 1  # Linux MKDEV: 12 bits of major ...
+_MINOR_MAX = (1 << 20) - 1  # ... and 20 of minor (MINORBITS)
 
 # Classic 9P2000 requests: a 9P2000.L server does not implement them.
 _CLASSIC_REQUESTS = (m.Topen, m.Tcreate, m.Tstat, m.Twstat)
@@ -417,6 +419,10 @@ class Dispatcher:
         return m.Rsymlink(msg.tag, qid)
 
     async def _mknod(self, msg: m.Tmknod) -> m.Message:
+        # Linux's dev_t holds a 12-bit major and a 20-bit minor (MKDEV); anything wider
+        # cannot name a device, and would overflow os.makedev's C int on the way.
+        if msg.major > _MAJOR_MAX or msg.minor > _MINOR_MAX:
+            return m.Rlerror(msg.tag, Errno.EINVAL)
         qid = await self._in_dir(msg.dfid, msg.name, lambda d: d.mknod(
             msg.name, msg.mode, msg.major, msg.minor, msg.gid))
         return m.Rmknod(msg.tag, qid)

@@ -1,0 +1,36 @@
+"""The one main() every harness shares: atheris over one_input, the module's corpus seeded."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+CORPUS_ROOT = os.path.join(os.path.dirname(__file__), "corpus")
+
+
+def corpus_dir(name: str) -> str:
+    return os.path.join(CORPUS_ROOT, name)
+
+
+def replay(name: str, one_input: Callable[[bytes], None]) -> int:
+    """Run every corpus file through one_input without atheris (the regression check)."""
+    count = 0
+    directory = corpus_dir(name)
+    for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        with open(os.path.join(directory, entry), "rb") as f:
+            one_input(f.read())
+        count += 1
+    return count
+
+
+def run(name: str, one_input: Callable[[bytes], None]) -> None:
+    """atheris.Fuzz with libFuzzer's arguments from argv; the corpus dir if none given."""
+    import atheris  # the optional extra `fuzz`: only the fuzz run needs it
+
+    atheris.instrument_all()  # ninep is imported already: instrument what is loaded
+    args = list(sys.argv)
+    if not any(not a.startswith("-") for a in args[1:]):
+        args.append(corpus_dir(name))
+    atheris.Setup(args, one_input)
+    atheris.Fuzz()

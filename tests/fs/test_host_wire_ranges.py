@@ -1,0 +1,106 @@
+"""Wire integers at the edges of their fields, against a host export, over a connection.
+
+Every u32/u64 a client sends ends up, sooner or later, in a C call (mknod's dev_t, pread's
+off_t, ftruncate's off_t, utimensat's timespec, fcntl's flock ...). A value that fits the
+wire but not the C type must be answered with an errno, never with a traceback and EIO:
+the outside fuzz of issue 14 found Tmknod with major >= 2^31 doing exactly that."""
+
+import errno
+import logging
+import stat
+
+import pytest
+
+from ninep.protocol import messages as m
+from tests.server.srv_wire import served
+
+U32 = (1 << 32) - 1
+U64 = (1 << 64) - 1
+SETATTR_ALL = 0x1FF  # mode uid gid size atime mtime ctime atime_set mtime_set
+
+
+def walk_open(fid, path, flags=2):  # O_RDWR
+    names = [part for part in path.split("/") if part]
+    return [m.Twalk(2, 0, fid, names), m.Tlopen(3, fid, flags)]
+
+
+# (setup requests run first, the probe, and the errnos an answer may carry; None = a success)
+CASES = {
+    "mknod major 2^31": ([m.Twalk(2, 0, 1, ["d"])],
+                         m.Tmknod(9, 1, "n", stat.S_IFCHR | 0o600, 1 << 31, 0, U32), {errno.EINVAL}),
+    "mknod major u32 max": ([m.Twalk(2, 0, 1, ["d"])],
+                            m.Tmknod(9, 1, "n", stat.S_IFIFO | 0o600, U32, 0, U32), {errno.EINVAL}),
+    "mknod minor u32 max": ([m.Twalk(2, 0, 1, ["d"])],
+                            m.Tmknod(9, 1, "n", stat.S_IFIFO | 0o600, 0, U32, U32), {errno.EINVAL}),
+    "mknod major 4096": ([m.Twalk(2, 0, 1, ["d"])],
+                         m.Tmknod(9, 1, "n", stat.S_IFIFO | 0o600, 4096, 0, U32), {errno.EINVAL}),
+    "mknod minor 2^20": ([m.Twalk(2, 0, 1, ["d"])],
+                         m.Tmknod(9, 1, "n", stat.S_IFIFO | 0o600, 0, 1 << 20, U32), {errno.EINVAL}),
+    "mknod mode u32 max": ([m.Twalk(2, 0, 1, ["d"])],
+                           m.Tmknod(9, 1, "n", U32, 0, 0, U32), {errno.EINVAL}),
+    "read offset 2^63": (walk_open(1, "d/f"), m.Tread(9, 1, 1 << 63, 10), {errno.EINVAL, None}),
+    "read offset u64 max": (walk_open(1, "d/f"), m.Tread(9, 1, U64, 10), {errno.EINVAL, None}),
+    "write offset 2^63": (walk_open(1, "d/f"), m.Twrite(9, 1, 1 << 63, b"x"),
+                          {errno.EINVAL, errno.EFBIG}),
+    "write offset u64 max": (walk_open(1, "d/f"), m.Twrite(9, 1, U64, b"x"),
+                             {errno.EINVAL, errno.EFBIG}),
+    "readdir offset u64 max": ([m.Twalk(2, 0, 1, ["d"]), m.Tlopen(3, 1, 0)],
+                               m.Treaddir(9, 1, U64, 4096), {errno.EINVAL, None}),
+    "setattr size 2^63": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                          m.Tsetattr(9, 1, 0x8, 0, 0, 0, 1 << 63, 0, 0, 0, 0),
+                          {errno.EINVAL, errno.EFBIG}),
+    "setattr size u64 max": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                             m.Tsetattr(9, 1, 0x8, 0, 0, 0, U64, 0, 0, 0, 0),
+                             {errno.EINVAL, errno.EFBIG}),
+    "setattr mode u32 max": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                             m.Tsetattr(9, 1, 0x1, U32, 0, 0, 0, 0, 0, 0, 0), {errno.EINVAL, None}),
+    "setattr times u64 max": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                              m.Tsetattr(9, 1, 0x10 | 0x20 | 0x80 | 0x100, 0, 0, 0, 0,
+                                         U64, U64, U64, U64), {errno.EINVAL}),
+    "setattr times sec 2^63": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                               m.Tsetattr(9, 1, 0x10 | 0x20 | 0x80 | 0x100, 0, 0, 0, 0,
+                                          1 << 63, 0, 1 << 63, 0), {errno.EINVAL, None}),
+    "setattr everything max": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                               m.Tsetattr(9, 1, U32, U32, U32, U32, U64, U64, U64, U64, U64),
+                               {errno.EINVAL, errno.EPERM, errno.EFBIG}),
+    "lcreate flags u32 max": ([m.Twalk(2, 0, 1, ["d"])],
+                              m.Tlcreate(9, 1, "c", U32, 0o600, U32), {errno.EINVAL, None}),
+    "lcreate mode u32 max": ([m.Twalk(2, 0, 1, ["d"])],
+                             m.Tlcreate(9, 1, "c", 0o102, U32, U32), {errno.EINVAL, None}),
+    "lopen flags u32 max": ([m.Twalk(2, 0, 1, ["d", "f"])], m.Tlopen(9, 1, U32),
+                            {errno.ENOTDIR}),  # the flags include O_DIRECTORY: a true answer
+    "mkdir mode u32 max": ([m.Twalk(2, 0, 1, ["d"])], m.Tmkdir(9, 1, "sub", U32, U32),
+                           {errno.EINVAL, None}),
+    "lock range u64 max": (walk_open(1, "d/f"),
+                           m.Tlock(9, 1, 1, 0, U64, U64, U32, "c"), {errno.EINVAL, None}),
+    "lock start 2^63": (walk_open(1, "d/f"),
+                        m.Tlock(9, 1, 1, 0, 1 << 63, 1, 1, "c"), {errno.EINVAL, None}),
+    "getlock range u64 max": (walk_open(1, "d/f"),
+                              m.Tgetlock(9, 1, 1, U64, U64, U32, "c"), {errno.EINVAL, None}),
+    "lock type u8 max": (walk_open(1, "d/f"),
+                         m.Tlock(9, 1, 255, U32, 0, 0, 1, "c"), {errno.EINVAL, None}),
+    "xattrcreate size u64 max": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                                 m.Txattrcreate(9, 1, "user.x", U64, U32),
+                                 {errno.EINVAL, errno.E2BIG, errno.ENOSPC, errno.EOPNOTSUPP}),
+    "fsync datasync u32 max": (walk_open(1, "d/f"), m.Tfsync(9, 1, U32), {errno.EINVAL, None}),
+    "getattr mask u64 max": ([m.Twalk(2, 0, 1, ["d", "f"])], m.Tgetattr(9, 1, U64), {None}),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+async def test_edge_integers_get_an_errno_not_a_traceback(name, hostfs, caplog):
+    setup, probe, allowed = CASES[name]
+    caplog.set_level(logging.WARNING)
+    async with served(hostfs) as (peers, _):
+        peer = peers[0]
+        await peer.start()
+        for request in setup:
+            reply = await peer.rpc(request)
+            assert not isinstance(reply, m.Rlerror), (request, reply)
+        reply = await peer.rpc(probe)
+        got = reply.ecode if isinstance(reply, m.Rlerror) else None  # Linux numbers
+        assert got in allowed, reply
+        assert got != errno.EIO
+        # the connection still serves
+        assert isinstance(await peer.rpc(m.Tgetattr(10, 0, 0x7FF)), m.Rgetattr)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
