@@ -5,6 +5,11 @@
     vsock://CID:PORT       AF_VSOCK; CID -1 or "any" listens on every CID
     fd://RFD,WFD           one client already connected on a pair of fds (inetd, socat);
                            fd://N,N for a single socket (or tty) fd
+    vhost-user-vsock:///PATH?cid=3&port=564[&forward=PREFIX]
+                           ninepd is the guest's vsock device: QEMU connects its
+                           vhost-user-vsock-pci chardev to PATH; a guest stream to
+                           CID 2 port 564 is served in-process, other ports go to the
+                           Unix socket PREFIX_<port> when forward is given
     systemd://             the listening sockets systemd passed (LISTEN_FDS/LISTEN_PID,
                            fds from 3); an Accept=yes connection socket is served as is
 
@@ -23,7 +28,7 @@ import os
 import socket as stdsocket
 import stat
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
@@ -64,7 +69,7 @@ async def open_endpoints(url: str) -> list[Endpoint]:
     scheme, _, rest = url.partition("://")
     opener = _OPENERS.get(scheme)
     if opener is None or not _:
-        raise ListenError(f"{url}: unknown scheme (tcp, unix, vsock, fd, systemd)")
+        raise ListenError(f"{url}: unknown scheme (tcp, unix, vsock, vhost-user-vsock, fd, systemd)")
     try:
         return await opener(url, rest)
     except OSError as exc:
@@ -148,10 +153,7 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
 
 
-async def _unix(url: str, rest: str) -> list[Endpoint]:
-    path = urlsplit(url).path or rest
-    if not path:
-        raise ListenError(f"{url}: expected unix:///PATH")
+async def _bound_unix_socket(path: str) -> trio.socket.SocketType:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     _remove_stale_socket(path)
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
@@ -161,7 +163,38 @@ async def _unix(url: str, rest: str) -> list[Endpoint]:
     except BaseException:
         sock.close()
         raise
+    return sock
+
+
+async def _unix(url: str, rest: str) -> list[Endpoint]:
+    path = urlsplit(url).path or rest
+    if not path:
+        raise ListenError(f"{url}: expected unix:///PATH")
+    sock = await _bound_unix_socket(path)
     return [Endpoint(url, f"unix://{path}", listener=trio.SocketListener(sock))]
+
+
+async def _vhost_user_vsock(url: str, rest: str) -> list[Endpoint]:
+    from ..vhost.listener import VhostUserVsockListener  # only loaded when asked for
+
+    parts = urlsplit(url)
+    if not parts.path:
+        raise ListenError(f"{url}: expected vhost-user-vsock:///PATH?cid=CID&port=PORT")
+    options = dict(parse_qsl(parts.query))
+    unknown = set(options) - {"cid", "port", "forward"}
+    if unknown:
+        raise ListenError(f"{url}: unknown option {sorted(unknown)[0]!r} (cid, port, forward)")
+    cid_text, port_text = options.get("cid", "3"), options.get("port", "564")
+    if not (cid_text.isdigit() and 3 <= int(cid_text) < 0xFFFFFFFF):
+        raise ListenError(f"{url}: cid must be a guest CID (3 or more)")
+    ports = port_text.split(",")
+    if not all(p.isdigit() and int(p) < 2**32 for p in ports):
+        raise ListenError(f"{url}: port must be a number (or several, comma-separated)")
+    sock = await _bound_unix_socket(parts.path)
+    listener = VhostUserVsockListener(sock, guest_cid=int(cid_text), ports={int(p) for p in ports},
+                                      forward_prefix=options.get("forward") or None)
+    return [Endpoint(url, f"vhost-user-vsock://{parts.path}?cid={cid_text}&port={port_text}",
+                     listener=listener)]
 
 
 async def _vsock(url: str, rest: str) -> list[Endpoint]:
@@ -235,7 +268,8 @@ async def _systemd(url: str, rest: str) -> list[Endpoint]:
     return out
 
 
-_OPENERS = {"tcp": _tcp, "unix": _unix, "vsock": _vsock, "fd": _fd, "systemd": _systemd}
+_OPENERS = {"tcp": _tcp, "unix": _unix, "vsock": _vsock, "fd": _fd, "systemd": _systemd,
+            "vhost-user-vsock": _vhost_user_vsock}
 
 
 def systemd_activated() -> bool:

@@ -9,7 +9,9 @@ Transports and what serves them:
                  or TCP port (diod); the guest init relays the port to the kernel.
   tcp            QEMU user net, restrict=on, guestfwd 10.0.2.100:564 -> ninep.vm.relay
                  -> server.  (restrict=on refuses connections to 10.0.2.2.)
-  vsock          vhost-vsock-pci (needs /dev/vhost-vsock) + ninep.vm.relay --listen-vsock.
+  vsock          vhost-vsock-pci + ninep.vm.relay --listen-vsock where /dev/vhost-vsock
+                 works; everywhere else ninepd itself is the device (vhost-user-vsock-pci,
+                 guest RAM shared by memfd), unprivileged and with no relay.
   virtio         QEMU's own 9P server (virtio-9p-pci, security_model=passthrough).
   disk           no 9P: an ext4 image on virtio-blk (the benchmark's baseline).
 """
@@ -143,6 +145,10 @@ def _server_plan(config: VmConfig, workdir: Path):
 def plan_vm(config: VmConfig, workdir: Path, initrd: Path, accel: str) -> VmPlan:
     if config.transport not in TRANSPORTS:
         raise LaunchError(f"transport must be one of {TRANSPORTS}, not {config.transport!r}")
+    userspace_vsock = config.transport == "vsock" and not kernel_vhost_vsock_usable()
+    if userspace_vsock and config.server != "ninepd":
+        raise LaunchError("transport vsock without /dev/vhost-vsock needs server ninepd "
+                          "(it is its own vhost-user-vsock device); use virtio-serial or tcp")
     append = ["console=ttyS0", "panic=-1", "rw", f"ninep.timeout={config.guest_timeout}"]
     argv = [qemu_binary(), "-accel", accel, "-m", str(config.memory_mb), "-smp", str(config.smp),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -173,13 +179,21 @@ def plan_vm(config: VmConfig, workdir: Path, initrd: Path, accel: str) -> VmPlan
                  f"{GUEST_SERVER_PORT}-cmd:{_qemu_escape(relay)}",
                  "-device", "virtio-net-pci,netdev=n0"]
         append.append(f"ninep.src=tcp://{GUEST_SERVER_ADDRESS}:{GUEST_SERVER_PORT}")
-    elif config.transport == "vsock":
-        if not os.path.exists("/dev/vhost-vsock"):
-            raise LaunchError("transport vsock needs /dev/vhost-vsock on the host "
-                              "(modprobe vhost_vsock); it is absent here: use virtio-serial or tcp")
+    elif config.transport == "vsock" and not userspace_vsock:
         helper = [sys.executable, "-m", "ninep.vm.relay", "--listen-vsock",
                   str(GUEST_SERVER_PORT), relay_target]
         argv += ["-device", f"vhost-vsock-pci,guest-cid={VSOCK_GUEST_CID}"]
+        append.append(f"ninep.src=vsock://2:{GUEST_SERVER_PORT}")
+    elif config.transport == "vsock":
+        device_socket = str(workdir / "vm.vsock")
+        server_argv = [a if a != f"unix://{where}" else
+                       f"vhost-user-vsock://{device_socket}?cid={VSOCK_GUEST_CID}&port={GUEST_SERVER_PORT}"
+                       for a in server_argv]
+        ready = ("listening", device_socket)  # QEMU connects once: no probe may connect
+        argv += ["-object", f"memory-backend-memfd,id=guest-ram,size={config.memory_mb}M,share=on",
+                 "-machine", "memory-backend=guest-ram",
+                 "-chardev", f"socket,id=vsock0,path={_qemu_escape(device_socket)}",
+                 "-device", "vhost-user-vsock-pci,chardev=vsock0"]
         append.append(f"ninep.src=vsock://2:{GUEST_SERVER_PORT}")
     elif config.transport == "virtio":
         argv += ["-fsdev", f"local,id=fs0,path={_qemu_escape(str(config.rootfs))},"
@@ -223,9 +237,38 @@ def prepare_initrd(config: VmConfig, workdir: Path) -> Path:
     return initrd
 
 
+def kernel_vhost_vsock_usable() -> bool:
+    """/dev/vhost-vsock exists and this user may open it (QEMU opens it read-write)."""
+    return os.access("/dev/vhost-vsock", os.R_OK | os.W_OK)
+
+
+def unix_socket_listening(path: str) -> bool:
+    """Whether some process listens on the Unix socket ``path``, read from
+    /proc/net/unix rather than by connecting (a vhost-user back-end takes QEMU's one
+    connection; a probe must not be that connection)."""
+    try:
+        with open("/proc/net/unix") as table:
+            next(table)
+            for row in table:
+                fields = row.split()
+                # Num RefCount Protocol Flags Type St Inode Path; Flags 0x10000 = listening
+                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
 async def wait_until_serving(ready: tuple[str, object], deadline: float) -> None:
     kind, where = ready
     while True:
+        if kind == "listening":
+            if unix_socket_listening(str(where)):
+                return
+            if trio.current_time() > deadline:
+                raise LaunchError(f"9P server did not start listening on {where}")
+            await trio.sleep(0.05)
+            continue
         try:
             if kind == "tcp":
                 stream = await trio.open_tcp_stream("127.0.0.1", int(where))

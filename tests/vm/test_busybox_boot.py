@@ -107,7 +107,7 @@ async def test_file_operations_with_cache_fscache(busybox_root):
     _check_file_ops(result, busybox_root)
 
 
-@pytest.mark.parametrize("transport", ["virtio-serial", "tcp"])
+@pytest.mark.parametrize("transport", ["virtio-serial", "tcp", "vsock"])
 async def test_file_operations_on_the_9p_root(busybox_root, transport):
     result = await boot_script(busybox_root, FILE_OPS, transport=transport)
     assert f"{ROOT_MOUNTED} " in result.console

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ninep.vm import cli
+from ninep.vm import cli, qemu
 from ninep.vm.initramfs import read_cpio
 from ninep.vm.qemu import LaunchError, VmConfig, plan_vm
 
@@ -69,11 +69,26 @@ def test_qemu_9p_and_disk_need_no_server(tmp_path):
 
 
 @needs_qemu
-def test_vsock_without_vhost_vsock_says_so(tmp_path):
-    if Path("/dev/vhost-vsock").exists():
-        pytest.skip("this host has vhost-vsock")
-    with pytest.raises(LaunchError, match="/dev/vhost-vsock"):
-        _plan(tmp_path, transport="vsock")
+def test_vsock_without_vhost_vsock_makes_ninepd_the_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(qemu, "kernel_vhost_vsock_usable", lambda: False)
+    plan = _plan(tmp_path, transport="vsock")
+    socket_path = f"{tmp_path}/vm.vsock"
+    assert f"vhost-user-vsock://{socket_path}?cid=3&port=564" in plan.server_argv
+    assert plan.server_ready == ("listening", socket_path)  # never a connecting probe
+    assert _option(plan.qemu_argv, "-device")[-1] == "vhost-user-vsock-pci,chardev=vsock0"
+    assert _option(plan.qemu_argv, "-object") == [
+        "memory-backend-memfd,id=guest-ram,size=512M,share=on"]
+    assert plan.helper_argv is None and "ninep.src=vsock://2:564" in plan.append.split()
+    with pytest.raises(LaunchError, match="server ninepd"):
+        _plan(tmp_path, transport="vsock", server="diod")
+
+
+@needs_qemu
+def test_vsock_with_kernel_vhost_vsock_keeps_the_relay(tmp_path, monkeypatch):
+    monkeypatch.setattr(qemu, "kernel_vhost_vsock_usable", lambda: True)
+    plan = _plan(tmp_path, transport="vsock")
+    assert "vhost-vsock-pci,guest-cid=3" in _option(plan.qemu_argv, "-device")
+    assert "--listen-vsock" in plan.helper_argv
 
 
 def test_cli_initramfs_writes_an_image_with_the_init(tmp_path, monkeypatch, capsys):
