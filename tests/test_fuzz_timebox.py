@@ -37,7 +37,7 @@ def test_fuzz_time_box(name, tmp_path):
         [sys.executable, "-m", f"fuzz.{name}", f"-max_total_time={FUZZ_SECONDS}",
          "-timeout=10", "-rss_limit_mb=1024", f"-artifact_prefix={tmp_path}/crash-",
          str(work), str(ROOT / "fuzz" / "corpus" / name)],
-        cwd=ROOT, capture_output=True, text=True, timeout=FUZZ_SECONDS * 4 + 60)
+        cwd=ROOT, capture_output=True, text=True, timeout=FUZZ_SECONDS + 600)  # instrumenting takes a minute on a busy machine
     crashes = sorted(tmp_path.glob("crash-*")) + sorted(tmp_path.glob("timeout-*")) + \
         sorted(tmp_path.glob("oom-*"))
     assert run.returncode == 0 and not crashes, (

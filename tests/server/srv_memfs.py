@@ -39,6 +39,9 @@ class Node:
         return Qid(int(kind), self.version, self.ino)
 
 
+MAX_FILE_SIZE = 64 << 20  # found by fuzz/session.py: Twrite at offset 2^32 ate 4 GiB
+
+
 class MemFilesystem(Filesystem):
     def __init__(self, slow: dict[str, float] | None = None) -> None:
         self.root = Node(stat.S_IFDIR | 0o755)
@@ -125,6 +128,8 @@ class MemFile(File):
     async def write(self, offset: int, data: memoryview) -> int:
         await self._maybe_slow()
         buf = self.node.data
+        if offset + len(data) > MAX_FILE_SIZE:  # RAM is bounded: a 4 GiB offset is EFBIG
+            raise errno_error(errno.EFBIG, "beyond the RAM file size limit")
         if len(buf) < offset:
             buf.extend(bytes(offset - len(buf)))
         buf[offset:offset + len(data)] = data
