@@ -16,7 +16,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GUEST_INIT_SOURCE = Path(__file__).resolve().parents[2] / "guest-init" / "ninep-init.c"
+# Package data (shipped in the wheel): the one copy of the init source.
+GUEST_INIT_SOURCE = Path(__file__).resolve().parent / "guest-init" / "ninep-init.c"
 INIT_CFLAGS = ["-static", "-Os", "-Wall", "-ffunction-sections", "-fdata-sections",
                "-Wl,--gc-sections", "-s"]
 
