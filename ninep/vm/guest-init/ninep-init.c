@@ -100,10 +100,19 @@ static void say(const char *fmt, ...)
 
 #define note(...) do { if (!quiet) say(__VA_ARGS__); } while (0)
 
+#ifdef NINEP_FUZZ
+#include <setjmp.h>
+static jmp_buf fuzz_refused; /* die() returns here: refusing the input is fine */
+#endif
+
 static void __attribute__((noreturn)) die(const char *fmt, ...)
 {
 	char buf[400];
 	va_list ap;
+#ifdef NINEP_FUZZ
+	(void)fmt, (void)buf, (void)ap;
+	longjmp(fuzz_refused, 1);
+#endif
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof buf, fmt, ap);
 	va_end(ap);
@@ -170,8 +179,24 @@ static void mount_early(void)
 	}
 }
 
-/* Splits /proc/cmdline in place (double quotes group words) and takes our keys. */
-static void parse_cmdline(void)
+/* A decimal number 0..max, or -1: atoi's silent 0 for "abc" and overflow are wrong here. */
+static long parse_number(const char *text, long max)
+{
+	long value = 0;
+	if (!*text)
+		return -1;
+	for (; *text; text++) {
+		if (*text < '0' || *text > '9' || value > (max - (*text - '0')) / 10)
+			return -1;
+		value = value * 10 + (*text - '0');
+	}
+	return value;
+}
+
+/* Splits a kernel command line in place (double quotes group words) and takes our
+ * keys into cfg.  No I/O; a bad value dies, which the fuzz build (-DNINEP_FUZZ, at the
+ * end) turns into a refusal of its input. */
+static void parse_cmdline_words(char *p)
 {
 	static const struct { const char *key; const char **value; } keys[] = {
 		{ "root=", &cfg.root }, { "ninep.src=", &cfg.src }, { "ninep.ip=", &cfg.ip },
@@ -181,9 +206,6 @@ static void parse_cmdline(void)
 		{ "rootflags=", &cfg.rootflags }, { "rootfstype=", &cfg.rootfstype },
 		{ "init=", &cfg.init },
 	};
-	char *p = cmdline;
-	if (read_file("/proc/cmdline", cmdline, sizeof cmdline) < 0)
-		die("read /proc/cmdline: %s", strerror(errno));
 	while (*p) {
 		char *word, *out;
 		int quoted = 0;
@@ -207,12 +229,20 @@ static void parse_cmdline(void)
 			cfg.readonly = 0;
 		else if (!strcmp(word, "quiet"))
 			quiet = 1;
-		else if (!strncmp(word, "ninep.timeout=", 14))
-			cfg.timeout_s = atoi(word + 14);
+		else if (!strncmp(word, "ninep.timeout=", 14) &&
+			 (cfg.timeout_s = (int)parse_number(word + 14, 86400 * 365)) < 0)
+			die("ninep.timeout=%s: expected seconds", word + 14);
 		for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
 			if (!strncmp(word, keys[i].key, strlen(keys[i].key)))
 				*keys[i].value = word + strlen(keys[i].key);
 	}
+}
+
+static void parse_cmdline(void)
+{
+	if (read_file("/proc/cmdline", cmdline, sizeof cmdline) < 0)
+		die("read /proc/cmdline: %s", strerror(errno));
+	parse_cmdline_words(cmdline);
 }
 
 /* Loads the modules the builder listed, already in dependency order. */
@@ -249,15 +279,35 @@ static const char *split_url(const char *url, char *scheme, size_t size)
 }
 
 /* "host:port" -> host copied out, port returned (default_port when absent). */
-static int split_host_port(const char *rest, char *host, size_t size, int default_port)
+static long split_host_port(const char *rest, char *host, size_t size, long default_port,
+			    long max_port)
 {
 	const char *colon = strrchr(rest, ':');
 	size_t len = colon ? (size_t)(colon - rest) : strlen(rest);
+	long port = colon ? parse_number(colon + 1, max_port) : default_port;
 	if (len >= size)
 		die("address too long: %s", rest);
+	if (port < 0)
+		die("%s: expected a port 0..%ld after the ':'", rest, max_port);
 	memcpy(host, rest, len);
 	host[len] = 0;
-	return colon ? atoi(colon + 1) : default_port;
+	return port;
+}
+
+/* "A.B.C.D/PREFIX" (prefix 24 when absent) -> address and netmask. */
+static void parse_ipv4_prefix(const char *text, struct in_addr *addr, struct in_addr *mask)
+{
+	char addr_text[64];
+	char *slash;
+	long prefix = 24;
+	snprintf(addr_text, sizeof addr_text, "%s", text);
+	if ((slash = strchr(addr_text, '/'))) {
+		*slash = 0;
+		prefix = parse_number(slash + 1, 32);
+	}
+	if (prefix < 0 || inet_pton(AF_INET, addr_text, addr) != 1)
+		die("bad ninep.ip=%s: expected A.B.C.D/PREFIX, PREFIX 0..32", text);
+	mask->s_addr = htonl(prefix ? 0xffffffffu << (32 - prefix) : 0);
 }
 
 static void mount_options(char *opts, const char *trans_opts)
@@ -291,7 +341,7 @@ static int mount_over_fd(int fd, const char *target)
 static int connect_vsock(const char *rest, const char *target)
 {
 	char cid_text[32];
-	int port = split_host_port(rest, cid_text, sizeof cid_text, 564);
+	long port = split_host_port(rest, cid_text, sizeof cid_text, 564, 0xffffffffL);
 	struct vsock_addr addr = { .svm_family = AF_VSOCK, .svm_port = port,
 				   .svm_cid = (unsigned)strtoul(cid_text, NULL, 0) };
 	long delay = 100;
@@ -300,7 +350,7 @@ static int connect_vsock(const char *rest, const char *target)
 		if (fd < 0)
 			die("socket AF_VSOCK: %s (is vmw_vsock_virtio_transport loaded?)", strerror(errno));
 		if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
-			say("connect vsock %s:%d: %s", cid_text, port, strerror(errno));
+			say("connect vsock %s:%ld: %s", cid_text, port, strerror(errno));
 			close(fd);
 			continue;
 		}
@@ -308,7 +358,7 @@ static int connect_vsock(const char *rest, const char *target)
 		close(fd); /* the kernel holds its own reference once mounted */
 		if (!err)
 			return 0;
-		say("mount 9p over vsock %s:%d: %s", cid_text, port, strerror(-err));
+		say("mount 9p over vsock %s:%ld: %s", cid_text, port, strerror(-err));
 	} while (backoff(&delay));
 	return -ETIMEDOUT;
 }
@@ -440,20 +490,13 @@ static int ifreq_ioctl(int sock, unsigned long request, const char *ifname,
 /* eth0 up with ninep.ip, lo up, default route via ninep.gw. */
 static void configure_network(void)
 {
-	char addr_text[64];
 	struct in_addr addr, mask, gw;
 	struct rtentry route;
-	int prefix = 24, sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	long delay = 100;
-	char *slash;
-	snprintf(addr_text, sizeof addr_text, "%s", cfg.ip);
-	if ((slash = strchr(addr_text, '/'))) {
-		*slash = 0;
-		prefix = atoi(slash + 1);
-	}
-	if (inet_pton(AF_INET, addr_text, &addr) != 1 || inet_pton(AF_INET, cfg.gw, &gw) != 1)
-		die("bad ninep.ip=%s or ninep.gw=%s", cfg.ip, cfg.gw);
-	mask.s_addr = htonl(prefix ? 0xffffffffu << (32 - prefix) : 0);
+	parse_ipv4_prefix(cfg.ip, &addr, &mask);
+	if (inet_pton(AF_INET, cfg.gw, &gw) != 1)
+		die("bad ninep.gw=%s", cfg.gw);
 	while (ifreq_ioctl(sock, SIOCSIFADDR, "eth0", &addr, 0) < 0) {
 		say("configure eth0: %s", strerror(errno));
 		if (!backoff(&delay))
@@ -472,7 +515,7 @@ static void configure_network(void)
 	if (ioctl(sock, SIOCADDRT, &route) < 0 && errno != EEXIST)
 		say("default route via %s: %s", cfg.gw, strerror(errno));
 	close(sock);
-	note("eth0 %s/%d, gateway %s", addr_text, prefix, cfg.gw);
+	note("eth0 %s, gateway %s", cfg.ip, cfg.gw);
 }
 
 /* The socket is made here rather than by the kernel (trans=tcp) so it gets
@@ -481,7 +524,8 @@ static void configure_network(void)
 static int connect_tcp(const char *rest, const char *target)
 {
 	char host[64];
-	int port = split_host_port(rest, host, sizeof host, 564), err = -ETIMEDOUT, one = 1;
+	long port = split_host_port(rest, host, sizeof host, 564, 65535);
+	int err = -ETIMEDOUT, one = 1;
 	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(port) };
 	long delay = 100;
 	configure_network();
@@ -494,7 +538,7 @@ static int connect_tcp(const char *rest, const char *target)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 		if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
 			err = -errno;
-			say("connect tcp %s:%d: %s", host, port, strerror(errno));
+			say("connect tcp %s:%ld: %s", host, port, strerror(errno));
 			close(fd);
 			continue;
 		}
@@ -502,7 +546,7 @@ static int connect_tcp(const char *rest, const char *target)
 		close(fd); /* the kernel holds its own reference once mounted */
 		if (!err)
 			return 0;
-		say("mount 9p over tcp %s:%d: %s", host, port, strerror(-err));
+		say("mount 9p over tcp %s:%ld: %s", host, port, strerror(-err));
 	} while (backoff(&delay));
 	return err;
 }
@@ -654,6 +698,7 @@ static void __attribute__((noreturn)) run_and_power_off(const char *script)
 	die("power off: %s", strerror(errno));
 }
 
+#ifndef NINEP_FUZZ
 int main(int argc, char **argv)
 {
 	char *script;
@@ -686,3 +731,62 @@ int main(int argc, char **argv)
 	execv(cfg.init, argv);
 	die("exec %s: %s", cfg.init, strerror(errno));
 }
+#else
+/* libFuzzer's entry (fuzz/cmdline.sh builds it with clang -fsanitize=fuzzer,address,
+ * undefined): the input is /proc/cmdline's text, parsed as main parses it, then every
+ * value parsed as the transport that would use it does. ASan/UBSan catch the memory
+ * and arithmetic errors; the checks below catch a value that is not in the line. */
+static int inside(const char *value, const char *text, size_t size, const char *default_value)
+{
+	return value == default_value ||
+	       (value >= text && value <= text + size && memchr(value, 0, text + size + 1 - value));
+}
+
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
+{
+	static struct config defaults;
+	static int saved;
+	struct in_addr addr, mask;
+	char scheme[32], host[64], *text;
+	const char **values[] = { &cfg.root, &cfg.src, &cfg.ip, &cfg.gw, &cfg.msize, &cfg.cache,
+				  &cfg.aname, &cfg.access, &cfg.overlay, &cfg.rootflags,
+				  &cfg.rootfstype, &cfg.init };
+	const char **default_values[] = { &defaults.root, &defaults.src, &defaults.ip,
+		&defaults.gw, &defaults.msize, &defaults.cache, &defaults.aname, &defaults.access,
+		&defaults.overlay, &defaults.rootflags, &defaults.rootfstype, &defaults.init };
+	if (!saved)
+		defaults = cfg, saved = 1;
+	cfg = defaults;
+	quiet = 0;
+	if (size >= sizeof cmdline) /* read_file's limit */
+		size = sizeof cmdline - 1;
+	text = malloc(size + 1); /* exactly the input: ASan sees any read past it */
+	memcpy(text, data, size);
+	text[size] = 0;
+	if (setjmp(fuzz_refused) == 0) {
+		parse_cmdline_words(text);
+		for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
+			if (!inside(*values[i], text, size, *default_values[i]))
+				__builtin_trap();
+		if (cfg.timeout_s < 0 || cfg.readonly > 1u)
+			__builtin_trap();
+	}
+	if (setjmp(fuzz_refused) == 0) {
+		const char *rest = split_url(cfg.src, scheme, sizeof scheme);
+		long port = split_host_port(rest, host, sizeof host, 564,
+					    strcmp(scheme, "tcp") ? 0xffffffffL : 65535);
+		if (port < 0 || port > 0xffffffffL || strlen(host) >= sizeof host)
+			__builtin_trap();
+	}
+	if (setjmp(fuzz_refused) == 0)
+		parse_ipv4_prefix(cfg.ip, &addr, &mask);
+	if (setjmp(fuzz_refused) == 0) {
+		char opts[OPTS_MAX];
+		mount_options(opts, "trans=fd,rfdno=3,wfdno=3");
+		if (strlen(opts) >= OPTS_MAX)
+			__builtin_trap();
+	}
+	free(text);
+	return 0;
+}
+#endif
