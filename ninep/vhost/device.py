@@ -115,6 +115,7 @@ class VsockDevice:
         self.vrings = [_Vring(), _Vring()]
         self.nursery: trio.Nursery | None = None
         self.broken: str | None = None
+        self._tx_held = False  # TX chains left in the ring until the guest takes our replies
 
     # -- vhost-user messages ------------------------------------------------------
 
@@ -265,7 +266,10 @@ class VsockDevice:
         events = []
         took = False
         try:
-            while (chain := queue.pop()) is not None:
+            # As Linux's vhost-vsock: each guest packet may queue one reply; a guest that
+            # posts no RX buffers is not read until it takes them, so replies stay bounded.
+            while not (held := self.mux.replies_queued >= queue.num) and \
+                    (chain := queue.pop()) is not None:
                 took = True
                 try:
                     packet = parse_packet(chain.gather())
@@ -276,6 +280,7 @@ class VsockDevice:
         except QueueBroken as exc:
             self._broken(f"TX ring: {exc}")
             return
+        self._tx_held = held
         if took:
             self._notify(vring)
         for kind, connection in events:
@@ -325,7 +330,16 @@ class VsockDevice:
                 nursery.start_soon(copy, sock, stream)
 
     def flush(self) -> None:
-        """Move whatever the mux has for the guest into RX buffers it has offered."""
+        """Move whatever the mux has for the guest into RX buffers it has offered, and
+        take the guest packets held back while replies waited for room."""
+        while True:
+            self._fill_rx()
+            tx = self.vrings[TX_QUEUE].queue
+            if not self._tx_held or self.broken or tx is None or self.mux.replies_queued >= tx.num:
+                return
+            self._drain_tx()
+
+    def _fill_rx(self) -> None:
         vring = self.vrings[RX_QUEUE]
         queue = vring.queue
         if queue is None or self.broken or not self.mux.has_output():
@@ -393,6 +407,7 @@ class VsockDevice:
         self.vrings = [_Vring(), _Vring()]
         self._release_memory()
         self.broken = None
+        self._tx_held = False
 
     def close(self) -> None:
         self.reset()

@@ -85,6 +85,7 @@ class VsockConnection:
     closed: bool = False        # gone for good (RST either way)
     credit_requested: bool = False
     shutdown_sent: bool = False
+    ready: bool = False         # in the mux's ready queue (once: guest packets must not grow it)
     shell: object = None        # the trio side's per-connection state
 
     @property
@@ -153,7 +154,7 @@ class VsockMux:
             log.debug("vsock: op %d on an open stream; resetting", packet.op)
             self._reset(connection)
         if connection.pending and connection.peer_credit:
-            self._ready.append(connection)
+            self._mark_ready(connection)
         return [("changed", connection)]
 
     def _request(self, packet: Packet, existing) -> list:
@@ -185,14 +186,14 @@ class VsockMux:
         if connection.closed or connection.closing:
             raise BrokenPipeError("vsock stream is closed")
         connection.pending += data
-        self._ready.append(connection)
+        self._mark_ready(connection)
 
     def close(self, connection: VsockConnection) -> None:
         """The host side is done: what is pending still goes, then SHUTDOWN."""
         if connection.closed or connection.closing:
             return
         connection.closing = True
-        self._ready.append(connection)
+        self._mark_ready(connection)
 
     def reset(self, connection: VsockConnection) -> None:
         if not connection.closed:
@@ -204,6 +205,8 @@ class VsockMux:
         for connection in gone:
             self._forget(connection)
         self._control.clear()
+        for connection in self._ready:
+            connection.ready = False
         self._ready.clear()
         return gone
 
@@ -212,6 +215,12 @@ class VsockMux:
     def has_output(self) -> bool:
         return bool(self._control or self._ready)
 
+    @property
+    def replies_queued(self) -> int:
+        """Control packets waiting for RX buffers: the device stops taking guest packets
+        while the guest has not made room for this many (each can cause one)."""
+        return len(self._control)
+
     def next_packet(self, max_payload: int) -> Packet | None:
         """The next packet for an RX buffer with room for ``max_payload`` payload bytes."""
         if self._control:
@@ -219,17 +228,17 @@ class VsockMux:
         while self._ready:
             connection = self._ready[0]
             if connection.closed:
-                self._ready.popleft()
+                self._unready()
                 continue
             size = min(len(connection.pending), connection.peer_credit, max_payload)
             if size > 0:
                 payload = bytes(connection.pending[:size])
                 del connection.pending[:size]
                 connection.tx_cnt += size
-                if not connection.pending:
-                    self._ready.popleft()
+                if not connection.pending and not connection.closing:
+                    self._unready()  # a closing one stays for its SHUTDOWN
                 return self._packet(connection, OP_RW, payload=payload)
-            self._ready.popleft()
+            self._unready()
             if connection.pending:
                 if not connection.credit_requested:  # blocked: ask the guest for credit once
                     connection.credit_requested = True
@@ -246,6 +255,14 @@ class VsockMux:
         return Packet(HOST_CID, self.guest_cid, connection.local_port, connection.peer_port, op,
                       flags=flags, buf_alloc=connection.buf_alloc,
                       fwd_cnt=connection.fwd_cnt & 0xFFFFFFFF, payload=payload)
+
+    def _mark_ready(self, connection: VsockConnection) -> None:
+        if not connection.ready:
+            connection.ready = True
+            self._ready.append(connection)
+
+    def _unready(self) -> None:
+        self._ready.popleft().ready = False
 
     def _send_control(self, connection: VsockConnection, op: int, flags: int = 0) -> None:
         self._control.append(self._packet(connection, op, flags=flags))
