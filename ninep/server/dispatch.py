@@ -19,6 +19,7 @@ from ..fs.backend import File, SetAttr, errno_error
 from ..protocol import messages as m
 from ..protocol.constants import (
     ACCMODE,
+    AT_REMOVEDIR,
     IOHDRSZ,
     MAX_WALK_ELEMENTS,
     NOFID,
@@ -28,6 +29,7 @@ from ..protocol.constants import (
     LockStatus,
     LockType,
     OpenFlags,
+    SetattrMask,
     host_errno_to_wire,
 )
 from .locks import LockOwner, LockTable
@@ -38,6 +40,8 @@ log = logging.getLogger("ninep.server")
 XATTR_SIZE_MAX = 65536  # Linux's limit for one xattr value (and for a listing)
 _MAJOR_MAX = (1 << 12) - 1  # Linux MKDEV: 12 bits of major ...
 _MINOR_MAX = (1 << 20) - 1  # ... and 20 of minor (MINORBITS)
+_NO_ID = 0xFFFFFFFF  # (uid_t)-1: "leave it" to chown(2)
+_NSEC_PER_SEC = 1_000_000_000
 
 # Classic 9P2000 requests: a 9P2000.L server does not implement them.
 _CLASSIC_REQUESTS = (m.Topen, m.Tcreate, m.Tstat, m.Twstat)
@@ -382,6 +386,8 @@ class Dispatcher:
                           a.btime_sec, a.btime_nsec, a.gen, a.data_version)
 
     async def _setattr(self, msg: m.Tsetattr) -> m.Message:
+        if not _setattr_in_range(msg):
+            return m.Rlerror(msg.tag, Errno.EINVAL)
         fid = self._file_fid(msg.fid)
         try:
             self._check_writable(fid)
@@ -428,6 +434,8 @@ class Dispatcher:
         return m.Rmknod(msg.tag, qid)
 
     async def _unlinkat(self, msg: m.Tunlinkat) -> m.Message:
+        if msg.flags & ~AT_REMOVEDIR:  # as unlinkat(2): no other flag is defined
+            return m.Rlerror(msg.tag, Errno.EINVAL)
         await self._in_dir(msg.dirfid, msg.name, lambda d: d.unlinkat(msg.name, msg.flags))
         return m.Runlinkat(msg.tag)
 
@@ -558,3 +566,17 @@ class Dispatcher:
                               msg.proc_id, msg.client_id)
         return m.Rgetlock(msg.tag, held.type, held.start, held.length,
                           held.owner.proc_id, held.owner.client_id)
+
+
+def _setattr_in_range(msg: m.Tsetattr) -> bool:
+    """Values a backend's C call would read as something else: chown(2) takes uid or gid
+    (uid_t)-1 as "leave it", and utimensat(2) a nsec of 2^30-1 / 2^30-2 as UTIME_NOW /
+    UTIME_OMIT; each would answer success for a change not made. A time's seconds are
+    signed on the wire (before 1970 is 2^64-n), so they are not checked."""
+    valid = msg.valid
+    return not ((valid & SetattrMask.UID and msg.uid == _NO_ID)
+                or (valid & SetattrMask.GID and msg.gid == _NO_ID)
+                or (valid & SetattrMask.ATIME and valid & SetattrMask.ATIME_SET
+                    and msg.atime_nsec >= _NSEC_PER_SEC)
+                or (valid & SetattrMask.MTIME and valid & SetattrMask.MTIME_SET
+                    and msg.mtime_nsec >= _NSEC_PER_SEC))

@@ -84,6 +84,35 @@ CASES = {
                                  {errno.EINVAL, errno.E2BIG, errno.ENOSPC, errno.EOPNOTSUPP}),
     "fsync datasync u32 max": (walk_open(1, "d/f"), m.Tfsync(9, 1, U32), {errno.EINVAL, None}),
     "getattr mask u64 max": ([m.Twalk(2, 0, 1, ["d", "f"])], m.Tgetattr(9, 1, U64), {None}),
+    # (uid_t)-1 / (gid_t)-1 mean "leave it" to chown(2), and nsec 2^30-1 / 2^30-2 are
+    # utimensat's UTIME_NOW / UTIME_OMIT: passed through, each answered success for a
+    # change that was not made.
+    "setattr uid u32 max": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                            m.Tsetattr(9, 1, 0x2, 0, U32, 0, 0, 0, 0, 0, 0), {errno.EINVAL}),
+    "setattr gid u32 max": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                            m.Tsetattr(9, 1, 0x4, 0, 0, U32, 0, 0, 0, 0, 0), {errno.EINVAL}),
+    "setattr mtime nsec UTIME_OMIT": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                                      m.Tsetattr(9, 1, 0x20 | 0x100, 0, 0, 0, 0, 0, 0,
+                                                 5, (1 << 30) - 2), {errno.EINVAL}),
+    "setattr atime nsec UTIME_NOW": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                                     m.Tsetattr(9, 1, 0x10 | 0x80, 0, 0, 0, 0,
+                                                5, (1 << 30) - 1, 0, 0), {errno.EINVAL}),
+    "setattr mtime nsec 10^9": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                                m.Tsetattr(9, 1, 0x20 | 0x100, 0, 0, 0, 0, 0, 0,
+                                           5, 10**9), {errno.EINVAL}),
+    "setattr times sec u64 max (before 1970)": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                                                m.Tsetattr(9, 1, 0x20 | 0x100, 0, 0, 0, 0,
+                                                           0, 0, U64, 0), {None}),
+    "unlinkat flags u32 max": ([m.Twalk(2, 0, 1, ["d"])], m.Tunlinkat(9, 1, "f", U32),
+                               {errno.EINVAL}),
+    "read count u32 max": (walk_open(1, "d/f"), m.Tread(9, 1, 0, U32), {None}),
+    "renameat to a name 255 long": ([m.Twalk(2, 0, 1, ["d"])],
+                                    m.Trenameat(9, 1, "f", 1, "n" * 256), {errno.ENAMETOOLONG}),
+    "link to a name 256 long": ([m.Twalk(2, 0, 1, ["d"]), m.Twalk(3, 0, 2, ["d", "f"])],
+                                m.Tlink(9, 1, 2, "n" * 256), {errno.ENAMETOOLONG}),
+    "xattrwalk name 256 long": ([m.Twalk(2, 0, 1, ["d", "f"])],
+                                m.Txattrwalk(9, 1, 2, "user." + "x" * 256),
+                                {errno.ERANGE, errno.ENODATA}),
 }
 
 
