@@ -48,19 +48,22 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
 # Coverage-guided fuzzing (docs/fuzzing.md): each harness for FUZZ_RUNS executions, the
-# work corpus in $(FUZZ_WORK), crashes saved there as crash-*. Needs the `fuzz` extra.
+# work corpus in $(FUZZ_WORK)/<harness>, its log in $(FUZZ_WORK)/<harness>.log, crashes
+# saved as $(FUZZ_WORK)/<harness>-crash-*. Needs the `fuzz` extra; cmdline needs clang.
 FUZZ_RUNS ?= 1000000
 FUZZ_WORK ?= /tmp/ninep-fuzz
-FUZZ_HARNESSES := codec session config
+FUZZ_HARNESSES ?= codec session config vsock cmdline
 .PHONY: fuzz fuzz-deps
 fuzz-deps: venv
 	$(PY) -m pip install -q -e '.[fuzz]'
 
 fuzz: fuzz-deps
 	@for h in $(FUZZ_HARNESSES); do \
-	  mkdir -p $(FUZZ_WORK)/$$h && \
-	  nice -n 10 $(PY) -m fuzz.$$h -runs=$(FUZZ_RUNS) -print_final_stats=1 \
-	    -artifact_prefix=$(FUZZ_WORK)/$$h/crash- $(FUZZ_WORK)/$$h fuzz/corpus/$$h \
-	    2>&1 | tee $(FUZZ_WORK)/$$h.log | grep -E '^#[0-9]+ +(INITED|DONE)|stat::|crash' \
-	    || exit 1; \
+	  mkdir -p $(FUZZ_WORK)/$$h; \
+	  echo "fuzz.$$h: $(FUZZ_RUNS) runs, log $(FUZZ_WORK)/$$h.log"; \
+	  nice -n 10 $(PY) -m fuzz.$$h -runs=$(FUZZ_RUNS) -print_final_stats=1 -rss_limit_mb=2048 \
+	    -artifact_prefix=$(FUZZ_WORK)/$$h-crash- $(FUZZ_WORK)/$$h fuzz/corpus/$$h \
+	    >$(FUZZ_WORK)/$$h.log 2>&1; rc=$$?; \
+	  grep -E '^#[0-9]+ +(INITED|DONE)|stat::number_of_executed_units|artifact|ERROR' $(FUZZ_WORK)/$$h.log; \
+	  if [ $$rc -ne 0 ]; then echo "fuzz.$$h FAILED (exit $$rc): see $(FUZZ_WORK)/$$h.log"; exit 1; fi; \
 	done

@@ -31,7 +31,7 @@ def one_input(data: bytes) -> None:
 
 def main() -> None:
     from fuzz.driver import run
-    run("config", one_input)
+    run("config", one_input, ("ninep", "fuzz", "yaml"))  # PyYAML's paths lead to the loader's
 
 
 if __name__ == "__main__":

@@ -2,47 +2,111 @@
 
 Always: every corpus file (the seeds and every crash ever found, which are added to the
 corpus) replays through its harness with no error -- the regression tests.
-With atheris installed (the `fuzz` extra): each harness fuzzes for FUZZ_SECONDS; a crash
-fails the test and names the reproducer, saved under the pytest tmp dir, to copy into
-fuzz/corpus/<harness>/."""
+With atheris installed (the `fuzz` extra; clang for the C harness): each harness fuzzes
+for NINEP_FUZZ_SECONDS. A crash, timeout or OOM fails the test; the reproducer is kept in
+NINEP_FUZZ_ARTIFACTS (default build/fuzz-artifacts/<harness>/ in the checkout) and its
+bytes are printed in the failure, so a CI log alone is enough to reproduce it."""
 
+import base64
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
+import fuzz.cmdline
 import fuzz.codec
 import fuzz.config
 import fuzz.session
+import fuzz.vsock
 from fuzz.driver import replay
 
-HARNESSES = {"codec": fuzz.codec, "session": fuzz.session, "config": fuzz.config}
+PYTHON_HARNESSES = {"codec": fuzz.codec, "session": fuzz.session, "config": fuzz.config,
+                    "vsock": fuzz.vsock}
+HARNESSES = [*PYTHON_HARNESSES, "cmdline"]
 FUZZ_SECONDS = int(os.environ.get("NINEP_FUZZ_SECONDS", "20"))
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("NINEP_FUZZ_ARTIFACTS", ROOT / "build" / "fuzz-artifacts"))
+
+
+def _need_clang():
+    if fuzz.cmdline.compiler() is None:
+        pytest.skip("no clang (apt-get install clang libclang-rt-14-dev)")
 
 
 @pytest.mark.parametrize("name", HARNESSES)
 def test_corpus_replays_clean(name):
-    assert replay(name, HARNESSES[name].one_input) > 0  # a missing corpus is a failure
+    if name == "cmdline":
+        _need_clang()
+        assert fuzz.cmdline.replay_corpus() > 0
+        return
+    assert replay(name, PYTHON_HARNESSES[name].one_input) > 0  # a missing corpus is a failure
+
+
+def time_box(module: str, corpus: Path, work: Path, artifacts: Path, seconds: int,
+             env: dict | None = None) -> tuple[int, list[Path], str]:
+    """Fuzz one harness for `seconds`; (exit status, reproducers saved, output tail)."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    before = set(artifacts.iterdir())
+    run = subprocess.run(
+        [sys.executable, "-m", module, f"-max_total_time={seconds}", "-timeout=10",
+         "-rss_limit_mb=1024", f"-artifact_prefix={artifacts}/", str(work), str(corpus)],
+        cwd=ROOT, capture_output=True, text=True, env=env,
+        timeout=seconds + 600)  # instrumenting takes a minute on a busy machine
+    found = sorted(set(artifacts.iterdir()) - before)
+    return run.returncode, found, run.stderr[-4000:]
+
+
+def describe(module: str, found: list[Path], returncode: int, output: str) -> str:
+    lines = [f"{module} failed (rc {returncode}); reproducers saved:"]
+    for path in found:
+        data = path.read_bytes()
+        lines.append(f"  {path} ({len(data)} bytes), replay: python -m {module} {path}")
+        lines.append(textwrap.indent(base64.encodebytes(data[:3000]).decode(), "    base64 "))
+    lines.append("Copy each into fuzz/corpus/<harness>/ (a regression test from then on) and fix it.")
+    return "\n".join(lines) + "\n" + output
 
 
 @pytest.mark.parametrize("name", HARNESSES)
 def test_fuzz_time_box(name, tmp_path):
+    if name == "cmdline":
+        _need_clang()
+    else:
+        pytest.importorskip("atheris", reason="the `fuzz` extra is not installed")
+    module = f"fuzz.{name}"
+    returncode, found, output = time_box(module, ROOT / "fuzz" / "corpus" / name,
+                                         tmp_path / "corpus", ARTIFACTS / name, FUZZ_SECONDS)
+    assert returncode == 0 and not found, describe(module, found, returncode, output)
+
+
+PLANTED = '''
+def one_input(data):
+    if data[:2] == b"NP":
+        raise RuntimeError("planted defect")
+
+if __name__ == "__main__":
+    from fuzz.driver import run
+    run("planted", one_input)
+'''
+
+
+def test_a_crash_fails_the_time_box_and_keeps_its_reproducer(tmp_path):
+    """The time box's own check: a harness with a planted defect fails it at once."""
     pytest.importorskip("atheris", reason="the `fuzz` extra is not installed")
-    work = tmp_path / "corpus"
-    work.mkdir()
-    run = subprocess.run(
-        [sys.executable, "-m", f"fuzz.{name}", f"-max_total_time={FUZZ_SECONDS}",
-         "-timeout=10", "-rss_limit_mb=1024", f"-artifact_prefix={tmp_path}/crash-",
-         str(work), str(ROOT / "fuzz" / "corpus" / name)],
-        cwd=ROOT, capture_output=True, text=True, timeout=FUZZ_SECONDS + 600)  # instrumenting takes a minute on a busy machine
-    crashes = sorted(tmp_path.glob("crash-*")) + sorted(tmp_path.glob("timeout-*")) + \
-        sorted(tmp_path.glob("oom-*"))
-    assert run.returncode == 0 and not crashes, (
-        f"fuzz.{name} failed (rc {run.returncode}); reproducers: {[str(c) for c in crashes]}\n"
-        + run.stderr[-4000:])
+    (tmp_path / "planted.py").write_text(PLANTED)
+    corpus = tmp_path / "seeds"
+    corpus.mkdir()
+    (corpus / "seed").write_bytes(b"N")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    returncode, found, output = time_box("planted", corpus, tmp_path / "work",
+                                         tmp_path / "artifacts", 60, env)
+    assert returncode != 0 and len(found) == 1, output
+    assert found[0].read_bytes()[:2] == b"NP"
+    message = describe("planted", found, returncode, output)
+    assert str(found[0]) in message and base64.b64encode(found[0].read_bytes()).decode()[:8] in message
 
 
 # Found by the config harness: an empty value or an unknown tag escaped as a YAMLError.
