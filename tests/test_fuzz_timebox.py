@@ -118,3 +118,19 @@ def test_empty_config_values_are_config_errors(text):
     from ninep.config import ConfigError, parse_config
     with pytest.raises(ConfigError):
         parse_config(text)
+
+
+def test_trace_lines_become_the_messages_that_were_traced():
+    """fuzz/trace_seeds.py reads ninepd --trace back (the kernel-trace seeds depend on it)."""
+    from fuzz.trace_seeds import parse_line, seeds_from
+    from ninep.protocol import messages as m
+    from ninep.server.trace import describe
+    sent = [m.Tversion(0xFFFF, 512000, "9P2000.L"), m.Tattach(0, 0, 0xFFFFFFFF, "nobody", "", 0xFFFFFFFF),
+            m.Twalk(1, 0, 1, ("etc", "it's")), m.Tsetattr(2, 1, 0x1A0, 0, 0, 0, 0, 0, 0, (1 << 64) - 5, 7),
+            m.Tlock(3, 1, 1, 0, 0, 10, 5, "client"), m.Twrite(4, 1, 0, b"0123456789abcdefXYZ")]
+    lines = [f"2026-12-07 ninepd INFO unix:///s#2 <- {describe(msg)}" for msg in sent]
+    got = [parse_line(line) for line in lines + ["ninepd INFO unix:///s#2 -> Rclunk tag=1"]]
+    assert [g[1] for g in got[:5]] == sent[:5] and got[-1] is None
+    assert got[5][1].data == b"0123456789abcdef\0\0\0"  # the log keeps 16 bytes and the length
+    sessions, frames = seeds_from(lines)
+    assert len(sessions) == 1 and len(frames) == 6
