@@ -148,6 +148,16 @@ async def test_guest_gives_up_with_a_clear_panic_when_no_server_comes(busybox_ro
     assert "Kernel panic - not syncing: Attempted to kill init!" in result.console
 
 
+async def test_init_panics_on_a_prefix_out_of_range_instead_of_shifting_by_it(busybox_root):
+    """ninep.ip=A/40 shifted a 32-bit mask by -8 (undefined; found by fuzz/cmdline.py)."""
+    result = await boot_script(busybox_root, "echo never", transport="tcp",
+                               server_wait_for="never printed", timeout=90,
+                               extra_append=("ninep.ip=10.0.2.15/40",))
+    assert "ninep-init: panic: bad ninep.ip=10.0.2.15/40: expected A.B.C.D/PREFIX, PREFIX 0..32" \
+        in result.console, result.console[-3000:]
+    assert result.exit_status is None and not result.timed_out
+
+
 @pytest.mark.diod
 async def test_file_operations_served_by_diod(busybox_root):
     """The launcher's server is pluggable: the same script against diod over TCP."""
