@@ -64,6 +64,6 @@ fuzz: fuzz-deps
 	  nice -n 10 $(PY) -m fuzz.$$h -runs=$(FUZZ_RUNS) -print_final_stats=1 -rss_limit_mb=2048 \
 	    -artifact_prefix=$(FUZZ_WORK)/$$h-crash- $(FUZZ_WORK)/$$h fuzz/corpus/$$h \
 	    >$(FUZZ_WORK)/$$h.log 2>&1; rc=$$?; \
-	  grep -E '^#[0-9]+ +(INITED|DONE)|stat::number_of_executed_units|artifact|ERROR' $(FUZZ_WORK)/$$h.log; \
+	  grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|stat::number_of_executed_units|artifact|ERROR' $(FUZZ_WORK)/$$h.log; \
 	  if [ $$rc -ne 0 ]; then echo "fuzz.$$h FAILED (exit $$rc): see $(FUZZ_WORK)/$$h.log"; exit 1; fi; \
 	done
