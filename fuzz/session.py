@@ -9,6 +9,7 @@ Memory stays bounded: the session is thrown away after each input."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -30,6 +31,7 @@ from srv_memfs import MemFilesystem  # noqa: E402  (the test suite's RAM backend
 LIMITS = Limits(max_msize=65536, max_fids=64)
 MAX_REQUESTS = 64  # per input: deep enough for a session, short enough to stay fast
 _SCRATCH = tempfile.mkdtemp(prefix="ninep-fuzz-")
+atexit.register(shutil.rmtree, _SCRATCH, True)  # every pytest run imports this module
 _EXPORT = os.path.join(_SCRATCH, "export")
 _OUTSIDE = os.path.join(_SCRATCH, "outside")
 
