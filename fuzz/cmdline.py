@@ -1,6 +1,6 @@
-"""The guest init's kernel command-line parser, in C: the same ninep-init.c, compiled with
--DNINEP_FUZZ (which swaps main for LLVMFuzzerTestOneInput and die() for a refusal) by
-clang with libFuzzer, AddressSanitizer and UndefinedBehaviorSanitizer. The input is
+"""The guest init's kernel command-line parser, in C: fuzz/cmdline.c includes the same
+ninep-init.c with -DNINEP_FUZZ (no main, die() a refusal) and is the libFuzzer entry;
+clang builds it with libFuzzer, AddressSanitizer and UndefinedBehaviorSanitizer. The input is
 /proc/cmdline's text; the driver parses it as main does, then parses ninep.src, ninep.ip
 and the mount options as the transports would. A sanitizer report or a value that does
 not point into the line is a crash. Needs clang and its compiler-rt (Debian: clang,
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fuzz.driver import corpus_dir
 
+DRIVER = Path(__file__).resolve().parent / "cmdline.c"
 SOURCE = Path(__file__).resolve().parent.parent / "ninep" / "vm" / "guest-init" / "ninep-init.c"
 CFLAGS = ["-g", "-O1", "-DNINEP_FUZZ", "-fsanitize=fuzzer,address,undefined",
           "-fno-sanitize-recover=all", "-Wall", "-Wno-unused-function"]
@@ -40,13 +41,14 @@ def build() -> Path:
     cc = compiler()
     if cc is None:
         raise NoCompiler("no clang: apt-get install clang libclang-rt-14-dev")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *CFLAGS]).encode()).hexdigest()[:16]
+    text = SOURCE.read_bytes() + DRIVER.read_bytes()
+    key = hashlib.sha256(text + " ".join([cc, *CFLAGS]).encode()).hexdigest()[:16]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     binary = Path(base) / "ninep" / "fuzz" / f"ninep-init-cmdline-{key}"
     if not binary.exists():
         binary.parent.mkdir(parents=True, exist_ok=True)
         partial = binary.with_suffix(f".{os.getpid()}.tmp")
-        result = subprocess.run([cc, *CFLAGS, "-o", str(partial), str(SOURCE)],
+        result = subprocess.run([cc, *CFLAGS, "-o", str(partial), str(DRIVER)],
                                 capture_output=True, text=True)
         if result.returncode:
             raise NoCompiler(f"{cc} failed:\n{result.stderr[-3000:]}")
