@@ -28,6 +28,7 @@ DEFAULT_MODULES = (
 )
 #: What an ext4 root on a virtio disk needs (the benchmark's baseline).
 BLOCK_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
+VIRTIOFS_MODULES = ("virtiofs",)  # with fuse, from modules.dep
 
 MODULE_LIST_PATH = "lib/modules/load.order"
 RUN_SCRIPT_PATH = "ninep.run"
