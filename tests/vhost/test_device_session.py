@@ -186,3 +186,40 @@ async def test_a_bad_memory_table_drops_that_qemu_and_the_next_one_is_served(dev
     await stream.aclose()
     second.sock.close()
     ram.close()
+
+
+async def test_a_guest_reboot_ends_its_streams_and_the_restarted_rings_serve_again(device):
+    """On a reset QEMU stops each ring (GET_VRING_BASE) and sets it up afresh; the
+    streams of the old boot end, and the rebooted guest's first connection is served."""
+    listener, path = device
+    ram = GuestRam(2 << 20)
+    guest = Guest(ram)
+    qemu = await connect_qemu(path)
+    guest.kicks = await qemu.start_device(ram, [guest.rx, guest.tx])
+    guest.offer_rx(4)
+    guest.send(OP_REQUEST)
+    with trio.fail_after(5):
+        old_stream = await listener.accept()
+    await guest.receive()
+
+    for index in (0, 1):
+        await qemu.send(vu.GET_VRING_BASE, vu.VRING_STATE.pack(index, 0))
+        assert vu.VRING_STATE.unpack(await qemu.reply(vu.GET_VRING_BASE))[0] == index
+    with trio.fail_after(5):
+        assert await old_stream.receive_some(100) == b""  # the old boot's stream ended
+
+    rebooted = Guest(ram)  # fresh rings in the same RAM, as after a reboot
+    rebooted.kicks = await qemu.start_device(ram, [rebooted.rx, rebooted.tx])
+    rebooted.offer_rx(4)
+    rebooted.send(OP_REQUEST)
+    with trio.fail_after(5):
+        new_stream = await listener.accept()
+    assert [op for op, _ in await rebooted.receive()] == [OP_RESPONSE]
+    rebooted.send(OP_RW, b"after the reboot")
+    with trio.fail_after(5):
+        assert await new_stream.receive_some(100) == b"after the reboot"
+    assert listener.sessions == 1  # the same QEMU connection throughout
+    await old_stream.aclose()
+    await new_stream.aclose()
+    qemu.sock.close()
+    ram.close()
