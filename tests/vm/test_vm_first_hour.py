@@ -119,6 +119,41 @@ def test_a_guest_panic_exits_nonzero_with_the_reason(busybox: Path):
                                  "init! exitcode=0x00000100")
 
 
+@pytest.mark.vm
+@needs_qemu
+@needs_busybox
+def test_the_interactive_console_still_works_and_power_off_exits_0(busybox: Path):
+    """Without --cmd QEMU's output now goes through ninep vm (to spot a panic): typing
+    on the terminal must still reach the guest's shell, and a clean power-off is 0."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: ninep vm on a terminal, as a user runs it
+        os.environ["PYTHONPATH"] = str(REPO)
+        os.execv(sys.executable, [*NINEP, "vm", str(busybox), "--accel", "tcg"])
+    seen, typed, deadline = b"", False, time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # EIO: ninep vm exited and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not typed and b"busybox rootfs up" in seen:
+                time.sleep(1)  # let the shell print its prompt
+                os.write(terminal, b"echo TYPED$((6*7)); poweroff\r")
+                typed = True
+    finally:
+        os.close(terminal)
+        if time.monotonic() >= deadline:
+            os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    text = seen.decode(errors="replace")
+    assert "TYPED42" in text, text[-2000:]
+    assert "reboot: Power down" in text
+    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+
+
 # ---- 3. --accel kvm where KVM cannot run a guest --------------------------------
 
 @needs_qemu
