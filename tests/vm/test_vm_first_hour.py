@@ -250,3 +250,18 @@ def test_help_describes_and_shows_defaults():
         assert default in text, default
     rootfs = " ".join(run([*NINEP, "rootfs", "--help"]).stdout.split())
     assert "about 258 MB" in rootfs and "~/.cache/ninep" in rootfs and "busybox:" in rootfs
+
+
+def test_a_long_command_shows_its_latest_line_on_a_terminal_only():
+    """What debootstrap's progress goes through: each output line replaces the last on
+    one status line; in a pipe nothing is shown, and the output is kept either way."""
+    script = ("import sys; from ninep.vm.progress import run_showing_progress as r; "
+              "res = r(['sh', '-c', 'echo I: Retrieving one; echo I: Retrieving two; exit 3'], "
+              "'debootstrap'); print(res.returncode, repr(res.stdout))")
+    status, seen = _on_a_terminal([sys.executable, "-c", script], env())
+    assert status == 0
+    assert "ninep: debootstrap ..." in seen
+    assert "\r\x1b[K  I: Retrieving one\r\x1b[K  I: Retrieving two" in seen
+    piped = run([sys.executable, "-c", script])
+    assert piped.stderr == ""
+    assert piped.stdout == "3 'I: Retrieving one\\nI: Retrieving two\\n'\n"
