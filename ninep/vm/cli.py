@@ -173,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return EXIT_INTERRUPTED
     except (BuildError, LaunchError, KvmUnavailable, OSError) as error:
-        # One line: a build step's captured output stays below it.
-        text = str(error)
+        # One line; a build step's captured output (a compiler's errors) stays below it,
+        # its last line (debootstrap's "E: ...") joins the first.
+        first, *detail = [line for line in str(error).splitlines() if line.strip()] or [""]
+        text = f"{first.rstrip(':')}: {detail.pop().strip()}" if detail else first
+        if detail:
+            text += "".join(f"\n  {line}" for line in detail)
         if isinstance(error, OSError) and error.strerror:
             text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
             if isinstance(error, PermissionError) and args.command == "rootfs":

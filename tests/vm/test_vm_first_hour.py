@@ -265,3 +265,18 @@ def test_a_long_command_shows_its_latest_line_on_a_terminal_only():
     piped = run([sys.executable, "-c", script])
     assert piped.stderr == ""
     assert piped.stdout == "3 'I: Retrieving one\\nI: Retrieving two\\n'\n"
+
+
+def test_a_failed_debootstrap_is_one_line(tmp_path: Path):
+    """A stand-in debootstrap (first on PATH) fails as the real one does for a user
+    who is not root; no network is touched and nothing is cached."""
+    fake = tmp_path / "bin" / "debootstrap"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'I: Retrieving InRelease'\necho 'E: debootstrap can only run as root' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    result = run([*NINEP, "rootfs", "debian", str(tmp_path / "root")],
+                 env=env(PATH=f"{fake.parent}:{os.environ['PATH']}",
+                         XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert result.returncode == 1
+    assert result.stderr == ("ninep rootfs: debootstrap failed: E: debootstrap can only run "
+                             "as root\n  I: Retrieving InRelease\n")
