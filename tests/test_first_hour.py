@@ -263,3 +263,8 @@ def test_client_cat_follows_symlinks(tmp_path):
     finally:
         stop(server)
         server.kill()
+
+
+def test_client_names_a_missing_socket_without_errno_noise(tmp_path):
+    result = run([*CLIENT, f"unix://{tmp_path}/none.sock", "ls"])
+    assert one_line_error(result, 2) == f"unix://{tmp_path}/none.sock: No such file or directory"

@@ -154,7 +154,7 @@ async def run(argv: Sequence[str], io: Streams | None = None) -> int:
             print(f"{args.url}: no connection within {timeout:g} s", file=io.err)
             return 2
     except (OSError, ValueError) as exc:
-        print(f"{args.url}: {exc}", file=io.err)
+        print(f"{args.url}: {getattr(exc, 'strerror', None) or exc}", file=io.err)
         return 2
     try:
         async with open_client(stream, **options) as client:

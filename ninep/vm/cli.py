@@ -123,6 +123,9 @@ def _vm(args: argparse.Namespace) -> int:
             print(f"ninep vm: {problem}", file=sys.stderr)
             return 2
     kernel = args.kernel or default_kernel()
+    if not kernel.is_file():
+        print(f"ninep vm: --kernel {kernel}: no such file", file=sys.stderr)
+        return 2
     if args.accel == "kvm":  # before anything starts: a guest that cannot run just hangs
         problem = kvm_problem(kernel)
         if problem:

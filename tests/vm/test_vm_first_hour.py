@@ -280,3 +280,10 @@ def test_a_failed_debootstrap_is_one_line(tmp_path: Path):
     assert result.returncode == 1
     assert result.stderr == ("ninep rootfs: debootstrap failed: E: debootstrap can only run "
                              "as root\n  I: Retrieving InRelease\n")
+
+
+@needs_busybox
+def test_a_missing_kernel_is_named(busybox: Path):
+    result = run([*NINEP, "vm", str(busybox), "--kernel", "/nonexistent/vmlinuz", "--cmd", "true"])
+    assert (result.returncode, result.stderr) == (
+        2, "ninep vm: --kernel /nonexistent/vmlinuz: no such file\n")
