@@ -121,7 +121,8 @@ COMMANDS = {"ls": _ls, "cat": _cat, "stat": _stat, "put": _put, "mkdir": _mkdir,
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ninep.client",
                                      description="Talk to a 9P2000.L server.")
-    parser.add_argument("url", help="tcp://host:port or unix:///path")
+    parser.add_argument("url", help="tcp://HOST[:PORT] (port 5640 by default), unix:///ABS/PATH "
+                                    "or unix://REL/PATH")
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("paths", nargs="*", default=[""], metavar="path",
                         help="relative to the attach point (default: the root)")
