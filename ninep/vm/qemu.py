@@ -304,11 +304,6 @@ async def wait_until_serving(ready: tuple[str, object], deadline: float) -> None
             await trio.sleep(0.05)
 
 
-async def _nothing():
-    return
-    yield b""  # an empty async iterator: the interactive console is not captured
-
-
 async def _kill(process: trio.Process | None) -> None:
     if process is not None and process.returncode is None:
         process.kill()
@@ -357,7 +352,10 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
                     if plan.server_ready is not None:
                         await wait_until_serving(plan.server_ready, trio.current_time() + 20)
                 if config.interactive:
-                    qemu = await trio.lowlevel.open_process(plan.qemu_argv, env=env)
+                    # The terminal stays QEMU's stdin; its output is passed through
+                    # as it comes and kept, to tell a panic from a power-off.
+                    qemu = await trio.lowlevel.open_process(
+                        plan.qemu_argv, stdout=subprocess.PIPE, env=env)
                 else:
                     qemu = await trio.lowlevel.open_process(
                         plan.qemu_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -372,7 +370,10 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
                     if late_server and config.server_wait_for is None:
                         nursery.start_soon(delayed_server)
                     pending = b""
-                    async for chunk in qemu.stdout or _nothing():
+                    async for chunk in qemu.stdout:
+                        if config.interactive:
+                            sys.stdout.buffer.write(chunk)
+                            sys.stdout.buffer.flush()
                         pending += chunk
                         *complete, pending = pending.split(b"\n")
                         for raw in complete:
