@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Serve a host directory over TCP (creates ./rootfs if missing).
+# Serve a host directory (creates it if missing): make run EXPORT=DIR LISTEN=URL.
 run: venv
 	mkdir -p $(EXPORT)
 	$(VENV)/bin/ninepd --export $(EXPORT) --listen $(LISTEN)
@@ -40,7 +40,7 @@ demo: demo-rootfs
 bench: venv
 	$(PY) benchmarks/codec.py
 
-# ninepd vs diod side by side (needs diod).
+# ninepd vs diod side by side (needs diod and ../shared/tools/ninep-load, or NINEP_LOAD_SRC=DIR).
 bench-load: venv
 	$(PY) benchmarks/load.py
 

@@ -32,9 +32,11 @@ from ninep.vm.rootfs import BOOT_MARKER, build_debian_rootfs
 CONFIGURATIONS = {
     "ninepd/virtio-serial": ("virtio-serial", "ninepd"),
     "ninepd/tcp": ("tcp", "ninepd"),
+    "ninepd/vsock": ("vsock", "ninepd"),
     "diod/tcp": ("tcp", "diod"),
     "diod/virtio-serial": ("virtio-serial", "diod"),
     "qemu-9p/virtio": ("virtio", "ninepd"),
+    "virtiofsd/virtiofs": ("virtiofs", "ninepd"),
     "ext4/virtio-blk": ("disk", "ninepd"),
 }
 INIT_LINE = "Run /init as init process"

@@ -38,8 +38,10 @@ FSX_SOURCE = Path(__file__).resolve().parent.parent / "tests/vm/fsx.c"
 CONFIGURATIONS = {
     "ninepd/virtio-serial": ("virtio-serial", "ninepd"),
     "ninepd/tcp": ("tcp", "ninepd"),
+    "ninepd/vsock": ("vsock", "ninepd"),
     "diod/tcp": ("tcp", "diod"),
     "qemu-9p/virtio": ("virtio", "ninepd"),
+    "virtiofsd/virtiofs": ("virtiofs", "ninepd"),
 }
 
 

@@ -29,7 +29,9 @@ from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-LOAD_SRC = REPO.parent / "shared" / "tools" / "ninep-load"
+#: The C load generator's source: ../shared/tools/ninep-load beside the checkout, or
+#: wherever NINEP_LOAD_SRC says.
+LOAD_SRC = Path(os.environ.get("NINEP_LOAD_SRC") or REPO.parent / "shared" / "tools" / "ninep-load")
 MODES = ["read", "write", "getattr", "walk", "readdir", "create", "mix"]
 SHAPES = [(1, 1), (16, 8)]
 BIG = 64 << 20
@@ -37,6 +39,9 @@ DEFAULT_WORKERS = os.cpu_count() or 1
 
 
 def build_load(scratch: Path) -> Path:
+    if not (LOAD_SRC / "Makefile").exists():
+        raise SystemExit(f"benchmarks/load.py: no ninep-load source at {LOAD_SRC} "
+                         "(it lives in ../shared/tools/ninep-load; set NINEP_LOAD_SRC=DIR)")
     dst = scratch / "ninep-load-src"
     shutil.copytree(LOAD_SRC, dst)
     subprocess.run(["make", "-s", "-C", str(dst), "ninep-load"], check=True)

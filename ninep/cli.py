@@ -23,7 +23,7 @@ import trio
 from .config import ConfigError, ServerConfig, load_config, parse_size, parse_squash
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
-from .server.listeners import ListenError, systemd_activated
+from .server.listeners import ListenError, check_url, systemd_activated
 from .server.workers import Supervisor, run_worker
 
 log = logging.getLogger("ninepd")
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ninepd", description="9P2000.L file server")
     p.add_argument("--export", metavar="PATH", help="host directory to serve (the default export)")
     p.add_argument("--listen", metavar="URL", action="append", default=[],
-                   help=f"tcp://HOST:PORT, unix:///PATH, vsock://CID:PORT, fd://R,W, systemd:// "
+                   help=f"tcp://HOST:PORT, unix:///ABS/PATH or unix://REL/PATH (from the current "
+                        f"directory, which must exist), vsock://CID:PORT, fd://R,W, systemd:// "
                         f"(repeatable; default {DEFAULT_LISTEN})")
     p.add_argument("--read-only", action="store_true",
                    help="refuse every change to --export or --synthetic (EROFS)")
@@ -108,17 +109,24 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
                              read_only=args.read_only)
     if args.export:
         name = "" if "" not in exports else args.export
-        exports[name] = _host_export(args.export, args.read_only, squash,
-                                     statfs_passthru=args.statfs_passthru,
-                                     identity_inline=args.identity_inline,
-                                     listing_cache=args.listing_cache)
+        try:
+            exports[name] = _host_export(args.export, args.read_only, squash,
+                                         statfs_passthru=args.statfs_passthru,
+                                         identity_inline=args.identity_inline,
+                                         listing_cache=args.listing_cache)
+        except OSError as exc:
+            raise ValueError(f"--export {args.export}: {exc.strerror or exc}") from None
     for item in config.exports if config else ():
         if item.name in exports:
             raise ValueError(f"export {item.name!r} is defined twice")
-        exports[item.name] = _host_export(item.path, item.read_only, item.squash,
-                                          statfs_passthru=item.statfs_passthru,
-                                          identity_inline=item.identity_inline,
-                                          listing_cache=item.listing_cache)
+        try:
+            exports[item.name] = _host_export(item.path, item.read_only, item.squash,
+                                              statfs_passthru=item.statfs_passthru,
+                                              identity_inline=item.identity_inline,
+                                              listing_cache=item.listing_cache)
+        except OSError as exc:  # the path is checked where it is opened: say which line
+            raise ConfigError(f"{item.where}: exports.{item.name}.path: {item.path}: "
+                              f"{exc.strerror or exc}") from None
     if not exports:
         raise ValueError("nothing to serve: give --export, --synthetic or --config")
     return exports
@@ -172,12 +180,21 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, ImportError, AttributeError) as exc:
+    except (ValueError, OSError, ImportError, AttributeError, TypeError) as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2
     urls = args.listen or (config.listen if config and config.listen else [])
     if not urls:
         urls = ["systemd://"] if systemd_activated() else [DEFAULT_LISTEN]
+    # Where each URL came from, for errors: a config's FILE:LINE, else the command line.
+    origin = dict(zip(config.listen, config.listen_where)) if config and not args.listen else {}
+    if worker_fds is None:
+        try:
+            for url in urls:  # before the event loop: fd:// must not find trio's own fds
+                check_url(url)
+        except ListenError as exc:
+            print(_listen_error(exc, origin), file=sys.stderr)
+            return 2
     if workers > 1 and worker_fds is None:
         server = Supervisor([*argv, "--workers", "1"], workers, grace_period=args.grace)
     else:
@@ -189,10 +206,15 @@ def main(argv: list[str]) -> int:
         if others is not None or listen_errors is None:
             raise
         for exc in _leaves(listen_errors):
-            print(f"ninepd: {exc}", file=sys.stderr)
+            print(_listen_error(exc, origin), file=sys.stderr)
         return 1
     log.info("stopped")
     return 0
+
+
+def _listen_error(exc: ListenError, origin: dict[str, str]) -> str:
+    where = origin.get(getattr(exc, "url", None) or "")
+    return f"ninepd: {where}: listen: {exc}" if where else f"ninepd: {exc}"
 
 
 def _parse_worker_fds(text: str) -> tuple[int, int]:

@@ -50,12 +50,14 @@ class ExportConfig:
     statfs_passthru: bool = False
     identity_inline: bool = False
     listing_cache: bool = True
+    where: str = ""               # "FILE:LINE" of path, for errors found when it is opened
 
 
 @dataclass
 class ServerConfig:
     exports: list[ExportConfig] = field(default_factory=list)
     listen: list[str] = field(default_factory=list)
+    listen_where: list[str] = field(default_factory=list)  # "FILE:LINE" of each listen URL
     msize: int | None = None
     max_fids: int | None = None
     max_in_flight: int | None = None
@@ -86,9 +88,11 @@ class _Checker:
     def __init__(self, filename: str) -> None:
         self.filename = filename
 
+    def where(self, node: yaml.Node | None) -> str:
+        return f"{self.filename}:{node.start_mark.line + 1 if node is not None else 1}"
+
     def fail(self, node: yaml.Node | None, key: str, problem: str) -> ConfigError:
-        line = node.start_mark.line + 1 if node is not None else 1
-        return ConfigError(f"{self.filename}:{line}: {key}: {problem}")
+        return ConfigError(f"{self.where(node)}: {key}: {problem}")
 
     def mapping(self, node: yaml.Node, key: str) -> list[tuple[yaml.ScalarNode, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):
@@ -154,6 +158,7 @@ def parse_config(text: str, filename: str = "<config>") -> ServerConfig:
                 if "://" not in url:
                     raise check.fail(item, key, f"{url!r} is not a URL (tcp://, unix://, vsock://, fd://, systemd://)")
                 config.listen.append(url)
+                config.listen_where.append(check.where(item))
         elif key == "msize":
             config.msize = check.count(value, key, MIN_MSIZE)
         elif key == "max_fids":
@@ -182,6 +187,7 @@ def _exports(check: _Checker, node: yaml.Node) -> list[ExportConfig]:
                 raise check.fail(key_node, full, f"unknown key (expected one of {', '.join(sorted(_EXPORT_KEYS))})")
             if key == "path":
                 settings["path"] = check.string(value, full)
+                settings["where"] = check.where(value)
             elif key in _EXPORT_FLAGS:
                 settings[key] = check.boolean(value, full)
             elif key == "squash":

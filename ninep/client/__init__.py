@@ -1,6 +1,6 @@
 """An async (trio) 9P2000.L client sharing the server's codec.
 
-    async with ninep.client.connect("tcp://127.0.0.1:564", aname="/srv/export",
+    async with ninep.client.connect("tcp://127.0.0.1:5640", aname="/srv/export",
                                     uname="root") as client:
         data = await client.root.read_file("etc/hostname")
         for entry in await client.root.listdir("etc"):

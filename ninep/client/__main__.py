@@ -1,17 +1,22 @@
 """``python -m ninep.client URL COMMAND PATH...``: poke at any 9P2000.L server.
 
     python -m ninep.client tcp://127.0.0.1:5640 ls /
-    python -m ninep.client -a /srv/export -u root tcp://host:564 cat etc/hostname
+    python -m ninep.client -a /srv/export -u root tcp://host:5640 cat etc/hostname
     echo hi | python -m ninep.client unix:///run/9p.sock put tmp/greeting
     python -m ninep.client -D tcp://127.0.0.1:5640 stat etc     # -D traces every message
 
+The port defaults to 5640 (ninepd's). `cat` follows symlinks, as cat(1) does: an
+absolute target is taken from the attach point. A server that does not answer within
+--timeout seconds (connecting, attaching, or one command on one path) is an error.
+
 Exit status 0 on success, 1 when the server refuses (the errno is printed), 2 for a
-connection or usage problem.
+connection or usage problem, or a timeout.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import stat as stat_module
 import sys
 from dataclasses import dataclass
@@ -20,7 +25,7 @@ from typing import BinaryIO, Sequence, TextIO
 import trio
 
 from ..protocol.constants import DirentType
-from .connect import open_client, open_stream
+from .connect import DEFAULT_TIMEOUT, open_client, open_stream
 from .errors import ConnectionLost, VersionError
 from .remote_file import RemoteFile
 
@@ -42,8 +47,37 @@ async def _ls(root: RemoteFile, path: str, io: Streams) -> None:
             print(entry.name + _DIRENT_MARK.get(entry.type, ""), file=io.out)
 
 
+MAX_SYMLINKS = 40  # as Linux's path walk
+
+
+async def _follow_symlinks(root: RemoteFile, path: str) -> str:
+    """``path`` with every symlink in it replaced by its target, one component at a
+    time (the server walks symlinks as names, it never follows them)."""
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = "/".join([*resolved, name])
+        if not stat_module.S_ISLNK((await root.stat(candidate)).mode):
+            resolved.append(name)
+            continue
+        hops += 1
+        if hops > MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
+        target = await root.readlink(candidate)
+        if target.startswith("/"):
+            resolved = []  # absolute: from the attach point, the guest's /
+        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+    return "/".join(resolved)
+
+
 async def _cat(root: RemoteFile, path: str, io: Streams) -> None:
-    data = await root.read_file(path)
+    data = await root.read_file(await _follow_symlinks(root, path))
     buffer = getattr(io.out, "buffer", None)
     if buffer is not None:
         io.out.flush()
@@ -87,7 +121,8 @@ COMMANDS = {"ls": _ls, "cat": _cat, "stat": _stat, "put": _put, "mkdir": _mkdir,
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ninep.client",
                                      description="Talk to a 9P2000.L server.")
-    parser.add_argument("url", help="tcp://host:port or unix:///path")
+    parser.add_argument("url", help="tcp://HOST[:PORT] (port 5640 by default), unix:///ABS/PATH "
+                                    "or unix://REL/PATH")
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("paths", nargs="*", default=[""], metavar="path",
                         help="relative to the attach point (default: the root)")
@@ -96,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--n-uname", type=int, default=None, help="numeric uid")
     parser.add_argument("-m", "--msize", type=int, default=128 * 1024 + 24)
     parser.add_argument("-D", "--trace", action="store_true", help="print every message")
+    parser.add_argument("-t", "--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds to wait for the server: to connect and attach, and "
+                             "for each command on each path; 0 waits forever (default %(default)g)")
     return parser
 
 
@@ -107,18 +145,33 @@ async def run(argv: Sequence[str], io: Streams | None = None) -> int:
         options["n_uname"] = args.n_uname
     if args.trace:
         options["trace"] = lambda line: print(line, file=io.err)
+    timeout = args.timeout if args.timeout > 0 else None
+    limit = timeout if timeout is not None else float("inf")
+    options["timeout"] = timeout
     try:
-        stream = await open_stream(args.url)
+        with trio.move_on_after(limit) as connecting:
+            stream = await open_stream(args.url)
+        if connecting.cancelled_caught:
+            print(f"{args.url}: no connection within {timeout:g} s", file=io.err)
+            return 2
     except (OSError, ValueError) as exc:
-        print(f"{args.url}: {exc}", file=io.err)
+        print(f"{args.url}: {getattr(exc, 'strerror', None) or exc}", file=io.err)
         return 2
     try:
         async with open_client(stream, **options) as client:
             assert client.root is not None
             for path in args.paths:
-                await COMMANDS[args.command](client.root, path, io)
+                with trio.move_on_after(limit) as command:
+                    await COMMANDS[args.command](client.root, path, io)
+                if command.cancelled_caught:
+                    print(f"{args.url}: {args.command} {path}: no answer within {timeout:g} s",
+                          file=io.err)
+                    return 2
     except (ConnectionLost, VersionError) as exc:
         print(f"{args.url}: {exc}", file=io.err)
+        return 2
+    except TimeoutError as exc:
+        print(f"{args.url}: {exc.strerror}", file=io.err)
         return 2
     except OSError as exc:
         print(f"{args.command} {exc.filename or ''}: {exc.strerror}", file=io.err)

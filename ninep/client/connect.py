@@ -8,6 +8,7 @@ root, wait (briefly) for requests still in flight, then hang up.
 
 from __future__ import annotations
 
+import errno
 import socket
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
@@ -19,7 +20,12 @@ from .operations import Client
 from .remote_file import RemoteFile
 
 DEFAULT_MSIZE = 128 * 1024 + 24  # the kernel's default payload (128 KiB) plus IOHDRSZ
-DEFAULT_PORT = 564
+DEFAULT_PORT = 5640  # ninepd's default (564 is 9P's registered port, which needs root)
+DEFAULT_TIMEOUT = 30.0  # seconds to connect and to get Rversion/Rattach
+
+
+def _timed_out(what: str, timeout: float) -> TimeoutError:
+    return TimeoutError(errno.ETIMEDOUT, f"{what}: no answer within {timeout:g} s")
 
 
 def parse_url(url: str) -> tuple[str, str | tuple[str, int]]:
@@ -67,19 +73,29 @@ async def open_client(
     max_in_flight: int = 64,
     flush_timeout: float = 5.0,
     trace: Callable[[str], object] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> AsyncIterator[Client]:
-    """A ``Client`` speaking 9P2000.L over ``stream`` (which it closes at the end)."""
+    """A ``Client`` speaking 9P2000.L over ``stream`` (which it closes at the end).
+
+    ``timeout``: seconds Tversion and Tattach may take (a silent server raises
+    TimeoutError instead of hanging); None waits forever. Later requests have no
+    built-in limit: wrap them in ``trio.fail_after``, and a cancelled request is flushed."""
     error: Exception | None = None
     async with trio.open_nursery() as nursery:
         client = Client(stream, msize=msize, max_in_flight=max_in_flight,
                         flush_timeout=flush_timeout, trace=trace)
         client.start(nursery)
         try:
-            await client.version(msize)
-            if attach:
-                fid = client.fids.allocate()
-                qid = await client.attach(fid, aname=aname, uname=uname, n_uname=n_uname)
-                client.root = RemoteFile(client, fid, qid)
+            stage = "Tversion"
+            with trio.move_on_after(timeout if timeout is not None else float("inf")) as limit:
+                await client.version(msize)
+                stage = "Tattach"
+                if attach:
+                    fid = client.fids.allocate()
+                    qid = await client.attach(fid, aname=aname, uname=uname, n_uname=n_uname)
+                    client.root = RemoteFile(client, fid, qid)
+            if limit.cancelled_caught:
+                raise _timed_out(stage, timeout)
             yield client
         except Exception as exc:  # re-raised below, outside the nursery, so it stays unwrapped
             error = exc
@@ -105,11 +121,16 @@ async def connect(
     max_in_flight: int = 64,
     flush_timeout: float = 5.0,
     trace: Callable[[str], object] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> AsyncIterator[Client]:
-    """``async with connect("tcp://127.0.0.1:564", aname="/srv") as client:``;
-    the options are ``open_client``'s."""
-    stream = await open_stream(url)
+    """``async with connect("tcp://127.0.0.1:5640", aname="/srv") as client:``;
+    the options are ``open_client``'s (``timeout`` also bounds connecting)."""
+    with trio.move_on_after(timeout if timeout is not None else float("inf")) as limit:
+        stream = await open_stream(url)
+    if limit.cancelled_caught:
+        raise _timed_out(f"connecting to {url}", timeout)
     async with open_client(stream, aname=aname, uname=uname, n_uname=n_uname, msize=msize,
                            attach=attach, max_in_flight=max_in_flight,
-                           flush_timeout=flush_timeout, trace=trace) as client:
+                           flush_timeout=flush_timeout, trace=trace,
+                           timeout=timeout) as client:
         yield client

@@ -1,7 +1,10 @@
 """Where clients come from: listen URLs -> trio listeners (or one ready stream).
 
     tcp://HOST:PORT        TCP (IPv6 as tcp://[::1]:PORT); PORT 0 picks a free port
-    unix:///PATH           a Unix stream socket; a stale socket file is removed first
+    unix:///PATH           a Unix stream socket at the absolute PATH; unix://REL (no third
+                           slash) is REL relative to the current directory. The directory
+                           must exist; a stale socket file is replaced; the socket file is
+                           removed again on shutdown (if it is still this server's)
     vsock://CID:PORT       AF_VSOCK; CID -1 or "any" listens on every CID
     fd://RFD,WFD           one client already connected on a pair of fds (inetd, socat);
                            fd://N,N for a single socket (or tty) fd
@@ -42,7 +45,12 @@ _client_numbers = itertools.count(1)
 
 
 class ListenError(Exception):
-    """A listen URL that is malformed or cannot be opened; the message says which."""
+    """A listen URL that is malformed or cannot be opened; the message says which.
+    ``url`` is the URL as given (a config file maps it back to its line)."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 @dataclass
@@ -53,6 +61,7 @@ class Endpoint:
     address: str  # what to print: the bound address (a real port for tcp://...:0)
     listener: trio.abc.Listener | None = None
     stream: trio.abc.Stream | None = None
+    socket_file: tuple[str, int, int] | None = None  # (path, st_dev, st_ino) we bound
 
 
 def _split_host_port(rest: str, url: str) -> tuple[str, int]:
@@ -65,15 +74,60 @@ def _split_host_port(rest: str, url: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def unix_path(url: str, rest: str) -> str:
+    """The socket path of unix://REST: absolute as written (unix:///run/9p.sock), or
+    relative to the current directory (unix://9p.sock). Its directory must exist: a
+    typo should not quietly create directories."""
+    if not rest:
+        raise ListenError(f"{url}: expected unix:///ABSOLUTE/PATH or unix://RELATIVE/PATH", url)
+    path = os.path.abspath(rest)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise ListenError(f"{url}: directory {parent} does not exist (create it first)", url)
+    return path
+
+
+def check_url(url: str) -> None:
+    """What can be said about ``url`` without opening it (before the event loop runs):
+    the scheme, HOST:PORT, the directory of a Unix socket, that fd:// fds are open."""
+    try:
+        _check_url(url)
+    except ListenError as exc:
+        exc.url = url
+        raise
+
+
+def _check_url(url: str) -> None:
+    scheme, sep, rest = url.partition("://")
+    if scheme not in _OPENERS or not sep:
+        raise ListenError(f"{url}: unknown scheme (tcp, unix, vsock, vhost-user-vsock, fd, systemd)", url)
+    if scheme == "tcp":
+        _split_host_port(rest, url)
+    elif scheme == "unix":
+        unix_path(url, rest)
+    elif scheme == "vhost-user-vsock":
+        parts = urlsplit(url)
+        unix_path(url, parts.netloc + parts.path)
+    elif scheme == "fd":
+        for fd in _fd_numbers(url, rest):
+            try:
+                os.fstat(fd)
+            except OSError:
+                raise ListenError(f"{url}: fd {fd} is not open", url) from None
+
+
 async def open_endpoints(url: str) -> list[Endpoint]:
     scheme, _, rest = url.partition("://")
     opener = _OPENERS.get(scheme)
     if opener is None or not _:
-        raise ListenError(f"{url}: unknown scheme (tcp, unix, vsock, vhost-user-vsock, fd, systemd)")
+        raise ListenError(f"{url}: unknown scheme (tcp, unix, vsock, vhost-user-vsock, fd, systemd)", url)
     try:
         return await opener(url, rest)
+    except ListenError as exc:
+        exc.url = url
+        raise
     except OSError as exc:
-        raise ListenError(f"{url}: {exc.strerror or exc}") from exc
+        raise ListenError(f"{url}: {exc.strerror or exc}", url) from exc
 
 
 async def open_all(urls) -> list[Endpoint]:
@@ -94,6 +148,20 @@ async def close_listeners(endpoints: list[Endpoint]) -> None:
     for endpoint in endpoints:
         if endpoint.listener is not None:
             await endpoint.listener.aclose()  # idempotent
+        if endpoint.socket_file is not None:
+            _remove_own_socket(*endpoint.socket_file)
+            endpoint.socket_file = None
+
+
+def _remove_own_socket(path: str, dev: int, ino: int) -> None:
+    """Unlink the socket file we bound, unless someone replaced it since (then it is
+    theirs: a newer server on the same path must keep its socket)."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 async def accept(endpoint: Endpoint) -> trio.abc.Stream:
@@ -153,33 +221,34 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
 
 
-async def _bound_unix_socket(path: str) -> trio.socket.SocketType:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+async def _bound_unix_socket(path: str) -> tuple[trio.socket.SocketType, tuple[str, int, int]]:
+    """A listening socket at ``path`` and (path, st_dev, st_ino) of the file it made."""
     _remove_stale_socket(path)
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     try:
         await sock.bind(path)
+        st = os.lstat(path)
         sock.listen(128)
     except BaseException:
         sock.close()
         raise
-    return sock
+    return sock, (path, st.st_dev, st.st_ino)
 
 
 async def _unix(url: str, rest: str) -> list[Endpoint]:
-    path = urlsplit(url).path or rest
-    if not path:
-        raise ListenError(f"{url}: expected unix:///PATH")
-    sock = await _bound_unix_socket(path)
-    return [Endpoint(url, f"unix://{path}", listener=trio.SocketListener(sock))]
+    path = unix_path(url, rest)
+    sock, socket_file = await _bound_unix_socket(path)
+    return [Endpoint(url, f"unix://{path}", listener=trio.SocketListener(sock),
+                     socket_file=socket_file)]
 
 
 async def _vhost_user_vsock(url: str, rest: str) -> list[Endpoint]:
     from ..vhost.listener import VhostUserVsockListener  # only loaded when asked for
 
     parts = urlsplit(url)
-    if not parts.path:
+    if not parts.netloc + parts.path:
         raise ListenError(f"{url}: expected vhost-user-vsock:///PATH?cid=CID&port=PORT")
+    path = unix_path(url, parts.netloc + parts.path)
     options = dict(parse_qsl(parts.query))
     unknown = set(options) - {"cid", "port", "forward"}
     if unknown:
@@ -190,11 +259,11 @@ async def _vhost_user_vsock(url: str, rest: str) -> list[Endpoint]:
     ports = port_text.split(",")
     if not all(p.isdigit() and int(p) < 2**32 for p in ports):
         raise ListenError(f"{url}: port must be a number (or several, comma-separated)")
-    sock = await _bound_unix_socket(parts.path)
+    sock, socket_file = await _bound_unix_socket(path)
     listener = VhostUserVsockListener(sock, guest_cid=int(cid_text), ports={int(p) for p in ports},
                                       forward_prefix=options.get("forward") or None)
-    return [Endpoint(url, f"vhost-user-vsock://{parts.path}?cid={cid_text}&port={port_text}",
-                     listener=listener)]
+    return [Endpoint(url, f"vhost-user-vsock://{path}?cid={cid_text}&port={port_text}",
+                     listener=listener, socket_file=socket_file)]
 
 
 async def _vsock(url: str, rest: str) -> list[Endpoint]:
@@ -233,12 +302,22 @@ def _stream_for_fds(read_fd: int, write_fd: int) -> trio.abc.Stream:
     return trio.StapledStream(trio.lowlevel.FdStream(write_fd), trio.lowlevel.FdStream(read_fd))
 
 
-async def _fd(url: str, rest: str) -> list[Endpoint]:
+def _fd_numbers(url: str, rest: str) -> tuple[int, int]:
     read_text, _, write_text = rest.partition(",")
     write_text = write_text or read_text
     if not (read_text.isdigit() and write_text.isdigit()):
-        raise ListenError(f"{url}: expected fd://RFD,WFD")
-    return [Endpoint(url, url, stream=_stream_for_fds(int(read_text), int(write_text)))]
+        raise ListenError(f"{url}: expected fd://RFD,WFD", url)
+    return int(read_text), int(write_text)
+
+
+async def _fd(url: str, rest: str) -> list[Endpoint]:
+    read_fd, write_fd = _fd_numbers(url, rest)
+    for fd in (read_fd, write_fd):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise ListenError(f"{url}: fd {fd} is not open", url) from None
+    return [Endpoint(url, url, stream=_stream_for_fds(read_fd, write_fd))]
 
 
 def _is_listening(sock: stdsocket.socket) -> bool:

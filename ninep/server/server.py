@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Union
 
@@ -171,11 +173,14 @@ class Server:
 async def serve(filesystem_or_exports: Exportable, urls: str | Iterable[str] = DEFAULT_LISTEN, *,
                 task_status=trio.TASK_STATUS_IGNORED, trace: bool = False,
                 msize: int | None = None, limits: Limits | None = None,
-                grace_period: float = 10.0) -> None:
+                grace_period: float = 10.0, handle_signals: bool | None = None) -> None:
     """Serve until cancelled or ``shutdown()`` is called on the started value.
 
     ``task_status.started`` hands back the ``Server`` (its ``addresses`` show real
-    ports for ``tcp://...:0``)."""
+    ports for ``tcp://...:0``). ``handle_signals``: SIGINT (Ctrl-C) and SIGTERM start a
+    graceful shutdown and serve() returns (a second signal stops at once); by default
+    only when serve() is the program's main task, ``trio.run(ninep.serve, tree, url)``,
+    where the alternative is a KeyboardInterrupt wrapped in every nursery on the way."""
     if isinstance(urls, str):
         urls = [urls]
     limits = limits or Limits()
@@ -183,4 +188,30 @@ async def serve(filesystem_or_exports: Exportable, urls: str | Iterable[str] = D
         limits = Limits(max_msize=msize, max_fids=limits.max_fids,
                         max_in_flight=limits.max_in_flight, max_buffered=limits.max_buffered)
     server = Server(filesystem_or_exports, limits=limits, trace=trace, grace_period=grace_period)
-    await server.run(list(urls), task_status=task_status)
+    if handle_signals is None:
+        handle_signals = _is_main_task()
+    if not handle_signals:
+        await server.run(list(urls), task_status=task_status)
+        return
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, signals, server, nursery.cancel_scope)
+            await server.run(list(urls), task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+
+def _is_main_task() -> bool:
+    """Is the running task the one trio.run() started, in the main thread?"""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    parent = trio.lowlevel.current_task().parent_nursery
+    return parent is not None and parent.parent_task is trio.lowlevel.current_root_task()
+
+
+async def _stop_on_signals(signals, server: Server, everything: trio.CancelScope) -> None:
+    async for signum in signals:
+        if server.shutting_down:
+            everything.cancel()
+            return
+        log.info("%s: shutting down (grace %gs)", signal.Signals(signum).name, server.grace_period)
+        server.shutdown()

@@ -168,10 +168,10 @@ class VsockDevice:
         return self.vrings[index]
 
     def _set_memory(self, message: vu.Message) -> None:
+        wanted = message.memory_regions()  # checks one fd per region; they stay the message's
         fds = list(message.fds)
         message.fds.clear()
         try:
-            wanted = message.memory_regions()
             running = [i for i, v in enumerate(self.vrings) if v.queue is not None]
             for index in running:
                 self._stop(index, keep_streams=True)
@@ -446,6 +446,12 @@ async def _receive_message(sock: trio.socket.SocketType) -> vu.Message | None:
     return vu.Message(request, flags, payload, fds)
 
 
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[await sock.send(view):]
+
+
 async def serve_session(sock: trio.socket.SocketType, device: VsockDevice) -> None:
     """One QEMU's vhost-user connection, until it disconnects."""
     async with trio.open_nursery() as nursery:
@@ -458,7 +464,7 @@ async def serve_session(sock: trio.socket.SocketType, device: VsockDevice) -> No
                     for fd in message.fds:  # any fd the request did not take
                         os.close(fd)
                 if answer is not None:
-                    await sock.sendall(answer)
+                    await _send_all(sock, answer)
         except (vu.ProtocolError, GuestMemoryFault, OSError, ValueError) as exc:
             log.error("vhost-user: dropping QEMU's connection: %s", exc)
         finally:

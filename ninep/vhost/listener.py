@@ -41,10 +41,16 @@ class VhostUserVsockListener(trio.abc.Listener[VsockStream]):
                     log.info("vhost-user-vsock: QEMU connected (guest cid %d)", self.guest_cid)
                     device = VsockDevice(self.guest_cid, self.ports, self._send, self.forward_prefix)
                     with qemu:
-                        await serve_session(qemu, device)
+                        try:
+                            await serve_session(qemu, device)
+                        except Exception:
+                            # A defect met in one QEMU session costs that guest its device,
+                            # not ninepd its listener: the socket takes the next QEMU.
+                            log.exception("vhost-user-vsock: guest cid %d: session failed",
+                                          self.guest_cid)
                     log.info("vhost-user-vsock: QEMU left (guest cid %d)", self.guest_cid)
-            except Exception:  # a system task must not take the whole process down
-                log.exception("vhost-user-vsock device for guest cid %d stopped", self.guest_cid)
+            except OSError as exc:
+                log.error("vhost-user-vsock: guest cid %d: cannot accept QEMU: %s", self.guest_cid, exc)
             finally:
                 self._send.close()
 

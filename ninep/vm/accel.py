@@ -9,6 +9,7 @@ binary, guest kernel and host kernel.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import re
@@ -17,12 +18,17 @@ import subprocess
 from pathlib import Path
 
 from ninep.vm.initramfs import build_initramfs, cache_dir
+from ninep.vm.progress import note
 
 QEMU = "qemu-system-x86_64"
 PROBE_TIMEOUT_S = 15.0
 #: The probe guest's init dies on purpose with this root=; seeing its message proves
 #: the kernel reached userspace under KVM.
 PROBE_ROOT = "kvm-probe"
+
+
+class KvmUnavailable(Exception):
+    """--accel kvm was asked for where KVM cannot run a guest; the message says why."""
 
 
 def qemu_binary() -> str:
@@ -59,15 +65,40 @@ def kvm_works(kernel: Path, qemu: str | None = None) -> bool:
             return bool(cached["works"])
     except (OSError, ValueError, KeyError):
         pass
+    note(f"checking whether KVM runs a Linux guest here (once, up to {PROBE_TIMEOUT_S:g} s)")
     works = probe_kvm(qemu, kernel)
     cache_file.write_text(json.dumps({"key": key, "works": works}))
     return works
 
 
+def kvm_problem(kernel: Path, qemu: str | None = None) -> str | None:
+    """None if KVM runs a Linux guest here; else why not, and what to do instead."""
+    if not os.path.exists("/dev/kvm"):
+        return ("/dev/kvm does not exist (no KVM on this host: enable virtualization or "
+                "load kvm_intel/kvm_amd); use --accel tcg")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        st = os.stat("/dev/kvm")
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        return (f"/dev/kvm is not readable and writable by this user (join group {group!r}); "
+                "use --accel tcg")
+    if not kvm_works(kernel, qemu):
+        return (f"/dev/kvm opens, but a Linux guest does not reach userspace under KVM here "
+                f"within {PROBE_TIMEOUT_S:g} s (nested virtualization?); use --accel tcg or auto")
+    return None
+
+
 def resolve_accel(accel: str, kernel: Path, qemu: str | None = None) -> str:
-    """auto -> kvm if the probe passes, else tcg; kvm and tcg pass through."""
+    """auto -> kvm if the probe passes, else tcg; tcg passes through; kvm is checked
+    (KvmUnavailable says why), since a guest that cannot run just hangs."""
     if accel not in ("auto", "kvm", "tcg"):
         raise ValueError(f"accel must be auto, kvm or tcg, not {accel!r}")
+    if accel == "kvm":
+        problem = kvm_problem(kernel, qemu)
+        if problem:
+            raise KvmUnavailable(problem)
     if accel != "auto":
         return accel
     return "kvm" if kvm_works(kernel, qemu) else "tcg"

@@ -1,9 +1,15 @@
 """The `ninep` command: build an initramfs, build a root tree, boot a VM on a 9P root.
 
-    ninep initramfs [--kernel-release R | --modules-dir DIR] -o FILE
+    ninep initramfs [--kernel-release R | --modules-dir DIR | --no-modules] [--module M] -o FILE
     ninep rootfs busybox|debian DIR
-    ninep vm ROOTFS [--kernel PATH] [--transport T] [--server ninepd|diod] [--cmd "..."]
-                    [--overlay] [--memory M] [--smp N] [--accel auto|kvm|tcg] [--cache MODE]
+    ninep vm ROOTFS [--kernel PATH] [--modules-dir DIR] [--transport T] [--server ninepd|diod]
+                    [--cmd "..."] [--overlay] [--memory MIB] [--smp N] [--accel auto|kvm|tcg]
+                    [--cache MODE] [--msize N] [--timeout S] [--disk-image IMG]
+                    [--append ARG ...] [--verbose]
+
+Exit status: `ninep vm --cmd` exits with the command's status (125 if it never reported
+one); 1 when the guest kernel panics, QEMU cannot start or a build step fails; 2 for a
+root that cannot boot or bad arguments; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,26 +17,47 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import trio
 
-from ninep.vm.accel import default_kernel
+from ninep.vm.accel import KvmUnavailable, default_kernel, kvm_problem
 from ninep.vm.initramfs import BuildError, DEFAULT_MODULES, build_initramfs, modules_dir_for
+from ninep.vm.preflight import RootProblem, check_root, panic_reason
 from ninep.vm.qemu import SERVERS, TRANSPORTS, LaunchError, VmConfig, run_vm
 from ninep.vm.rootfs import build_busybox_rootfs, build_debian_rootfs
 
 #: Console lines that only say the machine stopped; hidden when showing a command's output.
 POWER_OFF_NOISE = ("ninep-init: run: exit status", "reboot: Power down")
 EXIT_NO_STATUS = 125
+EXIT_INTERRUPTED = 130
+
+ROOTFS_HELP = """\
+busybox: a static busybox with every applet, busybox init, users root and guest
+(about 2 MB, built in seconds; needs busybox-static). debian: Debian bookworm (minbase
+with systemd and udev, serial-console autologin as root); the first run debootstraps it
+from deb.debian.org, about 258 MB downloaded, and keeps a tarball in ~/.cache/ninep
+(XDG_CACHE_HOME), so later runs only extract it (needs debootstrap, and root)."""
+
+VM_HELP = """\
+Serve ROOTFS with ninepd (or diod), build or reuse the guest initramfs, and boot QEMU
+with the root over 9P. Without --cmd the guest console is this terminal (Ctrl-A X
+quits QEMU). With --cmd the command runs in the guest with /bin/sh -c, its output is
+printed, the guest powers off, and ninep vm exits with the command's status. The root
+is checked first: it needs /sbin/init (or the init= given with --append), or /bin/sh
+for --cmd. A guest kernel panic exits 1 with its reason on the last line."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ninep", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    initramfs = commands.add_parser("initramfs", help="write the guest initramfs")
+    initramfs = commands.add_parser(
+        "initramfs", help="write the guest initramfs",
+        description="Write an initramfs: the static ninep init (compiled once, cached in "
+                    "~/.cache/ninep) and the 9P, virtio and vsock modules of the kernel.")
     source = initramfs.add_mutually_exclusive_group()
     source.add_argument("--kernel-release", help="take modules from /lib/modules/RELEASE")
     source.add_argument("--modules-dir", type=Path, help="a lib/modules/RELEASE directory")
@@ -40,29 +67,48 @@ def _parser() -> argparse.ArgumentParser:
                            help="also include this module (repeatable)")
     initramfs.add_argument("-o", "--output", type=Path, required=True)
 
-    rootfs = commands.add_parser("rootfs", help="build a root tree to export")
-    rootfs.add_argument("kind", choices=("busybox", "debian"))
-    rootfs.add_argument("dest", type=Path)
+    rootfs = commands.add_parser("rootfs", help="build a root tree to export (busybox or debian)",
+                                 description="Build a root tree to boot with `ninep vm` "
+                                             "or to export with ninepd. " + ROOTFS_HELP)
+    rootfs.add_argument("kind", choices=("busybox", "debian"),
+                        help="busybox: a 2 MB demo root; debian: bookworm with systemd "
+                             "(first run downloads about 258 MB)")
+    rootfs.add_argument("dest", type=Path, help="directory to fill (created if missing)")
 
-    vm = commands.add_parser("vm", help="boot a guest whose root is ROOTFS over 9P")
-    vm.add_argument("rootfs", type=Path)
-    vm.add_argument("--kernel", type=Path, help="default: newest /boot/vmlinuz-*")
-    vm.add_argument("--modules-dir", type=Path, help="default: /lib/modules/<kernel release>")
-    vm.add_argument("--transport", choices=TRANSPORTS, default="virtio-serial")
-    vm.add_argument("--server", choices=SERVERS, default="ninepd")
-    vm.add_argument("--cmd", help="run this shell command in the guest, print its output, "
-                                  "power off, exit with its status")
+    vm = commands.add_parser("vm", help="boot a guest whose root is ROOTFS over 9P",
+                             description=VM_HELP)
+    d = " (default: %(default)s)"
+    vm.add_argument("rootfs", type=Path, metavar="ROOTFS",
+                    help="the host directory that becomes the guest's /")
+    vm.add_argument("--kernel", type=Path, metavar="PATH",
+                    help="guest kernel (default: the newest /boot/vmlinuz-* with modules)")
+    vm.add_argument("--modules-dir", type=Path, metavar="DIR",
+                    help="modules for the initramfs (default: /lib/modules/<kernel release>)")
+    vm.add_argument("--transport", choices=TRANSPORTS, default="virtio-serial",
+                    help="how the guest reaches the 9P server" + d)
+    vm.add_argument("--server", choices=SERVERS, default="ninepd", help="9P server to run" + d)
+    vm.add_argument("--cmd", metavar='"COMMAND"',
+                    help="run this shell command in the guest, print its output, power off, "
+                         "exit with its status (default: an interactive console)")
     vm.add_argument("--overlay", action="store_true",
-                    help="guest writes go to a tmpfs over the read-only 9P root")
-    vm.add_argument("--memory", type=int, default=512, help="MiB (default 512)")
-    vm.add_argument("--smp", type=int, default=1)
-    vm.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    vm.add_argument("--cache", choices=("none", "loose", "fscache", "mmap"), default="loose")
-    vm.add_argument("--msize", type=int, default=512000)
-    vm.add_argument("--timeout", type=float, default=600.0, help="seconds, for --cmd runs")
-    vm.add_argument("--disk-image", type=Path, help="with --transport disk: an ext4 image")
-    vm.add_argument("--append", action="append", default=[], help="extra kernel argument")
-    vm.add_argument("--verbose", action="store_true", help="show the kernel's boot messages")
+                    help="guest writes go to a tmpfs over the read-only 9P root (default: off)")
+    vm.add_argument("--memory", type=int, default=512, metavar="MIB", help="guest RAM in MiB" + d)
+    vm.add_argument("--smp", type=int, default=1, metavar="N", help="guest CPUs" + d)
+    vm.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="auto: KVM if a probe boot works here, else TCG; kvm fails at once "
+                         "where KVM cannot run a guest" + d)
+    vm.add_argument("--cache", choices=("none", "loose", "fscache", "mmap"), default="loose",
+                    help="the guest's v9fs cache mode" + d)
+    vm.add_argument("--msize", type=int, default=512000, metavar="N",
+                    help="9P msize the guest asks for" + d)
+    vm.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="how long a --cmd run may take before QEMU is killed" + d)
+    vm.add_argument("--disk-image", type=Path, metavar="IMG",
+                    help="with --transport disk: an ext4 image (default: none)")
+    vm.add_argument("--append", action="append", default=[], metavar="ARG",
+                    help="extra kernel argument, e.g. init=/bin/sh (repeatable; default: none)")
+    vm.add_argument("--verbose", action="store_true",
+                    help="with --cmd, show the kernel's boot messages too (default: off)")
     return parser
 
 
@@ -70,8 +116,23 @@ def _vm(args: argparse.Namespace) -> int:
     if not args.rootfs.is_dir() and args.transport != "disk":
         print(f"ninep vm: {args.rootfs} is not a directory", file=sys.stderr)
         return 2
+    if args.transport != "disk":
+        try:
+            check_root(args.rootfs, args.cmd, tuple(args.append))
+        except RootProblem as problem:
+            print(f"ninep vm: {problem}", file=sys.stderr)
+            return 2
+    kernel = args.kernel or default_kernel()
+    if not kernel.is_file():
+        print(f"ninep vm: --kernel {kernel}: no such file", file=sys.stderr)
+        return 2
+    if args.accel == "kvm":  # before anything starts: a guest that cannot run just hangs
+        problem = kvm_problem(kernel)
+        if problem:
+            print(f"ninep vm: --accel kvm: {problem}", file=sys.stderr)
+            return 1
     config = VmConfig(
-        rootfs=args.rootfs.resolve(), kernel=args.kernel or default_kernel(),
+        rootfs=args.rootfs.resolve(), kernel=kernel,
         modules_dir=args.modules_dir, transport=args.transport, server=args.server,
         script=args.cmd, overlay=args.overlay, memory_mb=args.memory, smp=args.smp,
         accel=args.accel, cache=args.cache, msize=args.msize,
@@ -84,14 +145,22 @@ def _vm(args: argparse.Namespace) -> int:
             return
         print(line, flush=True)
 
-    result = trio.run(functools.partial(run_vm, config, on_line=show))
-    if args.cmd is None:
-        return 0
-    if result.exit_status is None:
+    # Interactive: QEMU's output is passed through as it comes, not line by line.
+    result = trio.run(functools.partial(run_vm, config,
+                                        on_line=None if config.interactive else show))
+    panic = panic_reason(result.console)
+    if args.cmd is None or result.exit_status is None:
+        if args.cmd is not None and result.server_log.strip():
+            print(f"9P server log:\n{result.server_log[-2000:]}", file=sys.stderr)
+        if panic:
+            print(f"ninep vm: the guest kernel panicked: {panic}", file=sys.stderr)
+            return 1 if args.cmd is None else EXIT_NO_STATUS
+        if result.timed_out:
+            print(f"ninep vm: timed out after {args.timeout:g} s", file=sys.stderr)
+        if args.cmd is None:
+            return 0 if result.qemu_returncode == 0 else 1
         why = "timed out" if result.timed_out else f"QEMU exited {result.qemu_returncode}"
         print(f"ninep vm: the command never reported an exit status ({why})", file=sys.stderr)
-        if result.server_log.strip():
-            print(f"9P server log:\n{result.server_log[-2000:]}", file=sys.stderr)
         return EXIT_NO_STATUS
     return result.exit_status
 
@@ -99,22 +168,46 @@ def _vm(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "initramfs":
-            modules_dir = None if args.no_modules else (
-                args.modules_dir or modules_dir_for(args.kernel_release or default_kernel()
-                                                    .name.removeprefix("vmlinuz-")))
-            build_initramfs(modules_dir, args.output,
-                            modules=DEFAULT_MODULES + tuple(args.module))
-            print(args.output)
-            return 0
-        if args.command == "rootfs":
-            builder = build_busybox_rootfs if args.kind == "busybox" else build_debian_rootfs
-            print(builder(args.dest))
-            return 0
-        return _vm(args)
-    except (BuildError, LaunchError, FileNotFoundError) as error:
-        print(f"ninep {args.command}: {error}", file=sys.stderr)
+        return _main(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:  # Ctrl-C inside trio comes wrapped in nurseries
+        if group.split(KeyboardInterrupt)[1] is not None:
+            raise
+        return EXIT_INTERRUPTED
+    except (BuildError, LaunchError, KvmUnavailable, OSError) as error:
+        # One line; a build step's captured output (a compiler's errors) stays below it,
+        # its last line (debootstrap's "E: ...") joins the first.
+        first, *detail = [line for line in str(error).splitlines() if line.strip()] or [""]
+        text = f"{first.rstrip(':')}: {detail.pop().strip()}" if detail else first
+        if detail:
+            text += "".join(f"\n  {line}" for line in detail)
+        if isinstance(error, OSError) and error.strerror:
+            text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+            if isinstance(error, PermissionError) and args.command == "rootfs":
+                text += " (building a root tree with its owners needs root)"
+        print(f"ninep {args.command}: {text}", file=sys.stderr)
         return 1
+    except subprocess.CalledProcessError as error:
+        print(f"ninep {args.command}: {' '.join(map(str, error.cmd))} exited "
+              f"{error.returncode}", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.command == "initramfs":
+        modules_dir = None if args.no_modules else (
+            args.modules_dir or modules_dir_for(args.kernel_release or default_kernel()
+                                                .name.removeprefix("vmlinuz-")))
+        build_initramfs(modules_dir, args.output,
+                        modules=DEFAULT_MODULES + tuple(args.module))
+        print(args.output)
+        return 0
+    if args.command == "rootfs":
+        builder = build_busybox_rootfs if args.kind == "busybox" else build_debian_rootfs
+        print(builder(args.dest))
+        return 0
+    return _vm(args)
 
 
 def main_entry() -> None:

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ninep.vm.progress import note
+
 # Package data (shipped in the wheel): the one copy of the init source.
 GUEST_INIT_SOURCE = Path(__file__).resolve().parent / "guest-init" / "ninep-init.c"
 INIT_CFLAGS = ["-static", "-Os", "-Wall", "-ffunction-sections", "-fdata-sections",
@@ -28,6 +30,7 @@ DEFAULT_MODULES = (
 )
 #: What an ext4 root on a virtio disk needs (the benchmark's baseline).
 BLOCK_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
+VIRTIOFS_MODULES = ("virtiofs",)  # with fuse, from modules.dep
 
 MODULE_LIST_PATH = "lib/modules/load.order"
 RUN_SCRIPT_PATH = "ninep.run"
@@ -131,6 +134,7 @@ def compile_static(source: Path) -> Path:
     if binary.exists():
         return binary
     partial = binary.with_suffix(f".tmp{os.getpid()}")
+    note(f"compiling {source.name} (once; cached in {cache_dir()})")
     result = subprocess.run([*compiler, *INIT_CFLAGS, "-o", str(partial), str(source)],
                             capture_output=True, text=True)
     if result.returncode != 0:
@@ -283,6 +287,8 @@ def build_initramfs(modules_dir: Path | None, output: Path | None = None, *,
     key = hashlib.sha256("\n".join(key_source).encode()).hexdigest()[:16]
     cached = cache_dir() / f"initramfs-{key}.cpio"
     if not cached.exists():
+        note(f"building the initramfs ({len(tree.load_order(modules)) if tree else 'no'} "
+             f"modules from {modules_dir or 'nowhere'}; cached in {cache_dir()})")
         partial = cached.with_suffix(f".tmp{os.getpid()}")
         partial.write_bytes(write_cpio(initramfs_entries(init_binary, tree, modules)))
         partial.replace(cached)

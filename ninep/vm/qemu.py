@@ -13,6 +13,8 @@ Transports and what serves them:
                  works; everywhere else ninepd itself is the device (vhost-user-vsock-pci,
                  guest RAM shared by memfd), unprivileged and with no relay.
   virtio         QEMU's own 9P server (virtio-9p-pci, security_model=passthrough).
+  virtiofs       no 9P: Debian's virtiofsd behind vhost-user-fs-pci (the benchmark's
+                 comparison with what VM users pick instead of 9P; needs root).
   disk           no 9P: an ext4 image on virtio-blk (the benchmark's baseline).
 """
 
@@ -33,10 +35,11 @@ from pathlib import Path
 import trio
 
 from ninep.vm.accel import kernel_release, qemu_binary, resolve_accel
-from ninep.vm.initramfs import BLOCK_MODULES, DEFAULT_MODULES, build_initramfs, \
-    run_script_archive
+from ninep.vm.initramfs import BLOCK_MODULES, DEFAULT_MODULES, VIRTIOFS_MODULES, \
+    build_initramfs, run_script_archive
 
-TRANSPORTS = ("virtio-serial", "tcp", "vsock", "virtio", "disk")
+TRANSPORTS = ("virtio-serial", "tcp", "vsock", "virtio", "virtiofs", "disk")
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common
 SERVERS = ("ninepd", "diod")
 GUEST_SERVER_ADDRESS = "10.0.2.100"
 GUEST_SERVER_PORT = 564
@@ -190,11 +193,20 @@ def plan_vm(config: VmConfig, workdir: Path, initrd: Path, accel: str) -> VmPlan
                        f"vhost-user-vsock://{device_socket}?cid={VSOCK_GUEST_CID}&port={GUEST_SERVER_PORT}"
                        for a in server_argv]
         ready = ("listening", device_socket)  # QEMU connects once: no probe may connect
-        argv += ["-object", f"memory-backend-memfd,id=guest-ram,size={config.memory_mb}M,share=on",
-                 "-machine", "memory-backend=guest-ram",
+        argv += [*_shared_guest_ram(config),
                  "-chardev", f"socket,id=vsock0,path={_qemu_escape(device_socket)}",
                  "-device", "vhost-user-vsock-pci,chardev=vsock0"]
         append.append(f"ninep.src=vsock://2:{GUEST_SERVER_PORT}")
+    elif config.transport == "virtiofs":
+        if not os.access(VIRTIOFSD, os.X_OK):
+            raise LaunchError(f"transport virtiofs needs {VIRTIOFSD} (Debian: qemu-system-common)")
+        device_socket = str(workdir / "virtiofs.sock")
+        server_argv = [VIRTIOFSD, f"--socket-path={device_socket}", "-o",
+                       f"source={config.rootfs}", "-o", "cache=auto", "-o", "xattr"]
+        ready = ("listening", device_socket)
+        argv += [*_shared_guest_ram(config),
+                 "-chardev", f"socket,id=fs0,path={_qemu_escape(device_socket)}",
+                 "-device", "vhost-user-fs-pci,chardev=fs0,tag=rootfs"]
     elif config.transport == "virtio":
         argv += ["-fsdev", f"local,id=fs0,path={_qemu_escape(str(config.rootfs))},"
                  "security_model=passthrough",
@@ -205,6 +217,8 @@ def plan_vm(config: VmConfig, workdir: Path, initrd: Path, accel: str) -> VmPlan
             raise LaunchError("transport disk needs disk_image (an ext4 image of the rootfs)")
         argv += ["-drive", f"file={_qemu_escape(str(config.disk_image))},format=raw,if=virtio"]
         append += ["root=/dev/vda", "rootfstype=ext4"]
+    elif config.transport == "virtiofs":
+        append += ["root=rootfs", "rootfstype=virtiofs"]
     else:
         append += ["root=9p", f"ninep.msize={config.msize}", f"ninep.cache={config.cache}"]
         if aname:
@@ -229,12 +243,20 @@ def prepare_initrd(config: VmConfig, workdir: Path) -> Path:
     modules = DEFAULT_MODULES + config.extra_modules
     if config.transport == "disk":
         modules += BLOCK_MODULES
+    elif config.transport == "virtiofs":
+        modules += VIRTIOFS_MODULES
     base = build_initramfs(modules_dir, modules=modules)
     if config.script is None:
         return base
     initrd = workdir / "initrd.cpio"
     initrd.write_bytes(base.read_bytes() + run_script_archive(config.script))
     return initrd
+
+
+def _shared_guest_ram(config: VmConfig) -> list[str]:
+    """Guest RAM in a memfd that QEMU shares with a vhost-user back-end process."""
+    return ["-object", f"memory-backend-memfd,id=guest-ram,size={config.memory_mb}M,share=on",
+            "-machine", "memory-backend=guest-ram"]
 
 
 def kernel_vhost_vsock_usable() -> bool:
@@ -280,11 +302,6 @@ async def wait_until_serving(ready: tuple[str, object], deadline: float) -> None
             if trio.current_time() > deadline:
                 raise LaunchError(f"9P server did not start listening on {kind}:{where}")
             await trio.sleep(0.05)
-
-
-async def _nothing():
-    return
-    yield b""  # an empty async iterator: the interactive console is not captured
 
 
 async def _kill(process: trio.Process | None) -> None:
@@ -335,7 +352,10 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
                     if plan.server_ready is not None:
                         await wait_until_serving(plan.server_ready, trio.current_time() + 20)
                 if config.interactive:
-                    qemu = await trio.lowlevel.open_process(plan.qemu_argv, env=env)
+                    # The terminal stays QEMU's stdin; its output is passed through
+                    # as it comes and kept, to tell a panic from a power-off.
+                    qemu = await trio.lowlevel.open_process(
+                        plan.qemu_argv, stdout=subprocess.PIPE, env=env)
                 else:
                     qemu = await trio.lowlevel.open_process(
                         plan.qemu_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -350,7 +370,10 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
                     if late_server and config.server_wait_for is None:
                         nursery.start_soon(delayed_server)
                     pending = b""
-                    async for chunk in qemu.stdout or _nothing():
+                    async for chunk in qemu.stdout:
+                        if config.interactive:
+                            sys.stdout.buffer.write(chunk)
+                            sys.stdout.buffer.flush()
                         pending += chunk
                         *complete, pending = pending.split(b"\n")
                         for raw in complete:

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from ninep.vm.initramfs import BuildError, cache_dir
+from ninep.vm.progress import note, run_showing_progress
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 DEBIAN_SUITE = "bookworm"
@@ -150,9 +151,10 @@ def build_debian_rootfs(dest: Path, mirror: str = DEBIAN_MIRROR) -> Path:
             raise BuildError("debootstrap not found: install debootstrap")
         staging = cache_dir() / f"debootstrap.tmp{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        result = subprocess.run(
+        result = run_showing_progress(
             ["debootstrap", "--variant=minbase", f"--include={DEBIAN_PACKAGES}", DEBIAN_SUITE,
-             str(staging), mirror], capture_output=True, text=True)
+             str(staging), mirror],
+            f"debootstrap {DEBIAN_SUITE} from {mirror} (once: about 258 MB; cached in {tarball})")
         if result.returncode != 0:
             raise BuildError(f"debootstrap failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
         configure_debian(staging)
@@ -162,6 +164,7 @@ def build_debian_rootfs(dest: Path, mirror: str = DEBIAN_MIRROR) -> Path:
         partial.rename(tarball)
         shutil.rmtree(staging, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
+    note(f"extracting {tarball} into {dest}")
     subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(dest), "-xpf",
                     str(tarball)], check=True)
     return dest

@@ -15,9 +15,9 @@ from ninep.protocol.constants import NONUNAME
 
 @pytest.mark.parametrize("url, expected", [
     ("tcp://127.0.0.1:5640", ("tcp", ("127.0.0.1", 5640))),
-    ("tcp://localhost", ("tcp", ("localhost", 564))),
+    ("tcp://localhost", ("tcp", ("localhost", 5640))),
     ("tcp://[::1]:99", ("tcp", ("::1", 99))),
-    ("tcp://[::1]", ("tcp", ("::1", 564))),
+    ("tcp://[::1]", ("tcp", ("::1", 5640))),
     ("10.0.0.1:7", ("tcp", ("10.0.0.1", 7))),
     ("unix:///run/9p.sock", ("unix", "/run/9p.sock")),
     ("unix://relative.sock", ("unix", "relative.sock")),

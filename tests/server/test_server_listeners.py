@@ -103,8 +103,7 @@ async def test_cancelled_serve_closes_listeners_connections_and_exports(tmp_path
     port = int(server.addresses[0].rsplit(":", 1)[1])
     with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
         probe.connect(("127.0.0.1", port))
-    with socket.socket(socket.AF_UNIX) as probe, pytest.raises(ConnectionRefusedError):
-        probe.connect(path)
+    assert not os.path.exists(path)  # the socket file goes with the listener
     assert await peer.at_eof()
     assert fs.open_files == 0 and closed_exports == [True]
     gc.collect()  # an unclosed listener would warn here (warnings are errors)

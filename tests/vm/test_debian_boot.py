@@ -21,19 +21,22 @@ def debian_root(tmp_path_factory):
     return build_debian_rootfs(tmp_path_factory.mktemp("debian") / "root")
 
 
-# Both transports: systemd reaches multi-user, then the marker unit powers the guest
+SOURCES = {"tcp": "tcp://10.0.2.100:564", "virtio-serial": "virtio-serial://ninep",
+           "vsock": "vsock://2:564"}
+
+
+# Every transport: systemd reaches multi-user, then the marker unit powers the guest
 # off, and systemd-shutdown must get all the way to "Power down" (over virtio-serial
 # it used to hang in its final kill phase: docs/diskless-boot.md).
 @pytest.mark.timeout(1200)  # a cold cache means a debootstrap first
-@pytest.mark.parametrize("transport", ["tcp", "virtio-serial"])
+@pytest.mark.parametrize("transport", sorted(SOURCES))
 async def test_debian_systemd_reaches_multi_user_over_9p(debian_root, transport):
     result = await boot_script(debian_root, None, transport=transport, timeout=240,
                                extra_append=("ninep.marker=1",))
     console = ANSI_ESCAPE.sub("", result.console)
     assert not result.timed_out, console[-4000:]
     assert KERNEL_REACHED_INIT in console
-    assert f"{ROOT_MOUNTED} {'tcp://10.0.2.100:564' if transport == 'tcp' else 'virtio-serial://ninep'}" \
-        " on /newroot" in console
+    assert f"{ROOT_MOUNTED} {SOURCES[transport]} on /newroot" in console
     assert re.search(r"systemd\[1\]: systemd 252.* running in system mode", console), console[-4000:]
     assert "Reached target multi-user.target - Multi-User System." in console
     assert BOOT_MARKER in console.splitlines()

@@ -84,6 +84,25 @@ def test_vsock_without_vhost_vsock_makes_ninepd_the_device(tmp_path, monkeypatch
 
 
 @needs_qemu
+def test_virtiofs_runs_debians_virtiofsd_and_mounts_the_root_by_tag(tmp_path, monkeypatch):
+    virtiofsd = tmp_path / "virtiofsd"
+    virtiofsd.write_text("#!/bin/sh\n")
+    virtiofsd.chmod(0o755)
+    monkeypatch.setattr(qemu, "VIRTIOFSD", str(virtiofsd))
+    plan = _plan(tmp_path, transport="virtiofs")
+    socket_path = f"{tmp_path}/virtiofs.sock"
+    assert plan.server_argv[:2] == [qemu.VIRTIOFSD, f"--socket-path={socket_path}"]
+    assert f"source={tmp_path}/root" in plan.server_argv
+    assert plan.server_ready == ("listening", socket_path)  # QEMU's one connection
+    assert _option(plan.qemu_argv, "-device")[-1] == "vhost-user-fs-pci,chardev=fs0,tag=rootfs"
+    assert {"root=rootfs", "rootfstype=virtiofs"} <= set(plan.append.split())
+    assert "root=9p" not in plan.append.split()
+    monkeypatch.setattr(qemu, "VIRTIOFSD", str(tmp_path / "not-installed"))
+    with pytest.raises(LaunchError, match="qemu-system-common"):
+        _plan(tmp_path, transport="virtiofs")
+
+
+@needs_qemu
 def test_vsock_with_kernel_vhost_vsock_keeps_the_relay(tmp_path, monkeypatch):
     monkeypatch.setattr(qemu, "kernel_vhost_vsock_usable", lambda: True)
     plan = _plan(tmp_path, transport="vsock")

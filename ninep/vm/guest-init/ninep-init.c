@@ -712,10 +712,11 @@ int main(int argc, char **argv)
 		mount_root_9p(*cfg.overlay ? LOWER : NEWROOT, argv[0]);
 		if (*cfg.overlay)
 			mount_overlay();
-	} else if (!strncmp(cfg.root, "/dev/", 5)) {
-		mount_root_block();
+	} else if (!strncmp(cfg.root, "/dev/", 5) || !strcmp(cfg.rootfstype, "virtiofs")) {
+		mount_root_block(); /* a virtiofs root is mounted by its tag, like a device */
 	} else {
-		die("root=%s: expected root=9p or root=/dev/DEVICE", cfg.root);
+		die("root=%s: expected root=9p, root=/dev/DEVICE or root=TAG rootfstype=virtiofs",
+		    cfg.root);
 	}
 	switch_root();
 	if (script)

@@ -1,0 +1,100 @@
+"""What `ninep vm` can tell before it boots, and what the console says went wrong.
+
+A root with no init makes the guest kernel panic after a minute of booting, its reason
+buried in a long trace: check the root on the host first.  When the guest does panic,
+`panic_reason` finds the one line that says why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+MAX_SYMLINKS = 40  # as Linux's path walk
+
+#: The guest init says why it gives up just before PID 1 exits; the kernel's own
+#: line comes after it.
+_INIT_PANIC = re.compile(r"ninep-init: panic: (.*)")
+_KERNEL_PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
+
+
+class RootProblem(Exception):
+    """The root cannot boot as asked; the message says what is missing."""
+
+
+def resolve_in_root(root: Path, path: str) -> Path | None:
+    """``path`` as the guest would see it with ``root`` as /: symlinks followed inside
+    the root (an absolute target starts again at ``root``).  None if it does not exist."""
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        here = root.joinpath(*resolved, name)
+        try:
+            mode = os.lstat(here).st_mode
+        except OSError:
+            return None
+        if not stat.S_ISLNK(mode):
+            resolved.append(name)
+            continue
+        hops += 1
+        if hops > MAX_SYMLINKS:
+            return None
+        target = os.readlink(here)
+        if target.startswith("/"):
+            resolved = []
+        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+    return root.joinpath(*resolved)
+
+
+def _executable(root: Path, path: str) -> str | None:
+    """None if ``path`` is an executable file in the root, else what is wrong."""
+    found = resolve_in_root(root, path)
+    if found is None:
+        return "does not exist"
+    try:
+        st = os.stat(found)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if not st.st_mode & 0o111:
+        return "is not executable"
+    return None
+
+
+def check_root(root: Path, script: str | None, append: tuple[str, ...] = ()) -> None:
+    """Raise RootProblem if the guest could not start: no /bin/sh for a --cmd script,
+    no init (``init=`` on the kernel command line, else /sbin/init) otherwise."""
+    if script is not None:
+        problem = _executable(root, "/bin/sh")
+        if problem:
+            raise RootProblem(f"{root}: /bin/sh {problem}; --cmd runs its command with "
+                              "/bin/sh -c (build a root with `ninep rootfs busybox DIR`)")
+        return
+    init = "/sbin/init"
+    for word in " ".join(append).split():
+        if word.startswith("init="):
+            init = word.removeprefix("init=")
+    problem = _executable(root, init)
+    if problem:
+        raise RootProblem(f"{root}: {init} {problem}, so the guest has nothing to start "
+                          "(give --cmd \"...\", --append init=/PATH, or build a root with "
+                          "`ninep rootfs busybox DIR`)")
+
+
+def panic_reason(console: str) -> str | None:
+    """Why the guest kernel panicked, on one line; None if it did not."""
+    kernel = _KERNEL_PANIC.search(console)
+    if kernel is None:
+        return None
+    init = _INIT_PANIC.findall(console[:kernel.start()])
+    reason = kernel.group(1).strip()
+    return f"{init[-1].strip()} ({reason})" if init else reason
