@@ -42,6 +42,7 @@ _MAJOR_MAX = (1 << 12) - 1  # Linux MKDEV: 12 bits of major ...
 _MINOR_MAX = (1 << 20) - 1  # ... and 20 of minor (MINORBITS)
 _NO_ID = 0xFFFFFFFF  # (uid_t)-1: "leave it" to chown(2)
 _NSEC_PER_SEC = 1_000_000_000
+_U64 = (1 << 64) - 1
 
 # Classic 9P2000 requests: a 9P2000.L server does not implement them.
 _CLASSIC_REQUESTS = (m.Topen, m.Tcreate, m.Tstat, m.Twstat)
@@ -380,10 +381,12 @@ class Dispatcher:
             a = await fid.file.getattr(msg.request_mask)
         finally:
             await self._let_go(fid)
+        # Seconds go as u64 two's complement: v9fs reads them into a signed time64_t, so
+        # a time before 1970 (a host file's, or one the guest set) is 2^64-n on the wire.
         return m.Rgetattr(msg.tag, a.valid, a.qid, a.mode, a.uid, a.gid, a.nlink, a.rdev,
-                          a.size, a.blksize, a.blocks, a.atime_sec, a.atime_nsec,
-                          a.mtime_sec, a.mtime_nsec, a.ctime_sec, a.ctime_nsec,
-                          a.btime_sec, a.btime_nsec, a.gen, a.data_version)
+                          a.size, a.blksize, a.blocks, a.atime_sec & _U64, a.atime_nsec,
+                          a.mtime_sec & _U64, a.mtime_nsec, a.ctime_sec & _U64, a.ctime_nsec,
+                          a.btime_sec & _U64, a.btime_nsec, a.gen, a.data_version)
 
     async def _setattr(self, msg: m.Tsetattr) -> m.Message:
         if not _setattr_in_range(msg):

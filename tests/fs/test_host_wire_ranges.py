@@ -133,3 +133,27 @@ async def test_edge_integers_get_an_errno_not_a_traceback(name, hostfs, caplog):
         # the connection still serves
         assert isinstance(await peer.rpc(m.Tgetattr(10, 0, 0x7FF)), m.Rgetattr)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_times_before_1970_go_both_ways_as_u64(hostfs, export, caplog):
+    """A file dated before 1970 (on the host, or by the guest's `touch -d 1960`) failed
+    every Tgetattr with EIO and an ERROR "cannot encode Rgetattr": its negative seconds
+    did not fit the u64. v9fs reads them as signed: -n goes as 2^64-n, as it sends them."""
+    import os
+    caplog.set_level(logging.WARNING)
+    os.utime(export / "d" / "f", ns=(-5_000_000_001, 1_000_000_000))  # atime -6 s + 999999999 ns
+    async with served(hostfs) as (peers, _):
+        peer = peers[0]
+        await peer.start()
+        await peer.rpc(m.Twalk(2, 0, 1, ["d", "f"]))
+        reply = await peer.rpc(m.Tgetattr(3, 1, 0x7FF))
+        assert isinstance(reply, m.Rgetattr), reply
+        assert (reply.atime_sec, reply.atime_nsec) == (U64 + 1 - 6, 999_999_999)
+        assert (reply.mtime_sec, reply.mtime_nsec) == (1, 0)
+        sixties = -315_619_200  # 1960-01-01, as v9fs sends it
+        assert isinstance(await peer.rpc(m.Tsetattr(4, 1, 0x20 | 0x100, 0, 0, 0, 0, 0, 0,
+                                                    sixties & U64, 5)), m.Rsetattr)
+        assert os.stat(export / "d" / "f").st_mtime_ns == sixties * 10**9 + 5
+        reply = await peer.rpc(m.Tgetattr(5, 1, 0x7FF))
+        assert (reply.mtime_sec, reply.mtime_nsec) == (sixties & U64, 5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
