@@ -120,7 +120,8 @@ class Guest:
         tx = self.device.vrings[TX_QUEUE].queue
         limit = tx.num + 1 + self.app_steps
         assert mux.replies_queued <= limit, f"{mux.replies_queued} replies queued, limit {limit}"
-        assert len(mux._ready) <= len(mux.connections) + len(self.streams) + 1, len(mux._ready)
+        assert len({id(c) for c in mux._ready}) == len(mux._ready), "a stream queued twice"
+        assert all(c.ready for c in mux._ready)
         assert len(mux.connections) <= MAX_CONNECTIONS
         for connection in mux.connections.values():
             assert len(connection.received) <= connection.buf_alloc
