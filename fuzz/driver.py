@@ -54,7 +54,9 @@ def run(name: str, one_input: Callable[[bytes], None],
     import atheris  # the optional extra `fuzz`: only the fuzz run needs it
 
     instrument(packages)  # ninep is imported already: instrument what is loaded
-    args = list(sys.argv)
+    # libFuzzer runs argv[0] through sh for -merge=1 and -fork: make it a command (under
+    # `python -m` it is the module's path, not executable, and merges silently did nothing).
+    args = [f"{sys.executable} -m fuzz.{name}", *sys.argv[1:]]
     if not any(not a.startswith("-") for a in args[1:]):
         args.append(corpus_dir(name))
     atheris.Setup(args, one_input)
