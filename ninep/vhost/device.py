@@ -116,6 +116,7 @@ class VsockDevice:
         self.nursery: trio.Nursery | None = None
         self.broken: str | None = None
         self._tx_held = False  # TX chains left in the ring until the guest takes our replies
+        self.bad_packets = 0
 
     # -- vhost-user messages ------------------------------------------------------
 
@@ -275,7 +276,7 @@ class VsockDevice:
                     packet = parse_packet(chain.gather())
                     events += self.mux.receive(packet)
                 except BadPacket as exc:
-                    log.warning("vsock guest %d: %s", self.mux.guest_cid, exc)
+                    self._bad_packet(exc)
                 queue.push(chain.head, 0)
         except QueueBroken as exc:
             self._broken(f"TX ring: {exc}")
@@ -285,6 +286,17 @@ class VsockDevice:
             self._notify(vring)
         for kind, connection in events:
             self._deliver(kind, connection)
+
+    def _bad_packet(self, exc: BadPacket) -> None:
+        """A guest can send bad packets at ring speed: the first three are logged, then
+        one line at each power of ten, so a million cost ten lines, not a million."""
+        self.bad_packets += 1
+        count = self.bad_packets
+        if count <= 3:
+            log.warning("vsock guest %d: %s", self.mux.guest_cid, exc)
+        elif count == 10 ** (len(str(count)) - 1):
+            log.warning("vsock guest %d: %d malformed packets so far, the last: %s",
+                        self.mux.guest_cid, count, exc)
 
     def _deliver(self, kind: str, connection: VsockConnection) -> None:
         if kind == "changed":

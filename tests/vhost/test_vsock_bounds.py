@@ -68,3 +68,24 @@ def test_a_guest_without_rx_buffers_cannot_queue_unbounded_replies():
     assert (outstanding, answers) == (0, sent)  # a RESPONSE and then one update per request
     assert not device.broken
     ram.close()
+
+
+def test_a_flood_of_malformed_packets_writes_a_few_log_lines(caplog):
+    """One warning per short TX buffer let a guest write the host's log at ring speed."""
+    ram = GuestRam(4 << 20)
+    send, accepted = trio.open_memory_channel(4)
+    device = VsockDevice(GUEST, {PORT}, send, None)
+    device.memory = ram.memory()
+    tx = DriverRing(ram, NUM)
+    device.vrings[TX_QUEUE].queue = SplitQueue(device.memory, NUM, *tx.user_addresses())
+    caplog.set_level("WARNING", logger="ninep.vhost")
+    for _ in range(2000 // NUM):
+        for _ in range(NUM):
+            tx.post([b"short"])
+        device._drain_tx()
+        tx.used_entries()
+    assert device.bad_packets == 2000 and not device.broken
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 + 3, lines  # the first three, then at 10, 100 and 1000
+    assert lines[0] == "vsock guest 3: 5 bytes is shorter than a vsock header"
+    assert lines[-1].startswith("vsock guest 3: 1000 malformed packets so far")
