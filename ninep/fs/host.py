@@ -31,17 +31,18 @@ from typing import Callable, Sequence, TypeVar
 import trio
 
 from ..protocol.constants import (
-    ACCMODE, AT_REMOVEDIR, OpenFlags, SetattrMask, V9FS_MAGIC,
+    ACCMODE, AT_REMOVEDIR, OpenFlags, QidType, SetattrMask, V9FS_MAGIC,
     dotl_to_host_flags)
 from ..protocol.messages import Dirent, Qid
 from ..protocol.codec import unpack_dirents
-from . import hostdir, hostsys
+from . import hostdir, hostmodel, hostsys
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
 from .hostqid import QidMapper
 from .hostattr import attributes_of, check_offset, truncate
 from .hostpath import (
-    FdRef, apply_creation_attrs, check_component, check_new_name, check_xattr_name,
+    NO_ID, FdRef, apply_creation_attrs, check_component, check_new_name, check_xattr_name,
     find_name, names_inode, proc_path, raise_fd_limit, remove_at, rename_at, time_arg)
+from .hostmodel import MAPPED, PASSTHROUGH, SWITCHING_MODELS
 from .identity import needs_switch, run_as
 
 T = TypeVar("T")
@@ -59,6 +60,9 @@ _ACCMODE, _TRUNC, _EXCL = int(ACCMODE), int(OpenFlags.TRUNC), int(OpenFlags.EXCL
 _WRITE_ACCESS = (int(OpenFlags.WRONLY), int(OpenFlags.RDWR))
 _SYNC_FLAGS = int(OpenFlags.SYNC | OpenFlags.DSYNC)
 _host_flags = functools.lru_cache(maxsize=1024)(dotl_to_host_flags)
+_ALL_BUT_CTIME = int(SetattrMask.MODE | SetattrMask.UID | SetattrMask.GID | SetattrMask.SIZE
+                     | SetattrMask.ATIME | SetattrMask.MTIME)
+_PATH_MAX = 4096
 _ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
@@ -71,15 +75,24 @@ class HostFilesystem(Filesystem):
     identity on the event-loop thread itself, around a syscall sequence that never
     yields, instead of in a worker thread (~10x cheaper; see docs/host-export.md).
     ``listing_cache``: keep listings of directories unchanged for a while
-    (``hostdir.ListingCache``; docs/performance.md).
+    (``hostdir.ListingCache``; docs/performance.md). ``identity``/``mapped_owner``:
+    the identity model (``hostmodel``; docs/host-export.md).
     """
 
     prompt = True  # host syscalls only: no request waits on another client or an event
 
     def __init__(self, root: str, *, read_only: bool = False,
                  squash: tuple[int, int] | None = None, pass_statfs: bool = False,
-                 identity_inline: bool = False, listing_cache: bool = True) -> None:
+                 identity_inline: bool = False, listing_cache: bool = True,
+                 identity: str | None = None,
+                 mapped_owner: tuple[int, int] = (0, 0)) -> None:
         self.read_only = read_only
+        # hostmodel: passthrough, mapped, per-user or squash (None: root passthrough,
+        # others mapped). mapped_owner: what files without mapped xattrs show.
+        self.identity = hostmodel.check_model(
+            identity or hostmodel.default_model(squash), squash)
+        self.mapped = self.identity == MAPPED
+        self.mapped_owner = mapped_owner
         self.identity_inline = identity_inline
         self.squash = squash
         self.pass_statfs = pass_statfs
@@ -135,7 +148,9 @@ class HostFile(File):
         self._parent = parent  # None: root, or not known yet (reached by "..")
         self._name = name
         self._creds = creds
-        self._switch = needs_switch(creds) if switch is None else switch
+        if switch is None:
+            switch = fs.identity in SWITCHING_MODELS and needs_switch(creds)
+        self._switch = switch
         self._is_root = is_root
         self._fmt = stat.S_IFMT(st.st_mode)
         self._io = io
@@ -160,6 +175,31 @@ class HostFile(File):
                 return run_as(self._creds, fn, *args)
             return await trio.to_thread.run_sync(run_as, self._creds, fn, *args)
         return fn(*args)
+
+    def _own_new(self, fd: int, st: os.stat_result, guest_mode: int, gid: int,
+                 rdev: int | None = None) -> os.stat_result:
+        """Give a new entry the ownership its request carries, as the model keeps it."""
+        gid_given = None if gid in (NO_ID, -1) else gid
+        uid = self._creds.uid
+        perms = None if stat.S_ISLNK(guest_mode) else guest_mode
+        if self._fs.identity == PASSTHROUGH:
+            return hostmodel.own_passthrough(fd, st, perms, uid, gid_given)
+        if self._fs.mapped:
+            owner = self._fs.mapped_owner
+            hostmodel.own_mapped(fd, guest_mode, owner[0] if uid is None else uid,
+                                 owner[1] if gid_given is None else gid_given, rdev)
+            return st
+        return apply_creation_attrs(fd, st, perms, gid)
+
+    def _check_mapped_regular(self) -> None:
+        """A mapped device node, FIFO, socket or symlink is a plain host file: never
+        opened for I/O, as the host's own special files are not."""
+        mode = hostmodel.read_mapped_mode(self._node.fd, self._fmt)
+        if mode is None or stat.S_IFMT(mode) in (stat.S_IFREG, stat.S_IFDIR, 0):
+            return
+        if stat.S_ISLNK(mode):
+            raise errno_error(errno.ELOOP, "open of a symlink")
+        raise errno_error(errno.ENXIO, "device nodes, FIFOs and sockets are not opened")
 
     def _io_fd(self) -> int:
         if self._io is None:
@@ -262,6 +302,8 @@ class HostFile(File):
             raise errno_error(errno.ELOOP, "open of a symlink")
         if self._fmt not in (stat.S_IFREG, stat.S_IFDIR):
             raise errno_error(errno.ENXIO, "host device nodes, FIFOs and sockets are not opened")
+        if self._fs.mapped and self._fmt == stat.S_IFREG:
+            self._check_mapped_regular()
         host = _host_flags(flags) & ~(os.O_CREAT | os.O_EXCL)
         host |= os.O_CLOEXEC | os.O_NOCTTY
         if self._fmt == stat.S_IFDIR:
@@ -293,7 +335,8 @@ class HostFile(File):
         host = _host_flags(flags) & ~os.O_DIRECTORY
         host |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
         try:
-            fd = os.open(name, host, mode & 0o7777, dir_fd=self._node.fd)
+            fd = os.open(name, host, hostmodel.MAPPED_FILE_MODE if self._fs.mapped
+                         else mode & 0o7777, dir_fd=self._node.fd)
         except FileExistsError:
             if flags & _EXCL:
                 raise
@@ -303,7 +346,13 @@ class HostFile(File):
         except OSError:
             os.close(fd)
             raise
-        st = apply_creation_attrs(path_fd, os.stat(fd), mode, gid)
+        try:
+            st = self._own_new(path_fd, os.stat(fd), stat.S_IFREG | (mode & 0o7777), gid)
+        except BaseException:
+            os.close(fd)
+            os.close(path_fd)
+            os.unlink(name, dir_fd=self._node.fd)
+            raise
         new = self._new_file(FdRef(path_fd), self._node.acquire(), name, st, FdRef(fd))
         new._sync_writes = bool(flags & _SYNC_FLAGS)
         return new
@@ -378,7 +427,8 @@ class HostFile(File):
         qids = self._fs.qids
         self.qid = qids.qid_of(dir_st)
         records, skipped = hostdir.list_directory(self._fs.listings, fd, offset, count, qids,
-                                                  dir_st, self._is_root, at_least_one)
+                                                  dir_st, self._is_root, at_least_one,
+                                                  mapped=self._fs.mapped)
         if skipped and not self._logged_bad_names:
             self._logged_bad_names = True  # once per open directory, not per Treaddir
             log.debug("readdir of %s: skipping %d name(s) that are not UTF-8, e.g. %r",
@@ -393,6 +443,12 @@ class HostFile(File):
     # --- metadata ------------------------------------------------------------------
     async def getattr(self, mask: int) -> Attr:
         attr = attributes_of(self._node.fd, self._fs.qids, mask)
+        if self._fs.mapped:
+            mapped = hostmodel.read_mapped(self._node.fd, self._fmt)
+            attr.mode, attr.uid, attr.gid, attr.rdev = hostmodel.guest_view(
+                attr.mode, attr.rdev, mapped, self._fs.mapped_owner)
+            if stat.S_ISLNK(attr.mode) and self._fmt != stat.S_IFLNK:
+                attr.qid = Qid(int(QidType.SYMLINK), attr.qid.version, attr.qid.path)
         self.qid = attr.qid
         return attr
 
@@ -404,10 +460,12 @@ class HostFile(File):
         """Owner first (chown clears set-id bits, so an explicit mode must come after
         it), then mode, then size (truncate sets mtime), then the times asked for."""
         valid, node = attr.valid, self._node.fd
-        if valid & (SetattrMask.UID | SetattrMask.GID):
+        if self._fs.mapped:
+            self._setattr_mapped(attr)
+        elif valid & (SetattrMask.UID | SetattrMask.GID):
             hostsys.fchown_empty(node, attr.uid if valid & SetattrMask.UID else -1,
                                  attr.gid if valid & SetattrMask.GID else -1)
-        if valid & SetattrMask.MODE:
+        if valid & SetattrMask.MODE and not self._fs.mapped:
             if self._fmt == stat.S_IFLNK:
                 raise errno_error(errno.EOPNOTSUPP, "chmod of a symlink")
             os.chmod(proc_path(node), attr.mode & 0o7777)
@@ -426,6 +484,29 @@ class HostFile(File):
                     parent.release()
             else:
                 hostsys.utimensat(hostsys.AT_FDCWD, proc_path(node), atime, mtime, nofollow=False)
+        if valid & _ALL_BUT_CTIME == 0 and valid & SetattrMask.CTIME:
+            # chown(f, -1, -1) in the guest: nothing changes but the ctime, which a
+            # chown of the host inode to (-1, -1) sets, as ext4 does.
+            hostsys.fchown_empty(node, -1, -1)
+
+    def _setattr_mapped(self, attr: SetAttr) -> None:
+        """Owner and mode into the mapped xattrs, all three written so that QEMU's
+        mapped-xattr shows the same."""
+        valid, node = attr.valid, self._node.fd
+        if not valid & (SetattrMask.UID | SetattrMask.GID | SetattrMask.MODE):
+            return
+        if self._fmt == stat.S_IFLNK:
+            raise errno_error(errno.EOPNOTSUPP, "a host symlink cannot carry mapped ownership")
+        st = os.stat(node)
+        mode, uid, gid, _ = hostmodel.guest_view(
+            st.st_mode, st.st_rdev, hostmodel.read_mapped(node, self._fmt), self._fs.mapped_owner)
+        if valid & SetattrMask.UID:
+            uid = attr.uid
+        if valid & SetattrMask.GID:
+            gid = attr.gid
+        if valid & SetattrMask.MODE:
+            mode = stat.S_IFMT(mode) | (attr.mode & 0o7777)
+        hostmodel.write_mapped(proc_path(node), uid=uid, gid=gid, mode=mode)
 
     async def statfs(self) -> StatFs:
         fd = self._node.fd
@@ -437,40 +518,61 @@ class HostFile(File):
             namelen=vfs.f_namemax)
 
     async def readlink(self) -> str:
+        if self._fs.mapped and self._fmt == stat.S_IFREG:
+            mode = hostmodel.read_mapped_mode(self._node.fd, self._fmt)
+            if mode is not None and stat.S_ISLNK(mode):
+                fd = os.open(proc_path(self._node.fd), os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+                try:
+                    return os.fsdecode(os.pread(fd, _PATH_MAX, 0))
+                finally:
+                    os.close(fd)
         if self._fmt != stat.S_IFLNK:
             raise errno_error(errno.EINVAL, "not a symlink")
         return os.readlink("", dir_fd=self._node.fd)
 
     # --- directory mutations (self is the directory) --------------------------------
     async def mkdir(self, name: str, mode: int, gid: int) -> Qid:
-        return await self._make(name, gid, mode, os.mkdir, name, mode & 0o7777)
+        return await self._make(name, gid, stat.S_IFDIR | (mode & 0o7777), None,
+                                os.mkdir, name, mode & 0o7777)
 
     async def symlink(self, name: str, target: str, gid: int) -> Qid:
         if not target or "\0" in target:
             raise errno_error(errno.EINVAL if target else errno.ENOENT, "symlink target")
-        return await self._make(name, gid, None, os.symlink, target, name)
+        return await self._make(name, gid, stat.S_IFLNK | 0o777, None, os.symlink, target, name,
+                                target=target)
 
     async def mknod(self, name: str, mode: int, major: int, minor: int, gid: int) -> Qid:
         if stat.S_IFMT(mode) not in _ALLOWED_MKNOD:
             raise errno_error(errno.EINVAL, "mknod type")
-        return await self._make(name, gid, mode, os.mknod, name,
-                                stat.S_IFMT(mode) | (mode & 0o7777), os.makedev(major, minor))
+        mode = stat.S_IFMT(mode) | (mode & 0o7777)
+        rdev = os.makedev(major, minor)
+        return await self._make(name, gid, mode, rdev, os.mknod, name, mode, rdev)
 
-    async def _make(self, name: str, gid: int, mode: int | None,
-                    maker: Callable[..., None], *args) -> Qid:
+    async def _make(self, name: str, gid: int, guest_mode: int, rdev: int | None,
+                    maker: Callable[..., None], *args, target: str | None = None) -> Qid:
         self._fs.check_writable()
         check_new_name(name)
         if self._fmt != stat.S_IFDIR:
             raise errno_error(errno.ENOTDIR, "not a directory")
-        return await self._call(self._make_sync, name, gid, mode, maker, args)
+        return await self._call(self._make_sync, name, gid, guest_mode, rdev, maker, args,
+                                target)
 
-    def _make_sync(self, name: str, gid: int, mode: int | None,
-                   maker: Callable[..., None], args: tuple) -> Qid:
-        maker(*args, dir_fd=self._node.fd)
+    def _make_sync(self, name: str, gid: int, guest_mode: int, rdev: int | None,
+                   maker: Callable[..., None], args: tuple, target: str | None) -> Qid:
+        if self._fs.mapped:
+            hostmodel.make_mapped_entry(self._node.fd, name, guest_mode, target)
+        else:
+            maker(*args, dir_fd=self._node.fd)
         fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=self._node.fd)
         try:
-            st = apply_creation_attrs(fd, os.stat(fd), mode, gid)
-            return self._fs.qids.qid_of(st)
+            try:
+                st = self._own_new(fd, os.stat(fd), guest_mode, gid, rdev)
+            except BaseException:
+                remove_at(os.rmdir if stat.S_ISDIR(guest_mode) else os.unlink,
+                          self._node.fd, name)
+                raise
+            return self._fs.qids.qid(guest_mode if self._fs.mapped else st.st_mode,
+                                     st.st_dev, st.st_ino)
         finally:
             os.close(fd)
 
@@ -581,21 +683,26 @@ class HostFile(File):
             if parent is not None:
                 parent.release()
 
-    async def xattr_get(self, name: str) -> bytes:
+    def _host_xattr_name(self, name: str, *, writing: bool) -> str:
         check_xattr_name(name)
+        if writing:
+            self._fs.check_writable()
+        return hostmodel.guest_xattr_name(name, writing=writing) if self._fs.mapped else name
+
+    async def xattr_get(self, name: str) -> bytes:
+        name = self._host_xattr_name(name, writing=False)
         return await self._call(self._xattr_sync, os.getxattr, name)
 
     async def xattr_list(self) -> list[str]:
-        return await self._call(self._xattr_sync, os.listxattr)
+        names = await self._call(self._xattr_sync, os.listxattr)
+        return hostmodel.guest_xattr_list(names) if self._fs.mapped else names
 
     async def xattr_set(self, name: str, value: bytes, flags: int) -> None:
-        check_xattr_name(name)
-        self._fs.check_writable()
+        name = self._host_xattr_name(name, writing=True)
         await self._call(self._xattr_sync, os.setxattr, name, bytes(value), flags)
 
     async def xattr_remove(self, name: str) -> None:
-        check_xattr_name(name)
-        self._fs.check_writable()
+        name = self._host_xattr_name(name, writing=True)
         await self._call(self._xattr_sync, os.removexattr, name)
 
     # --- lifetime ----------------------------------------------------------------
