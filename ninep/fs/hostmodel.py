@@ -159,7 +159,15 @@ def guest_view(host_mode: int, host_rdev: int, mapped: Mapped,
                owner: tuple[int, int]) -> tuple[int, int, int, int]:
     """(mode, uid, gid, rdev) the guest sees. Files without xattrs show ``owner``
     (--mapped-owner) and their host mode: the server's own ids mean nothing there."""
-    return (mapped.mode if mapped.mode is not None else host_mode,
+    mode = host_mode
+    if mapped.mode is not None:
+        # The host's type stands for directories and host specials/symlinks; a plain
+        # host file may be any guest type but a directory.
+        fmt, host_fmt = stat.S_IFMT(mapped.mode), stat.S_IFMT(host_mode)
+        if host_fmt != stat.S_IFREG or fmt in (0, stat.S_IFDIR):
+            fmt = host_fmt
+        mode = fmt | (mapped.mode & 0o7777)
+    return (mode,
             mapped.uid if mapped.uid is not None else owner[0],
             mapped.gid if mapped.gid is not None else owner[1],
             mapped.rdev if mapped.rdev is not None else host_rdev)
