@@ -20,7 +20,8 @@ import sys
 
 import trio
 
-from .config import ConfigError, ServerConfig, load_config, parse_size, parse_squash
+from .config import (
+    IDENTITY_MODELS, ConfigError, ServerConfig, load_config, parse_size, parse_squash)
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
 from .server.listeners import ListenError, systemd_activated
@@ -38,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true",
                    help="refuse every change to --export or --synthetic (EROFS)")
     p.add_argument("--squash", metavar="UID:GID", help="every attach to --export acts as UID:GID")
+    p.add_argument("--identity", choices=IDENTITY_MODELS,
+                   help="how --export keeps the guest's owners and modes: passthrough (root: "
+                        "on the host inodes), mapped (no root: in user.virtfs.* xattrs, as "
+                        "QEMU mapped-xattr), per-user (root: act as each attaching host "
+                        "user), squash (with --squash). Default: passthrough as root, else mapped")
+    p.add_argument("--mapped-owner", metavar="UID:GID",
+                   help="mapped: the owner shown for files without user.virtfs.* (default 0:0)")
     p.add_argument("--statfs-passthru", action="store_true",
                    help="statfs of --export reports the host filesystem's type, not 9P's")
     p.add_argument("--identity-inline", action="store_true",
@@ -88,11 +96,14 @@ def load_synthetic(spec: str) -> Filesystem:
 
 def _host_export(path: str, read_only: bool, squash: tuple[int, int] | None, *,
                  statfs_passthru: bool = False, identity_inline: bool = False,
-                 listing_cache: bool = True) -> Export:
+                 listing_cache: bool = True, identity: str | None = None,
+                 mapped_owner: tuple[int, int] = (0, 0)) -> Export:
     from .fs.host import HostFilesystem
 
     fs = HostFilesystem(path, read_only=read_only, squash=squash, pass_statfs=statfs_passthru,
-                        identity_inline=identity_inline, listing_cache=listing_cache)
+                        identity_inline=identity_inline, listing_cache=listing_cache,
+                        identity=identity, mapped_owner=mapped_owner)
+    log.info("export %s: identity %s", path, fs.identity)
     return Export(fs, squash=Credentials(squash[0], squash[1]) if squash else None,
                   read_only=read_only)
 
@@ -111,14 +122,19 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
         exports[name] = _host_export(args.export, args.read_only, squash,
                                      statfs_passthru=args.statfs_passthru,
                                      identity_inline=args.identity_inline,
-                                     listing_cache=args.listing_cache)
+                                     listing_cache=args.listing_cache,
+                                     identity=args.identity,
+                                     mapped_owner=parse_squash(args.mapped_owner, "--mapped-owner")
+                                     if args.mapped_owner else (0, 0))
     for item in config.exports if config else ():
         if item.name in exports:
             raise ValueError(f"export {item.name!r} is defined twice")
         exports[item.name] = _host_export(item.path, item.read_only, item.squash,
                                           statfs_passthru=item.statfs_passthru,
                                           identity_inline=item.identity_inline,
-                                          listing_cache=item.listing_cache)
+                                          listing_cache=item.listing_cache,
+                                          identity=item.identity,
+                                          mapped_owner=item.mapped_owner)
     if not exports:
         raise ValueError("nothing to serve: give --export, --synthetic or --config")
     return exports
