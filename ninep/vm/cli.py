@@ -1,7 +1,7 @@
 """The `ninep` command: build an initramfs, build a root tree, boot a VM on a 9P root.
 
     ninep initramfs [--kernel-release R | --modules-dir DIR] -o FILE
-    ninep rootfs busybox|debian DIR
+    ninep rootfs busybox|debian DIR [--mapped]
     ninep vm ROOTFS [--kernel PATH] [--transport T] [--server ninepd|diod] [--cmd "..."]
                     [--overlay] [--memory M] [--smp N] [--accel auto|kvm|tcg] [--cache MODE]
 """
@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     rootfs = commands.add_parser("rootfs", help="build a root tree to export")
     rootfs.add_argument("kind", choices=("busybox", "debian"))
     rootfs.add_argument("dest", type=Path)
+    rootfs.add_argument("--mapped", action=argparse.BooleanOptionalAction, default=None,
+                        help="busybox: owners and modes in user.virtfs.* xattrs (ninepd "
+                             "--identity mapped, QEMU mapped-xattr); default when not root")
 
     vm = commands.add_parser("vm", help="boot a guest whose root is ROOTFS over 9P")
     vm.add_argument("rootfs", type=Path)
@@ -108,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             print(args.output)
             return 0
         if args.command == "rootfs":
-            builder = build_busybox_rootfs if args.kind == "busybox" else build_debian_rootfs
-            print(builder(args.dest))
+            if args.kind == "busybox":
+                print(build_busybox_rootfs(args.dest, mapped=args.mapped))
+            else:
+                print(build_debian_rootfs(args.dest))
             return 0
         return _vm(args)
     except (BuildError, LaunchError, FileNotFoundError) as error:
