@@ -309,7 +309,8 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
         initrd = prepare_initrd(config, workdir)
         plan = plan_vm(config, workdir, initrd, accel)
         server_log = workdir / "server.log"
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
         lines: list[str] = []
         seen: dict[str, float] = {}
         processes: list[trio.Process] = []

@@ -105,7 +105,11 @@ def unprivileged_python(uid: int = UNPRIVILEGED[0], gid: int = UNPRIVILEGED[1]
     for python in (sys.executable, shutil.which(version) or "", "/usr/bin/" + version):
         if not python:
             continue
-        probe = subprocess.run([*drop, python, "-c", "import trio, yaml, construct, ninep"],
+        # It must also be able to start itself again (ninepd, the relay): exec of a
+        # path through a directory it cannot search fails only then.
+        probe = subprocess.run([*drop, python, "-c", "import subprocess, sys, trio, yaml, "
+                                "construct, ninep; subprocess.run([sys.executable, '-c', "
+                                "'import trio'], check=True)"],
                                env=env, capture_output=True)
         if probe.returncode == 0:
             return [*drop, python], env
