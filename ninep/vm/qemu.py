@@ -12,7 +12,8 @@ Transports and what serves them:
   vsock          vhost-vsock-pci + ninep.vm.relay --listen-vsock where /dev/vhost-vsock
                  works; everywhere else ninepd itself is the device (vhost-user-vsock-pci,
                  guest RAM shared by memfd), unprivileged and with no relay.
-  virtio         QEMU's own 9P server (virtio-9p-pci, security_model=passthrough).
+  virtio         QEMU's own 9P server (virtio-9p-pci, security_model=passthrough, or
+                 mapped-xattr with virtio_security_model).
   disk           no 9P: an ext4 image on virtio-blk (the benchmark's baseline).
 """
 
@@ -75,6 +76,7 @@ class VmConfig:
     server_argv: tuple[str, ...] | None = None  # override the server command entirely
     server_args: tuple[str, ...] = ()     # more ninepd arguments ("--workers", "2")
     qemu_args: tuple[str, ...] = ()       # more QEMU arguments ("-monitor", "unix:...")
+    virtio_security_model: str = "passthrough"  # transport virtio: or mapped-xattr
 
 
 @dataclass
@@ -197,7 +199,7 @@ def plan_vm(config: VmConfig, workdir: Path, initrd: Path, accel: str) -> VmPlan
         append.append(f"ninep.src=vsock://2:{GUEST_SERVER_PORT}")
     elif config.transport == "virtio":
         argv += ["-fsdev", f"local,id=fs0,path={_qemu_escape(str(config.rootfs))},"
-                 "security_model=passthrough",
+                 f"security_model={config.virtio_security_model}",
                  "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=ninep"]
         append.append("ninep.src=virtio://ninep")
     if config.transport == "disk":
