@@ -93,6 +93,7 @@ class HostFilesystem(Filesystem):
             identity or hostmodel.default_model(squash), squash)
         self.mapped = self.identity == MAPPED
         self.mapped_owner = mapped_owner
+        self.mapped_cache = hostmodel.MappedCache()
         self.identity_inline = identity_inline
         self.squash = squash
         self.pass_statfs = pass_statfs
@@ -444,7 +445,8 @@ class HostFile(File):
     async def getattr(self, mask: int) -> Attr:
         attr = attributes_of(self._node.fd, self._fs.qids, mask)
         if self._fs.mapped:
-            mapped = hostmodel.read_mapped(self._node.fd, self._fmt)
+            mapped = self._fs.mapped_cache.read(self._node.fd, self._fmt, attr.qid.path,
+                                                (attr.ctime_sec, attr.ctime_nsec))
             attr.mode, attr.uid, attr.gid, attr.rdev = hostmodel.guest_view(
                 attr.mode, attr.rdev, mapped, self._fs.mapped_owner)
             if stat.S_ISLNK(attr.mode) and self._fmt != stat.S_IFLNK:

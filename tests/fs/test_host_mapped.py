@@ -240,3 +240,17 @@ def test_default_for_a_non_root_server_is_mapped(export, monkeypatch):
     assert hostmodel.default_model() == "mapped"
     with pytest.raises(ValueError, match="passthrough needs a root server"):
         hostmodel.check_model("passthrough", None)
+
+
+async def test_cached_ownership_follows_any_xattr_change(fs, guest, export):
+    f, _ = await guest.create("file", OpenFlags.RDWR, 0o644, 1000)
+    fs.mapped_cache.settled_ns = 0  # cache even what just changed
+    assert (await f.getattr(0)).uid == 1000
+    assert (await f.getattr(0)).uid == 1000  # served from the cache now
+    time.sleep(0.01)
+    os.setxattr(export / "file", "user.virtfs.uid", le32(4242))  # QEMU, or a host tool
+    assert (await f.getattr(0)).uid == 4242  # the xattr change moved the ctime
+    await f.setattr(SetAttr(valid=SetattrMask.GID, gid=77))
+    attr = await f.getattr(0)
+    assert (attr.uid, attr.gid) == (4242, 77)
+    await f.close()
