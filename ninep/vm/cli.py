@@ -2,6 +2,7 @@
 
     ninep initramfs [--kernel-release R | --modules-dir DIR] -o FILE
     ninep rootfs busybox|debian DIR [--mapped]
+    ninep rootfs import ROOT.tar[.gz|.xz|.bz2|.zst] DIR      (a mapped tree, no root needed)
     ninep vm ROOTFS [--kernel PATH] [--transport T] [--server ninepd|diod] [--cmd "..."]
                     [--overlay] [--memory M] [--smp N] [--accel auto|kvm|tcg] [--cache MODE]
 """
@@ -12,6 +13,7 @@ import argparse
 import functools
 import re
 import sys
+import tarfile
 from pathlib import Path
 
 import trio
@@ -20,6 +22,7 @@ from ninep.vm.accel import default_kernel
 from ninep.vm.initramfs import BuildError, DEFAULT_MODULES, build_initramfs, modules_dir_for
 from ninep.vm.qemu import SERVERS, TRANSPORTS, LaunchError, VmConfig, run_vm
 from ninep.vm.rootfs import build_busybox_rootfs, build_debian_rootfs
+from ninep.vm.tarimport import import_tarball
 
 #: Console lines that only say the machine stopped; hidden when showing a command's output.
 POWER_OFF_NOISE = ("ninep-init: run: exit status", "reboot: Power down")
@@ -41,8 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     initramfs.add_argument("-o", "--output", type=Path, required=True)
 
     rootfs = commands.add_parser("rootfs", help="build a root tree to export")
-    rootfs.add_argument("kind", choices=("busybox", "debian"))
-    rootfs.add_argument("dest", type=Path)
+    rootfs.add_argument("kind", choices=("busybox", "debian", "import"))
+    rootfs.add_argument("dest", type=Path, help="the tree to make (import: the tarball)")
+    rootfs.add_argument("import_dest", type=Path, nargs="?", metavar="DIR",
+                        help="import: the tree to make")
     rootfs.add_argument("--mapped", action=argparse.BooleanOptionalAction, default=None,
                         help="busybox: owners and modes in user.virtfs.* xattrs (ninepd "
                              "--identity mapped, QEMU mapped-xattr); default when not root")
@@ -111,13 +116,19 @@ def main(argv: list[str] | None = None) -> int:
             print(args.output)
             return 0
         if args.command == "rootfs":
-            if args.kind == "busybox":
+            if args.kind == "import":
+                if args.import_dest is None:
+                    print("ninep rootfs import: give ROOT.tar and DIR", file=sys.stderr)
+                    return 2
+                report = import_tarball(args.dest, args.import_dest)
+                print(f"{args.import_dest}: {report.summary()}")
+            elif args.kind == "busybox":
                 print(build_busybox_rootfs(args.dest, mapped=args.mapped))
             else:
                 print(build_debian_rootfs(args.dest))
             return 0
         return _vm(args)
-    except (BuildError, LaunchError, FileNotFoundError) as error:
+    except (BuildError, LaunchError, FileNotFoundError, tarfile.TarError) as error:
         print(f"ninep {args.command}: {error}", file=sys.stderr)
         return 1
 
