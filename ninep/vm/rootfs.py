@@ -178,6 +178,15 @@ def debian_tarball() -> Path:
 
 def build_debian_rootfs(dest: Path, mirror: str = DEBIAN_MIRROR) -> Path:
     """Extract the cached Debian tree into dest; debootstrap it first if not cached."""
+    tarball = cached_debian_tarball(mirror)
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(dest), "-xpf",
+                    str(tarball)], check=True)
+    return dest
+
+
+def cached_debian_tarball(mirror: str = DEBIAN_MIRROR) -> Path:
+    """The debootstrapped, configured Debian root as a tarball (made once, as root)."""
     tarball = debian_tarball()
     if not tarball.exists():
         if shutil.which("debootstrap") is None:
@@ -195,7 +204,4 @@ def build_debian_rootfs(dest: Path, mirror: str = DEBIAN_MIRROR) -> Path:
                         str(partial), "."], check=True)
         partial.rename(tarball)
         shutil.rmtree(staging, ignore_errors=True)
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(dest), "-xpf",
-                    str(tarball)], check=True)
-    return dest
+    return tarball
