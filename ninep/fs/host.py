@@ -13,9 +13,11 @@ I/O fds come from re-opening the O_PATH fd through ``/proc/self/fd/N``, which re
 the same inode without a name lookup; the file type is checked on the O_PATH fd first
 (an inode's type never changes, so the check cannot race).
 
-When the server runs as root and the attach named a user, each operation that the
-host kernel permission-checks runs in a worker thread under that user's fsuid/fsgid
-and groups (``identity.run_as``). Otherwise it runs inline as the server itself.
+Whose ownership a guest's files carry is the export's identity model (``hostmodel``):
+passthrough and mapped run everything as the server and apply the owner a request
+carries (on the inode, or in user.virtfs.* xattrs); per-user and squash, with a root
+server, run each permission-checked operation under the attaching user's
+fsuid/fsgid and groups (``identity.run_as``), in a worker thread by default.
 See docs/host-export.md for the choices and measurements.
 """
 
@@ -39,10 +41,11 @@ from . import hostdir, hostmodel, hostsys
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
 from .hostqid import QidMapper
 from .hostattr import attributes_of, check_offset, truncate
+from .hostmodel import MAPPED, SWITCHING_MODELS
 from .hostpath import (
-    NO_ID, FdRef, apply_creation_attrs, check_component, check_new_name, check_xattr_name,
-    find_name, names_inode, proc_path, raise_fd_limit, remove_at, rename_at, time_arg)
-from .hostmodel import MAPPED, PASSTHROUGH, SWITCHING_MODELS
+    FdRef, check_component, check_new_name, find_name, names_inode, proc_path,
+    raise_fd_limit, remove_at, rename_at, time_arg)
+from .hostxattr import HostXattrs
 from .identity import needs_switch, run_as
 
 T = TypeVar("T")
@@ -62,7 +65,6 @@ _SYNC_FLAGS = int(OpenFlags.SYNC | OpenFlags.DSYNC)
 _host_flags = functools.lru_cache(maxsize=1024)(dotl_to_host_flags)
 _ALL_BUT_CTIME = int(SetattrMask.MODE | SetattrMask.UID | SetattrMask.GID | SetattrMask.SIZE
                      | SetattrMask.ATIME | SetattrMask.MTIME)
-_PATH_MAX = 4096
 _ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
@@ -137,7 +139,7 @@ class HostFilesystem(Filesystem):
             raise errno_error(errno.EROFS, "read-only export")
 
 
-class HostFile(File):
+class HostFile(HostXattrs, File):
     """One fid on a host export. See the module docstring for the invariants."""
 
     def __init__(self, fs: HostFilesystem, node: FdRef, parent: FdRef | None,
@@ -180,27 +182,9 @@ class HostFile(File):
     def _own_new(self, fd: int, st: os.stat_result, guest_mode: int, gid: int,
                  rdev: int | None = None) -> os.stat_result:
         """Give a new entry the ownership its request carries, as the model keeps it."""
-        gid_given = None if gid in (NO_ID, -1) else gid
-        uid = self._creds.uid
-        perms = None if stat.S_ISLNK(guest_mode) else guest_mode
-        if self._fs.identity == PASSTHROUGH:
-            return hostmodel.own_passthrough(fd, st, perms, uid, gid_given)
-        if self._fs.mapped:
-            owner = self._fs.mapped_owner
-            hostmodel.own_mapped(fd, guest_mode, owner[0] if uid is None else uid,
-                                 owner[1] if gid_given is None else gid_given, rdev)
-            return st
-        return apply_creation_attrs(fd, st, perms, gid)
-
-    def _check_mapped_regular(self) -> None:
-        """A mapped device node, FIFO, socket or symlink is a plain host file: never
-        opened for I/O, as the host's own special files are not."""
-        mode = hostmodel.read_mapped_mode(self._node.fd, self._fmt)
-        if mode is None or stat.S_IFMT(mode) in (stat.S_IFREG, stat.S_IFDIR, 0):
-            return
-        if stat.S_ISLNK(mode):
-            raise errno_error(errno.ELOOP, "open of a symlink")
-        raise errno_error(errno.ENXIO, "device nodes, FIFOs and sockets are not opened")
+        fs = self._fs
+        return hostmodel.own_new(fs.identity, fd, st, guest_mode, self._creds.uid, gid,
+                                 fs.mapped_owner, rdev)
 
     def _io_fd(self) -> int:
         if self._io is None:
@@ -304,7 +288,7 @@ class HostFile(File):
         if self._fmt not in (stat.S_IFREG, stat.S_IFDIR):
             raise errno_error(errno.ENXIO, "host device nodes, FIFOs and sockets are not opened")
         if self._fs.mapped and self._fmt == stat.S_IFREG:
-            self._check_mapped_regular()
+            hostmodel.check_openable(self._node.fd, self._fmt)
         host = _host_flags(flags) & ~(os.O_CREAT | os.O_EXCL)
         host |= os.O_CLOEXEC | os.O_NOCTTY
         if self._fmt == stat.S_IFDIR:
@@ -463,7 +447,7 @@ class HostFile(File):
         it), then mode, then size (truncate sets mtime), then the times asked for."""
         valid, node = attr.valid, self._node.fd
         if self._fs.mapped:
-            self._setattr_mapped(attr)
+            hostmodel.setattr_mapped(node, self._fmt, attr, self._fs.mapped_owner)
         elif valid & (SetattrMask.UID | SetattrMask.GID):
             hostsys.fchown_empty(node, attr.uid if valid & SetattrMask.UID else -1,
                                  attr.gid if valid & SetattrMask.GID else -1)
@@ -491,25 +475,6 @@ class HostFile(File):
             # chown of the host inode to (-1, -1) sets, as ext4 does.
             hostsys.fchown_empty(node, -1, -1)
 
-    def _setattr_mapped(self, attr: SetAttr) -> None:
-        """Owner and mode into the mapped xattrs, all three written so that QEMU's
-        mapped-xattr shows the same."""
-        valid, node = attr.valid, self._node.fd
-        if not valid & (SetattrMask.UID | SetattrMask.GID | SetattrMask.MODE):
-            return
-        if self._fmt == stat.S_IFLNK:
-            raise errno_error(errno.EOPNOTSUPP, "a host symlink cannot carry mapped ownership")
-        st = os.stat(node)
-        mode, uid, gid, _ = hostmodel.guest_view(
-            st.st_mode, st.st_rdev, hostmodel.read_mapped(node, self._fmt), self._fs.mapped_owner)
-        if valid & SetattrMask.UID:
-            uid = attr.uid
-        if valid & SetattrMask.GID:
-            gid = attr.gid
-        if valid & SetattrMask.MODE:
-            mode = stat.S_IFMT(mode) | (attr.mode & 0o7777)
-        hostmodel.write_mapped(proc_path(node), uid=uid, gid=gid, mode=mode)
-
     async def statfs(self) -> StatFs:
         fd = self._node.fd
         vfs = os.statvfs(fd)
@@ -521,13 +486,9 @@ class HostFile(File):
 
     async def readlink(self) -> str:
         if self._fs.mapped and self._fmt == stat.S_IFREG:
-            mode = hostmodel.read_mapped_mode(self._node.fd, self._fmt)
-            if mode is not None and stat.S_ISLNK(mode):
-                fd = os.open(proc_path(self._node.fd), os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-                try:
-                    return os.fsdecode(os.pread(fd, _PATH_MAX, 0))
-                finally:
-                    os.close(fd)
+            target = hostmodel.read_symlink_file(self._node.fd)
+            if target is not None:
+                return target
         if self._fmt != stat.S_IFLNK:
             raise errno_error(errno.EINVAL, "not a symlink")
         return os.readlink("", dir_fd=self._node.fd)
@@ -667,45 +628,6 @@ class HostFile(File):
             finally:
                 ref.release()
         raise errno_error(errno.ENOENT, "file no longer reachable by name")
-
-    # --- extended attributes ---------------------------------------------------------
-    def _xattr_path(self) -> tuple[str, bool, FdRef | None]:
-        """(path, follow, parent to release). Non-symlinks: the magic link, followed to
-        the inode. Symlinks: parent-relative name, not followed."""
-        if self._fmt != stat.S_IFLNK:
-            return proc_path(self._node.fd), True, None
-        parent, name = self._locate_sync()
-        return f"{proc_path(parent.fd)}/{name}", False, parent
-
-    def _xattr_sync(self, op: Callable[..., T], *args) -> T:
-        path, follow, parent = self._xattr_path()
-        try:
-            return op(path, *args, follow_symlinks=follow)
-        finally:
-            if parent is not None:
-                parent.release()
-
-    def _host_xattr_name(self, name: str, *, writing: bool) -> str:
-        check_xattr_name(name)
-        if writing:
-            self._fs.check_writable()
-        return hostmodel.guest_xattr_name(name, writing=writing) if self._fs.mapped else name
-
-    async def xattr_get(self, name: str) -> bytes:
-        name = self._host_xattr_name(name, writing=False)
-        return await self._call(self._xattr_sync, os.getxattr, name)
-
-    async def xattr_list(self) -> list[str]:
-        names = await self._call(self._xattr_sync, os.listxattr)
-        return hostmodel.guest_xattr_list(names) if self._fs.mapped else names
-
-    async def xattr_set(self, name: str, value: bytes, flags: int) -> None:
-        name = self._host_xattr_name(name, writing=True)
-        await self._call(self._xattr_sync, os.setxattr, name, bytes(value), flags)
-
-    async def xattr_remove(self, name: str) -> None:
-        name = self._host_xattr_name(name, writing=True)
-        await self._call(self._xattr_sync, os.removexattr, name)
 
     # --- lifetime ----------------------------------------------------------------
     async def close(self) -> None:

@@ -23,9 +23,10 @@ import struct
 import time
 from typing import NamedTuple
 
+from ..protocol.constants import SetattrMask
 from . import hostsys
-from .backend import errno_error
-from .hostpath import proc_path
+from .backend import SetAttr, errno_error
+from .hostpath import NO_ID, apply_creation_attrs, proc_path
 
 PASSTHROUGH, MAPPED, PER_USER, SQUASH = "passthrough", "mapped", "per-user", "squash"
 MODELS = (PASSTHROUGH, MAPPED, PER_USER, SQUASH)
@@ -49,6 +50,7 @@ ACL_HOST_NAMES = {host: guest for guest, host in ACL_NAMES.items()}
 MAPPED_FILE_MODE = 0o600
 MAPPED_DIR_MODE = 0o700
 
+_PATH_MAX = 4096
 _LE32 = struct.Struct("<I")
 _LE64 = struct.Struct("<Q")
 
@@ -261,3 +263,60 @@ def own_passthrough(fd: int, st: os.stat_result, mode: int | None, uid: int | No
         os.chmod(proc_path(fd), mode & 0o7777)
         changed = True
     return os.stat(fd) if changed else st
+
+
+def own_new(model: str, fd: int, st: os.stat_result, guest_mode: int, uid: int | None,
+            gid: int, owner: tuple[int, int], rdev: int | None) -> os.stat_result:
+    """Give the new entry ``fd`` the ownership its request carries (attach ``uid``,
+    message ``gid``), as ``model`` keeps it. Returns its host stat."""
+    gid_given = None if gid in (NO_ID, -1) else gid
+    perms = None if stat.S_ISLNK(guest_mode) else guest_mode
+    if model == PASSTHROUGH:
+        return own_passthrough(fd, st, perms, uid, gid_given)
+    if model == MAPPED:
+        own_mapped(fd, guest_mode, owner[0] if uid is None else uid,
+                   owner[1] if gid_given is None else gid_given, rdev)
+        return st
+    return apply_creation_attrs(fd, st, perms, gid)  # per-user, squash: as the user
+
+
+def check_openable(fd: int, host_fmt: int) -> None:
+    """A mapped device node, FIFO, socket or symlink is a plain host file: never
+    opened for I/O, as the host's own special files are not."""
+    mode = read_mapped_mode(fd, host_fmt)
+    if mode is None or stat.S_IFMT(mode) in (stat.S_IFREG, stat.S_IFDIR, 0):
+        return
+    if stat.S_ISLNK(mode):
+        raise errno_error(errno.ELOOP, "open of a symlink")
+    raise errno_error(errno.ENXIO, "device nodes, FIFOs and sockets are not opened")
+
+
+def read_symlink_file(fd: int) -> str | None:
+    """The target of a mapped symlink (a plain host file), None if ``fd`` is not one."""
+    mode = read_mapped_mode(fd, stat.S_IFREG)
+    if mode is None or not stat.S_ISLNK(mode):
+        return None
+    io = os.open(proc_path(fd), os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        return os.fsdecode(os.pread(io, _PATH_MAX, 0))
+    finally:
+        os.close(io)
+
+
+def setattr_mapped(fd: int, host_fmt: int, attr: SetAttr, owner: tuple[int, int]) -> None:
+    """Tsetattr's owner and mode into the xattrs, all three written so that QEMU's
+    mapped-xattr shows the same. The host inode keeps its own."""
+    valid = attr.valid
+    if not valid & (SetattrMask.UID | SetattrMask.GID | SetattrMask.MODE):
+        return
+    if host_fmt == stat.S_IFLNK:
+        raise errno_error(errno.EOPNOTSUPP, "a host symlink cannot carry mapped ownership")
+    st = os.stat(fd)
+    mode, uid, gid, _ = guest_view(st.st_mode, st.st_rdev, read_mapped(fd, host_fmt), owner)
+    if valid & SetattrMask.UID:
+        uid = attr.uid
+    if valid & SetattrMask.GID:
+        gid = attr.gid
+    if valid & SetattrMask.MODE:
+        mode = stat.S_IFMT(mode) | (attr.mode & 0o7777)
+    write_mapped(proc_path(fd), uid=uid, gid=gid, mode=mode)
