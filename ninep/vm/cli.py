@@ -49,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     rootfs.add_argument("import_dest", type=Path, nargs="?", metavar="DIR",
                         help="import: the tree to make")
     rootfs.add_argument("--mapped", action=argparse.BooleanOptionalAction, default=None,
-                        help="busybox: owners and modes in user.virtfs.* xattrs (ninepd "
-                             "--identity mapped, QEMU mapped-xattr); default when not root")
+                        help="owners and modes in user.virtfs.* xattrs (ninepd --identity "
+                             "mapped, QEMU mapped-xattr); default when not root")
 
     vm = commands.add_parser("vm", help="boot a guest whose root is ROOTFS over 9P")
     vm.add_argument("rootfs", type=Path)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.kind == "busybox":
                 print(build_busybox_rootfs(args.dest, mapped=args.mapped))
             else:
-                print(build_debian_rootfs(args.dest))
+                print(build_debian_rootfs(args.dest, mapped=args.mapped))
             return 0
         return _vm(args)
     except (BuildError, LaunchError, FileNotFoundError, tarfile.TarError) as error:

@@ -176,8 +176,26 @@ def debian_tarball() -> Path:
     return cache_dir() / f"rootfs-debian-{DEBIAN_SUITE}.tar"
 
 
-def build_debian_rootfs(dest: Path, mirror: str = DEBIAN_MIRROR) -> Path:
-    """Extract the cached Debian tree into dest; debootstrap it first if not cached."""
+def build_debian_rootfs(dest: Path, mirror: str = DEBIAN_MIRROR,
+                        mapped: bool | None = None) -> Path:
+    """Extract the cached Debian tree into dest; debootstrap it first if not cached.
+
+    ``mapped`` (default: when not root) imports the tarball as a mapped tree
+    (ninep.vm.tarimport), which needs no root; making the tarball does (debootstrap)."""
+    if mapped is None:
+        mapped = os.geteuid() != 0
+    if mapped:
+        from ninep.vm.tarimport import import_tarball
+        tarball = debian_tarball()
+        if not tarball.exists():
+            if os.geteuid() != 0:
+                raise BuildError(
+                    f"no Debian tarball cached at {tarball}, and making one needs root "
+                    f"(debootstrap): run `ninep rootfs debian` once as root with the same "
+                    f"XDG_CACHE_HOME, or `ninep rootfs import` any root tarball")
+            tarball = cached_debian_tarball(mirror)
+        import_tarball(tarball, dest)
+        return dest
     tarball = cached_debian_tarball(mirror)
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(dest), "-xpf",

@@ -130,3 +130,14 @@ async def test_import_as_an_ordinary_user():
         assert "11 entries" in done.stdout and "security.capability x1" in done.stdout
         assert os.lstat(home / "tree/bin/su").st_uid == UNPRIVILEGED[0]
         await check_tree(home / "tree")
+
+
+async def test_rootfs_debian_without_root_imports_the_cached_tarball(tmp_path, monkeypatch):
+    from ninep.vm import rootfs
+    monkeypatch.setattr(rootfs.os, "geteuid", lambda: 4711)
+    monkeypatch.setattr(rootfs, "debian_tarball", lambda: tmp_path / "none.tar")
+    with pytest.raises(BuildError, match="making one needs root"):
+        rootfs.build_debian_rootfs(tmp_path / "tree")
+    write_root_tarball(tmp_path / "none.tar")
+    rootfs.build_debian_rootfs(tmp_path / "tree")
+    await check_tree(tmp_path / "tree")
