@@ -89,13 +89,6 @@ class HostFilesystem(Filesystem):
                  identity: str | None = None,
                  mapped_owner: tuple[int, int] = (0, 0)) -> None:
         self.read_only = read_only
-        # hostmodel: passthrough, mapped, per-user or squash (None: root passthrough,
-        # others mapped). mapped_owner: what files without mapped xattrs show.
-        self.identity = hostmodel.check_model(
-            identity or hostmodel.default_model(squash), squash)
-        self.mapped = self.identity == MAPPED
-        self.mapped_owner = mapped_owner
-        self.mapped_cache = hostmodel.MappedCache()
         self.identity_inline = identity_inline
         self.squash = squash
         self.pass_statfs = pass_statfs
@@ -106,6 +99,21 @@ class HostFilesystem(Filesystem):
         self._root = FdRef(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         st = os.stat(self._root.fd)
         self.root_key = (st.st_dev, st.st_ino)
+        # hostmodel: passthrough, mapped, per-user or squash (None: root passthrough,
+        # others mapped). mapped_owner: what files without mapped xattrs show.
+        self.identity = hostmodel.check_model(
+            identity or hostmodel.default_model(squash), squash)
+        if self.identity == MAPPED and not hostmodel.has_user_xattrs(self._root.fd):
+            if identity is not None:
+                self._root.release()
+                raise ValueError(f"identity mapped needs user.* xattrs, which the "
+                                 f"filesystem of {root} does not have")
+            log.warning("%s: no user.* xattrs on this filesystem, so not mapped: serving "
+                        "per-user (files show their host owners)", root)
+            self.identity = hostmodel.PER_USER
+        self.mapped = self.identity == MAPPED
+        self.mapped_owner = mapped_owner
+        self.mapped_cache = hostmodel.MappedCache()
         raise_fd_limit()
 
     async def attach(self, aname: str, creds: Credentials) -> "HostFile":

@@ -76,6 +76,16 @@ def check_model(model: str, squash: tuple[int, int] | None) -> str:
     return model
 
 
+def has_user_xattrs(dir_fd: int) -> bool:
+    """Whether the filesystem of the O_PATH directory ``dir_fd`` keeps user.* xattrs
+    (read-only probe: a missing one is ENODATA, no support at all EOPNOTSUPP)."""
+    try:
+        os.getxattr(proc_path(dir_fd), XATTR_MODE)
+    except OSError as exc:
+        return exc.errno != errno.ENOTSUP
+    return True
+
+
 class Mapped(NamedTuple):
     """The ownership a mapped file's xattrs give; None where an xattr is absent."""
 

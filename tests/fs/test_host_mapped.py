@@ -254,3 +254,30 @@ async def test_cached_ownership_follows_any_xattr_change(fs, guest, export):
     attr = await f.getattr(0)
     assert (attr.uid, attr.gid) == (4242, 77)
     await f.close()
+
+
+async def test_without_user_xattrs_mapped_is_refused_or_not_defaulted(export, monkeypatch):
+    from ninep.fs import hostmodel
+    monkeypatch.setattr(hostmodel, "has_user_xattrs", lambda fd: False)
+    with pytest.raises(ValueError, match="needs user.. xattrs"):
+        HostFilesystem(str(export), identity="mapped")
+    monkeypatch.setattr(hostmodel.os, "geteuid", lambda: 1000)  # default would be mapped
+    fs = HostFilesystem(str(export))
+    assert fs.identity == "per-user" and not fs.mapped
+    await fs.aclose()
+
+
+def test_user_xattr_probe_reads_only(export):
+    from ninep.fs import hostmodel
+    fd = os.open(export, os.O_PATH | os.O_DIRECTORY)
+    try:
+        before = os.stat(export).st_ctime_ns
+        assert hostmodel.has_user_xattrs(fd)
+        assert os.stat(export).st_ctime_ns == before and not os.listxattr(export)
+    finally:
+        os.close(fd)
+    fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY)  # a filesystem without user.*
+    try:
+        assert not hostmodel.has_user_xattrs(fd)
+    finally:
+        os.close(fd)
