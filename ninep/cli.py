@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--statfs-passthru", action="store_true",
                    help="statfs of --export reports the host filesystem's type, not 9P's")
     p.add_argument("--identity-inline", action="store_true",
-                   help="per-user: switch to a guest user's identity on the event loop, not a worker "
-                        "thread (~3x cheaper metadata operations; a slow one stalls every client)")
+                   help="per-user: switch to a guest user's identity on the event loop, not "
+                        "a worker thread (~3x cheaper metadata operations; a slow one stalls "
+                        "every client)")
     p.add_argument("--no-listing-cache", dest="listing_cache", action="store_false",
                    help="never reuse a directory listing (for host filesystems that do not "
                         "update a directory's ctime when its entries change)")
