@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(build_debian_rootfs(args.dest, mapped=args.mapped))
             return 0
         return _vm(args)
-    except (BuildError, LaunchError, FileNotFoundError, tarfile.TarError) as error:
+    except (BuildError, LaunchError, OSError, tarfile.TarError) as error:
         print(f"ninep {args.command}: {error}", file=sys.stderr)
         return 1
 

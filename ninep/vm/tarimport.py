@@ -64,6 +64,8 @@ def _open_stream(tarball: Path):
 
 def import_tarball(tarball: Path, dest: Path) -> ImportReport:
     """Unpack ``tarball`` into the (new or empty) directory ``dest`` as a mapped tree."""
+    if not tarball.is_file():
+        raise BuildError(f"{tarball}: no such tarball")
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise BuildError(f"{dest} is not empty")
