@@ -20,7 +20,8 @@ import sys
 
 import trio
 
-from .config import ConfigError, ServerConfig, load_config, parse_size, parse_squash
+from .config import (
+    IDENTITY_MODELS, ConfigError, ServerConfig, load_config, parse_size, parse_squash)
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
 from .server.listeners import ListenError, check_url, systemd_activated
@@ -39,11 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true",
                    help="refuse every change to --export or --synthetic (EROFS)")
     p.add_argument("--squash", metavar="UID:GID", help="every attach to --export acts as UID:GID")
+    p.add_argument("--identity", choices=IDENTITY_MODELS,
+                   help="how --export keeps the guest's owners and modes: passthrough (root: "
+                        "on the host inodes), mapped (no root: in user.virtfs.* xattrs, as "
+                        "QEMU mapped-xattr), per-user (root: act as each attaching host "
+                        "user), squash (with --squash). Default: passthrough as root, else mapped")
+    p.add_argument("--mapped-owner", metavar="UID:GID",
+                   help="mapped: the owner shown for files without user.virtfs.* (default 0:0)")
     p.add_argument("--statfs-passthru", action="store_true",
                    help="statfs of --export reports the host filesystem's type, not 9P's")
     p.add_argument("--identity-inline", action="store_true",
-                   help="switch to a guest user's identity on the event loop, not in a worker "
-                        "thread (~3x cheaper metadata operations; a slow one stalls every client)")
+                   help="per-user: switch to a guest user's identity on the event loop, not "
+                        "a worker thread (~3x cheaper metadata operations; a slow one stalls "
+                        "every client)")
     p.add_argument("--no-listing-cache", dest="listing_cache", action="store_false",
                    help="never reuse a directory listing (for host filesystems that do not "
                         "update a directory's ctime when its entries change)")
@@ -89,11 +98,13 @@ def load_synthetic(spec: str) -> Filesystem:
 
 def _host_export(path: str, read_only: bool, squash: tuple[int, int] | None, *,
                  statfs_passthru: bool = False, identity_inline: bool = False,
-                 listing_cache: bool = True) -> Export:
+                 listing_cache: bool = True, identity: str | None = None,
+                 mapped_owner: tuple[int, int] = (0, 0)) -> Export:
     from .fs.host import HostFilesystem
 
     fs = HostFilesystem(path, read_only=read_only, squash=squash, pass_statfs=statfs_passthru,
-                        identity_inline=identity_inline, listing_cache=listing_cache)
+                        identity_inline=identity_inline, listing_cache=listing_cache,
+                        identity=identity, mapped_owner=mapped_owner)
     return Export(fs, squash=Credentials(squash[0], squash[1]) if squash else None,
                   read_only=read_only)
 
@@ -113,7 +124,10 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
             exports[name] = _host_export(args.export, args.read_only, squash,
                                          statfs_passthru=args.statfs_passthru,
                                          identity_inline=args.identity_inline,
-                                         listing_cache=args.listing_cache)
+                                         listing_cache=args.listing_cache,
+                                         identity=args.identity,
+                                         mapped_owner=parse_squash(args.mapped_owner, "--mapped-owner")
+                                         if args.mapped_owner else (0, 0))
         except OSError as exc:
             raise ValueError(f"--export {args.export}: {exc.strerror or exc}") from None
     for item in config.exports if config else ():
@@ -123,7 +137,9 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
             exports[item.name] = _host_export(item.path, item.read_only, item.squash,
                                               statfs_passthru=item.statfs_passthru,
                                               identity_inline=item.identity_inline,
-                                              listing_cache=item.listing_cache)
+                                              listing_cache=item.listing_cache,
+                                              identity=item.identity,
+                                              mapped_owner=item.mapped_owner)
         except OSError as exc:  # the path is checked where it is opened: say which line
             raise ConfigError(f"{item.where}: exports.{item.name}.path: {item.path}: "
                               f"{exc.strerror or exc}") from None
@@ -132,15 +148,25 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
     return exports
 
 
-async def _run(server, urls: list[str], worker_fds: tuple[int, int] | None = None) -> None:
+async def _run(server, urls: list[str], worker_fds: tuple[int, int] | None = None,
+               exports: dict[str, Export] | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, signals, server, nursery.cancel_scope)
             if worker_fds is not None:
                 await run_worker(server, *worker_fds)
             else:
-                await server.run(urls)
+                async with trio.open_nursery() as serving:
+                    await serving.start(server.run, urls)
+                    _log_identities(exports or {})  # once serving: errors stay one line
             nursery.cancel_scope.cancel()  # served and shut down: stop watching signals
+
+
+def _log_identities(exports: dict[str, Export]) -> None:
+    for name, export in exports.items():
+        identity = getattr(export.filesystem, "identity", None)
+        if identity:
+            log.info("export %s: identity %s", name or "(default)", identity)
 
 
 async def _on_signals(signals, server, everything: trio.CancelScope) -> None:
@@ -164,6 +190,22 @@ def main(argv: list[str]) -> int:
         logging.getLogger("ninep.trace").setLevel(logging.INFO)
     try:
         config = load_config(args.config) if args.config else None
+    except ConfigError as exc:
+        print(f"ninepd: {exc}", file=sys.stderr)
+        return 2
+    urls = args.listen or (config.listen if config and config.listen else [])
+    if not urls:
+        urls = ["systemd://"] if systemd_activated() else [DEFAULT_LISTEN]
+    # Where each URL came from, for errors: a config's FILE:LINE, else the command line.
+    origin = dict(zip(config.listen, config.listen_where)) if config and not args.listen else {}
+    if not args.worker_fds:
+        try:
+            for url in urls:  # before the event loop: fd:// must not find trio's own fds
+                check_url(url)
+        except ListenError as exc:
+            print(_listen_error(exc, origin), file=sys.stderr)
+            return 2
+    try:
         exports = build_exports(args, config)
         msize = parse_size(args.msize) if args.msize else (config.msize if config else None)
         limits = Limits(max_msize=msize or Limits().max_msize,
@@ -183,24 +225,12 @@ def main(argv: list[str]) -> int:
     except (ValueError, OSError, ImportError, AttributeError, TypeError) as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2
-    urls = args.listen or (config.listen if config and config.listen else [])
-    if not urls:
-        urls = ["systemd://"] if systemd_activated() else [DEFAULT_LISTEN]
-    # Where each URL came from, for errors: a config's FILE:LINE, else the command line.
-    origin = dict(zip(config.listen, config.listen_where)) if config and not args.listen else {}
-    if worker_fds is None:
-        try:
-            for url in urls:  # before the event loop: fd:// must not find trio's own fds
-                check_url(url)
-        except ListenError as exc:
-            print(_listen_error(exc, origin), file=sys.stderr)
-            return 2
     if workers > 1 and worker_fds is None:
         server = Supervisor([*argv, "--workers", "1"], workers, grace_period=args.grace)
     else:
         server = Server(exports, limits=limits, trace=args.trace, grace_period=args.grace)
     try:
-        trio.run(_run, server, urls, worker_fds)
+        trio.run(_run, server, urls, worker_fds, exports)
     except BaseExceptionGroup as group:
         listen_errors, others = group.split(ListenError)
         if others is not None or listen_errors is None:

@@ -9,6 +9,9 @@
       root:                       #   (what aname "" or "/" selects)
         path: /srv/guest-root
         read_only: false
+        identity: passthrough     # passthrough | mapped | per-user | squash; default:
+                                  #   passthrough as root, mapped otherwise
+        mapped_owner: "0:0"       # mapped: the owner of files without user.virtfs.*
         squash: null              # or "UID:GID": every attach acts as that identity
         statfs_passthru: false    # true: statfs reports the host filesystem's f_type
         identity_inline: false    # true: switch to the guest's identity on the event
@@ -29,11 +32,12 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .fs.hostmodel import MODELS
 from .protocol.constants import MIN_MSIZE
 
 _TOP_KEYS = {"listen", "msize", "exports", "max_fids", "max_in_flight", "workers"}
 _EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline",
-                "listing_cache"}
+                "listing_cache", "identity", "mapped_owner"}
 _EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache")
 
 
@@ -51,6 +55,8 @@ class ExportConfig:
     identity_inline: bool = False
     listing_cache: bool = True
     where: str = ""               # "FILE:LINE" of path, for errors found when it is opened
+    identity: str | None = None  # None: the default for who runs the server
+    mapped_owner: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -64,12 +70,21 @@ class ServerConfig:
     workers: int | None = None
 
 
-def parse_squash(text: str) -> tuple[int, int]:
+def parse_squash(text: str, what: str = "squash") -> tuple[int, int]:
     """"UID:GID" -> (uid, gid); ValueError says what is wrong."""
     uid, sep, gid = str(text).partition(":")
     if not sep or not uid.isdigit() or not gid.isdigit():
-        raise ValueError(f"squash must be UID:GID (numbers), not {text!r}")
+        raise ValueError(f"{what} must be UID:GID (numbers), not {text!r}")
     return int(uid), int(gid)
+
+
+IDENTITY_MODELS = MODELS
+
+
+def parse_identity(text: str) -> str:
+    if text not in IDENTITY_MODELS:
+        raise ValueError(f"identity must be one of {', '.join(IDENTITY_MODELS)}, not {text!r}")
+    return text
 
 
 def parse_size(text: str | int) -> int:
@@ -190,13 +205,18 @@ def _exports(check: _Checker, node: yaml.Node) -> list[ExportConfig]:
                 settings["where"] = check.where(value)
             elif key in _EXPORT_FLAGS:
                 settings[key] = check.boolean(value, full)
-            elif key == "squash":
+            elif key in ("squash", "mapped_owner"):
                 # The node's own text: YAML 1.1 would read "1:30" as the number 90.
                 if check.scalar(value, full) is not None:
                     try:
-                        settings["squash"] = parse_squash(value.value)
+                        settings[key] = parse_squash(value.value, key)
                     except ValueError as exc:
                         raise check.fail(value, full, str(exc)) from None
+            elif key == "identity":
+                try:
+                    settings["identity"] = parse_identity(check.string(value, full))
+                except ValueError as exc:
+                    raise check.fail(value, full, str(exc)) from None
         if "path" not in settings:
             raise check.fail(name_node, f"{where}.path", "missing (the directory to export)")
         out.append(ExportConfig(name=name, **settings))

@@ -1,7 +1,8 @@
 """The `ninep` command: build an initramfs, build a root tree, boot a VM on a 9P root.
 
     ninep initramfs [--kernel-release R | --modules-dir DIR | --no-modules] [--module M] -o FILE
-    ninep rootfs busybox|debian DIR
+    ninep rootfs busybox|debian DIR [--mapped]
+    ninep rootfs import ROOT.tar[.gz|.xz|.bz2|.zst] DIR      (a mapped tree, no root needed)
     ninep vm ROOTFS [--kernel PATH] [--modules-dir DIR] [--transport T] [--server ninepd|diod]
                     [--cmd "..."] [--overlay] [--memory MIB] [--smp N] [--accel auto|kvm|tcg]
                     [--cache MODE] [--msize N] [--timeout S] [--disk-image IMG]
@@ -19,6 +20,7 @@ import functools
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import trio
@@ -28,6 +30,7 @@ from ninep.vm.initramfs import BuildError, DEFAULT_MODULES, build_initramfs, mod
 from ninep.vm.preflight import RootProblem, check_root, panic_reason
 from ninep.vm.qemu import SERVERS, TRANSPORTS, LaunchError, VmConfig, run_vm
 from ninep.vm.rootfs import build_busybox_rootfs, build_debian_rootfs
+from ninep.vm.tarimport import import_tarball
 
 #: Console lines that only say the machine stopped; hidden when showing a command's output.
 POWER_OFF_NOISE = ("ninep-init: run: exit status", "reboot: Power down")
@@ -39,7 +42,11 @@ busybox: a static busybox with every applet, busybox init, users root and guest
 (about 2 MB, built in seconds; needs busybox-static). debian: Debian bookworm (minbase
 with systemd and udev, serial-console autologin as root); the first run debootstraps it
 from deb.debian.org, about 258 MB downloaded, and keeps a tarball in ~/.cache/ninep
-(XDG_CACHE_HOME), so later runs only extract it (needs debootstrap, and root)."""
+(XDG_CACHE_HOME), so later runs only extract it (making it needs debootstrap and root).
+import: unpack any root tarball (debootstrap or mmdebstrap output, a stage3, an image
+layer) with owners, modes, devices and hard links from its headers. Run as root, trees
+get real owners (ninepd --identity passthrough); otherwise, or with --mapped, owners
+and modes go into user.virtfs.* xattrs (ninepd --identity mapped), so no root is needed."""
 
 VM_HELP = """\
 Serve ROOTFS with ninepd (or diod), build or reuse the guest initramfs, and boot QEMU
@@ -67,13 +74,20 @@ def _parser() -> argparse.ArgumentParser:
                            help="also include this module (repeatable)")
     initramfs.add_argument("-o", "--output", type=Path, required=True)
 
-    rootfs = commands.add_parser("rootfs", help="build a root tree to export (busybox or debian)",
+    rootfs = commands.add_parser("rootfs", help="build a root tree to export (busybox, debian or import)",
                                  description="Build a root tree to boot with `ninep vm` "
                                              "or to export with ninepd. " + ROOTFS_HELP)
-    rootfs.add_argument("kind", choices=("busybox", "debian"),
+    rootfs.add_argument("kind", choices=("busybox", "debian", "import"),
                         help="busybox: a 2 MB demo root; debian: bookworm with systemd "
-                             "(first run downloads about 258 MB)")
-    rootfs.add_argument("dest", type=Path, help="directory to fill (created if missing)")
+                             "(first run downloads about 258 MB); import: unpack a root "
+                             "tarball into a mapped tree")
+    rootfs.add_argument("dest", type=Path,
+                        help="directory to fill, created if missing (import: the tarball)")
+    rootfs.add_argument("import_dest", type=Path, nargs="?", metavar="DIR",
+                        help="import: the directory to fill")
+    rootfs.add_argument("--mapped", action=argparse.BooleanOptionalAction, default=None,
+                        help="owners and modes in user.virtfs.* xattrs (ninepd --identity "
+                             "mapped, QEMU mapped-xattr); default when not root")
 
     vm = commands.add_parser("vm", help="boot a guest whose root is ROOTFS over 9P",
                              description=VM_HELP)
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if group.split(KeyboardInterrupt)[1] is not None:
             raise
         return EXIT_INTERRUPTED
-    except (BuildError, LaunchError, KvmUnavailable, OSError) as error:
+    except (BuildError, LaunchError, KvmUnavailable, OSError, tarfile.TarError) as error:
         # One line; a build step's captured output (a compiler's errors) stays below it,
         # its last line (debootstrap's "E: ...") joins the first.
         first, *detail = [line for line in str(error).splitlines() if line.strip()] or [""]
@@ -204,8 +218,15 @@ def _main(args: argparse.Namespace) -> int:
         print(args.output)
         return 0
     if args.command == "rootfs":
+        if args.kind == "import":
+            if args.import_dest is None:
+                print("ninep rootfs import: give ROOT.tar and DIR", file=sys.stderr)
+                return 2
+            report = import_tarball(args.dest, args.import_dest)
+            print(f"{args.import_dest}: {report.summary()}")
+            return 0
         builder = build_busybox_rootfs if args.kind == "busybox" else build_debian_rootfs
-        print(builder(args.dest))
+        print(builder(args.dest, mapped=args.mapped))
         return 0
     return _vm(args)
 

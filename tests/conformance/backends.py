@@ -86,6 +86,15 @@ def host_backend(scratch: Path) -> Backend:
         xattrs=_xattrs_supported(scratch), chown=os.geteuid() == 0))
 
 
+@register("host-mapped")
+def host_mapped_backend(scratch: Path) -> Backend:
+    """Ownership in user.virtfs.* xattrs: chown to any id works without host root."""
+    write_seed(scratch)
+    xattrs = _xattrs_supported(scratch)
+    return Backend("host-mapped", HostFilesystem(str(scratch), identity="mapped"),
+                   Capabilities(xattrs=xattrs, chown=xattrs))
+
+
 @register("host-readonly")
 def host_readonly_backend(scratch: Path) -> Backend:
     write_seed(scratch)
