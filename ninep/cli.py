@@ -23,6 +23,7 @@ import trio
 from .config import ConfigError, ServerConfig, load_config, parse_size, parse_squash
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
+from .server.session import LIMIT_NAMES
 from .server.listeners import ListenError, systemd_activated
 from .server.workers import Supervisor, run_worker
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes serving connections, each on its own core (default 1; "
                         "host exports only; locks hold across them)")
+    p.add_argument("--limit", metavar="NAME=N", action="append", default=[],
+                   help=f"a per-connection limit ({', '.join(LIMIT_NAMES)}; "
+                        f"sizes as 1M; repeatable; overrides --config)")
     p.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by the supervisor
     return p
 
@@ -159,8 +163,7 @@ def main(argv: list[str]) -> int:
         exports = build_exports(args, config)
         msize = parse_size(args.msize) if args.msize else (config.msize if config else None)
         limits = Limits(max_msize=msize or Limits().max_msize,
-                        max_fids=(config.max_fids if config and config.max_fids else 65536),
-                        max_in_flight=(config.max_in_flight if config and config.max_in_flight else 256))
+                        **{**(config.limits if config else {}), **parse_limits(args.limit)})
         workers = (args.workers if args.workers is not None
                    else config.workers if config and config.workers else 1)
         if workers < 1:
@@ -193,6 +196,18 @@ def main(argv: list[str]) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+def parse_limits(items: list[str]) -> dict[str, int]:
+    """--limit NAME=N, ... -> {NAME: N}; ValueError names what is wrong."""
+    limits: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in LIMIT_NAMES:
+            raise ValueError(f"--limit wants NAME=N with NAME one of {', '.join(LIMIT_NAMES)}, "
+                             f"not {item!r}")
+        limits[name] = parse_size(value)
+    return limits
 
 
 def _parse_worker_fds(text: str) -> tuple[int, int]:

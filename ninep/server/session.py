@@ -11,8 +11,10 @@ them runs, so two concurrent Twalks cannot both create newfid 7.
 from __future__ import annotations
 
 import errno
-import pwd
+import logging
 import os
+import pwd
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Hashable, Mapping
@@ -26,6 +28,9 @@ from ..protocol.constants import (
     VERSION_UNKNOWN,
     OpenFlags,
 )
+from .ratelimit import LogLimiter
+
+log = logging.getLogger("ninep.server")
 
 DEFAULT_MAX_MSIZE = 1 << 20
 NAME_MAX = 255
@@ -36,13 +41,25 @@ class Limits:
     """Per-connection limits: what one client may make the server hold."""
 
     max_msize: int = DEFAULT_MAX_MSIZE
-    max_fids: int = 65536
+    max_fids: int = 65536  # fids, then EMFILE
     max_in_flight: int = 256  # tags in flight before the reader stops reading
     max_buffered: int = 8 << 20  # reply bytes queued before the reader stops reading
+    # Lock ranges held (locks.LockTable counts them), then ENOLCK. ~300 bytes each.
+    max_locks: int = 32768
+    # Bytes of xattr values held in fids: announced by Txattrcreate (then EDQUOT) or
+    # read by Txattrwalk (then ENOMEM). Sixteen of the largest values at once.
+    max_xattr_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.max_msize < MIN_MSIZE:
             raise ValueError(f"msize {self.max_msize} is below the minimum {MIN_MSIZE}")
+        for name in LIMIT_NAMES:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+# The limits a config file or ``--limit`` may set (msize has its own key and option).
+LIMIT_NAMES = ("max_fids", "max_in_flight", "max_buffered", "max_locks", "max_xattr_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +94,7 @@ class Fid:
     xattr_value: bytes | bytearray = b""
     xattr_size: int = 0
     xattr_flags: int = 0
+    xattr_held: int = 0  # bytes counted in Session.xattr_bytes for this fid
     lock_owners: set = field(default_factory=set)  # owners that locked through this fid
     users: int = 0
     retired: bool = False  # out of the table; close when the last user lets go
@@ -173,6 +191,36 @@ class Session:
         self.fids: dict[int, Fid] = {}
         self._reserved: set[int] = set()
         self._fids_per_key: dict[Hashable, int] = {}
+        self.xattr_bytes = 0  # held in xattr fids, against limits.max_xattr_bytes
+        self._log_limit = LogLimiter()
+
+    # --- limits --------------------------------------------------------------------
+    def refuse(self, code: int, cause: str, text: str) -> OSError:
+        """The error for a request over one of the limits, with a log line (the first
+        few of each cause, then one a minute saying how many more)."""
+        write, dropped = self._log_limit.admit(cause, time.monotonic())
+        name = self.connection_id
+        if isinstance(name, tuple):
+            name = " ".join(map(str, name))
+        if dropped:
+            log.warning("%s: %d more refusals (%s) in the last minute, not logged",
+                        name, dropped, cause)
+        if write:
+            log.warning("%s: refused (%s): %s", name, cause, text)
+        return errno_error(code, text)
+
+    def hold_xattr(self, nbytes: int, code: int) -> None:
+        """Count ``nbytes`` of xattr value held in a fid, or refuse with ``code``."""
+        if self.xattr_bytes + nbytes > self.limits.max_xattr_bytes:
+            raise self.refuse(code, "xattr limit",
+                              f"{self.xattr_bytes} + {nbytes} bytes of xattr values held "
+                              f"(max_xattr_bytes {self.limits.max_xattr_bytes})")
+        self.xattr_bytes += nbytes
+
+    def drop_xattr(self, fid: Fid) -> None:
+        """The xattr fid ``fid`` is closed: what it held is free."""
+        self.xattr_bytes -= fid.xattr_held
+        fid.xattr_held = 0
 
     # --- version -----------------------------------------------------------------
     def negotiate(self, requested_msize: int, version: str) -> tuple[int, str]:
@@ -212,7 +260,8 @@ class Session:
         if number in self.fids or number in self._reserved:
             raise errno_error(errno.EBADF, f"fid {number} already in use")
         if len(self.fids) + len(self._reserved) >= self.limits.max_fids:
-            raise errno_error(errno.EMFILE, "too many fids on this connection")
+            raise self.refuse(errno.EMFILE, "fid limit",
+                              f"more than {self.limits.max_fids} fids (max_fids)")
         self._reserved.add(number)
 
     def unreserve(self, number: int) -> None:
