@@ -44,7 +44,7 @@ class Limits:
     max_fids: int = 65536  # fids, then EMFILE
     max_in_flight: int = 256  # tags in flight before the reader stops reading
     max_buffered: int = 8 << 20  # reply bytes queued before the reader stops reading
-    # Lock ranges held (locks.LockTable counts them), then ENOLCK. ~300 bytes each.
+    # Lock ranges held (locks.LockTable counts them), then ENOLCK. ~110 bytes each.
     max_locks: int = 32768
     # Bytes of xattr values held in fids: announced by Txattrcreate (then EDQUOT) or
     # read by Txattrwalk (then ENOMEM). Sixteen of the largest values at once.
