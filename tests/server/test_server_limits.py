@@ -109,3 +109,38 @@ def test_limits_come_from_the_config_and_the_command_line(tmp_path):
         parse_config("exports: {a: {path: /a}}\nmax_locks: 0\n")
     limits = Limits(**config.limits)
     assert (limits.max_locks, limits.max_fids) == (100, Limits().max_fids)
+
+
+async def test_twenty_thousand_locks_on_one_file_stay_correct(fs):
+    """A piles up 20,000 ranges on one file (pipelined) while B keeps asking for
+    getattrs; then B's Tgetlock names the right range among them, B's Tlock in a gap
+    is granted, B's blocking Tlock across A's waits, and A's clunk (its last fid there)
+    frees all 20,000 at once and wakes it. The cost per call is
+    benchmarks/locks.py's business; the count of work per call is test_server_locks'."""
+    from ninep.protocol.constants import LockFlags
+
+    RD = LockType.RDLCK
+    async with served(fs, connections=2) as ([a, b], conns):
+        for peer in (a, b):
+            await peer.start()
+            assert isinstance(await peer.rpc(m.Twalk(1, 0, 1, ("f",))), m.Rwalk)
+            assert isinstance(await peer.rpc(m.Tlopen(2, 1, OpenFlags.RDWR)), m.Rlopen)
+        for first in range(0, 20000, 200):
+            await a.send(*(m.Tlock(i % 200 + 10, 1, WR, 0, 4 * i, 2, 1, "a")
+                           for i in range(first, first + 200)))
+            assert isinstance(await b.rpc(m.Tgetattr(3, 1, 0x7FF)), m.Rgetattr)
+            for _ in range(200):
+                reply = await a.recv()
+                assert reply == m.Rlock(reply.tag, LockStatus.SUCCESS), reply
+        table = conns[0].locks.table
+        assert table.held_by(conns[0].session.connection_id) == 20000
+        assert await b.rpc(m.Tgetlock(4, 1, RD, 40001, 100, 2, "b")) == \
+            m.Rgetlock(4, WR, 40000, 2, 1, "a")
+        assert await b.rpc(m.Tlock(5, 1, WR, 0, 40002, 2, 2, "b")) == m.Rlock(5, LockStatus.SUCCESS)
+        assert await b.rpc(m.Tlock(6, 1, RD, 0, 0, 0, 2, "b")) == m.Rlock(6, LockStatus.BLOCKED)
+        await b.send(m.Tlock(7, 1, RD, LockFlags.BLOCK, 0, 0, 2, "b"))
+        assert await a.rpc(m.Tclunk(8, 1)) == m.Rclunk(8)
+        assert await b.recv() == m.Rlock(7, LockStatus.SUCCESS)
+        assert table.held_by(conns[0].session.connection_id) == 0
+        assert [(h.type, h.start, h.length) for h in table.locks(next(iter(table._files)))] == \
+            [(RD, 0, 0)]
