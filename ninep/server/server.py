@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Union
 
 import trio
@@ -180,7 +180,6 @@ async def serve(filesystem_or_exports: Exportable, urls: str | Iterable[str] = D
         urls = [urls]
     limits = limits or Limits()
     if msize is not None:
-        limits = Limits(max_msize=msize, max_fids=limits.max_fids,
-                        max_in_flight=limits.max_in_flight, max_buffered=limits.max_buffered)
+        limits = replace(limits, max_msize=msize)  # the other limits as they were
     server = Server(filesystem_or_exports, limits=limits, trace=trace, grace_period=grace_period)
     await server.run(list(urls), task_status=task_status)
