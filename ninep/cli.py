@@ -23,6 +23,7 @@ import trio
 from .config import ConfigError, ServerConfig, load_config, parse_size, parse_squash
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
+from .server.server import use_fd_limit
 from .server.session import LIMIT_NAMES
 from .server.listeners import ListenError, systemd_activated
 from .server.workers import Supervisor, run_worker
@@ -185,6 +186,7 @@ def main(argv: list[str]) -> int:
         server = Supervisor([*argv, "--workers", "1"], workers, grace_period=args.grace)
     else:
         server = Server(exports, limits=limits, trace=args.trace, grace_period=args.grace)
+    use_fd_limit()
     try:
         trio.run(_run, server, urls, worker_fds)
     except BaseExceptionGroup as group:

@@ -74,6 +74,34 @@ class Export:
     read_only: bool = False
 
 
+class FidBudget:
+    """The fids of every connection of one process.
+
+    A host export's fid holds an fd (an opened one two), and the fd table is the
+    process's: without this, one client under its own ``max_fids`` could take every fd,
+    and then accept() and every other client's walks fail with EMFILE. Past ``limit``
+    new fids are refused with ENFILE (the "system" table is full, not this client's
+    share). The last quarter is kept for light connections (fewer than ``light``
+    fids: a client that just attached, a guest that is booting), so that one heavy
+    client cannot lock every other one out. ``limit`` None: no bound (the default;
+    ``ninepd`` sets it from RLIMIT_NOFILE, see ``server.use_fd_limit``)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def refuses(self, held: int) -> bool:
+        """Whether a connection holding ``held`` fids may not take one more."""
+        if self.limit is None:
+            return False
+        room = self.limit - self.used
+        light = min(256, self.limit // 16)
+        return room <= 0 or (room <= self.limit // 4 and held >= light)
+
+
+PROCESS_FIDS = FidBudget()  # one fd table per process, so one budget per process
+
+
 class FidKind(Enum):
     FILE = "file"
     XATTR_READ = "xattr-read"  # after Txattrwalk: reads slice the value
@@ -180,7 +208,7 @@ class Session:
     """The books of one connection (pure: the trio layer drives it)."""
 
     def __init__(self, exports: Mapping[str, Export], limits: Limits = Limits(),
-                 connection_id: Hashable = None) -> None:
+                 connection_id: Hashable = None, fid_budget: FidBudget = PROCESS_FIDS) -> None:
         if not exports:
             raise ValueError("a session needs at least one export")
         self.exports = dict(exports)
@@ -191,6 +219,8 @@ class Session:
         self.fids: dict[int, Fid] = {}
         self._reserved: set[int] = set()
         self._fids_per_key: dict[Hashable, int] = {}
+        self._fid_budget = fid_budget
+        self._budgeted = 0  # of fid_budget.used, ours: len(fids) + len(_reserved)
         self.xattr_bytes = 0  # held in xattr fids, against limits.max_xattr_bytes
         self._log_limit = LogLimiter()
 
@@ -262,10 +292,22 @@ class Session:
         if len(self.fids) + len(self._reserved) >= self.limits.max_fids:
             raise self.refuse(errno.EMFILE, "fid limit",
                               f"more than {self.limits.max_fids} fids (max_fids)")
+        if self._fid_budget.refuses(len(self.fids) + len(self._reserved)):
+            raise self.refuse(errno.ENFILE, "process fid limit",
+                              f"{self._fid_budget.used} of the process's {self._fid_budget.limit} "
+                              f"fids in use (its fd limit; the last quarter is for light "
+                              f"connections)")
         self._reserved.add(number)
+        self._count_fids()
 
     def unreserve(self, number: int) -> None:
         self._reserved.discard(number)
+        self._count_fids()
+
+    def _count_fids(self) -> None:
+        held = len(self.fids) + len(self._reserved)
+        self._fid_budget.used += held - self._budgeted
+        self._budgeted = held
 
     def bind(self, fid: Fid) -> list[Fid]:
         """Put ``fid`` in the table (its number reserved, or replacing the same number).
@@ -276,6 +318,7 @@ class Session:
             self._fids_per_key[fid.lock_key] = self._fids_per_key.get(fid.lock_key, 0) + 1
         old = self.fids.get(fid.number)
         self.fids[fid.number] = fid
+        self._count_fids()
         return self._retire(old) if old is not None else []
 
     def unbind(self, number: int) -> tuple[Fid, bool]:
@@ -283,6 +326,7 @@ class Session:
         fid = self.fids.pop(number, None)
         if fid is None:
             raise errno_error(errno.EBADF, f"unknown fid {number}")
+        self._count_fids()
         return fid, bool(self._retire(fid))
 
     def _retire(self, fid: Fid) -> list[Fid]:
@@ -307,6 +351,7 @@ class Session:
         gone = list(self.fids.values())
         self.fids.clear()
         self._reserved.clear()
+        self._count_fids()
         to_close: list[Fid] = []
         for fid in gone:
             to_close += self._retire(fid)

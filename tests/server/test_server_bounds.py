@@ -124,3 +124,41 @@ async def test_rss_stays_flat_while_a_client_piles_up_xattrs_and_locks(tmp_path)
     text = log_path.read_text()
     assert "refused (xattr limit)" in text and "refused (lock limit)" in text, text
     assert text.count("refused (") <= 12, text  # rate-limited: a few lines, not thousands
+
+
+async def test_a_fid_hog_leaves_fds_for_accept_and_other_clients(tmp_path):
+    """ninepd with 512 fds: one client walking fids gets ENFILE before the fd table is
+    full, and a new client is still accepted and served (before, the hog took every
+    fd, accept() failed with EMFILE in a loop, and the new client hung)."""
+    import resource
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "f").write_bytes(b"x")
+    port = free_port()
+    log_path = tmp_path / "log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [*NINEPD, "--export", str(tmp_path / "export"), "--listen", f"tcp://127.0.0.1:{port}"],
+            cwd=REPO, stderr=log, stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)))
+    with reaped(process):
+        hog = await connect_when_up(process, port)
+        await hog.start()
+        walks = []
+        for first in range(1, 1001, BATCH):
+            walks += await exchange(hog, [m.Twalk(0, 0, fid, ("f",)) for fid in range(first, first + BATCH)])
+        granted = sum(isinstance(w, m.Rwalk) for w in walks)
+        refused = [w for w in walks if not isinstance(w, m.Rwalk)]
+        assert 0 < granted < 256, granted
+        assert all(w == m.Rlerror(w.tag, errno.ENFILE) for w in refused), set(refused)
+        other = await connect_when_up(process, port)
+        with trio.fail_after(10):
+            await other.start()
+            assert isinstance(await other.rpc(m.Twalk(1, 0, 1, ("f",))), m.Rwalk)
+            assert isinstance(await other.rpc(m.Tgetattr(2, 1, 0x7FF)), m.Rgetattr)
+        await hog.stream.aclose()
+        await other.stream.aclose()
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+    text = log_path.read_text()
+    assert "refused (process fid limit)" in text and "accept:" not in text, text

@@ -144,3 +144,28 @@ async def test_twenty_thousand_locks_on_one_file_stay_correct(fs):
         assert table.held_by(conns[0].session.connection_id) == 0
         assert [(h.type, h.start, h.length) for h in table.locks(next(iter(table._files)))] == \
             [(RD, 0, 0)]
+
+
+async def test_one_client_cannot_take_every_fid_of_the_process(fs, monkeypatch):
+    """The process's fids (fds, for a host export) are one budget: a heavy client is
+    refused with ENFILE while a quarter is left, which light clients may still use;
+    letting go makes room again."""
+    from ninep.server import session as session_module
+
+    monkeypatch.setattr(session_module.PROCESS_FIDS, "limit", 64)
+    monkeypatch.setattr(session_module.PROCESS_FIDS, "used", 0)
+    async with served(fs, connections=2) as ([a, b], _):
+        await a.start()
+        replies = [await a.rpc(m.Twalk(tag, 0, tag, ())) for tag in range(1, 80)]
+        taken = sum(isinstance(r, m.Rwalk) for r in replies)
+        assert taken == 47  # 48 with the root fid: 16 of 64 left
+        assert all(err(errno.ENFILE)(r) for r in replies[taken:])
+        await b.start()  # a light client still gets its fids
+        assert [isinstance(await b.rpc(m.Twalk(2, 0, n, ())), m.Rwalk) for n in (1, 2, 3, 4)] == \
+            [True, True, True, False]  # 4 = light: now b shares what is left, as a
+        for n in range(1, 5):  # 52 -> 48 in use: still only a quarter left
+            assert await a.rpc(m.Tclunk(90, n)) == m.Rclunk(90)
+        assert err(errno.ENFILE)(await a.rpc(m.Twalk(91, 0, 1, ())))
+        assert await a.rpc(m.Tclunk(92, 5)) == m.Rclunk(92)
+        assert isinstance(await a.rpc(m.Twalk(93, 0, 1, ())), m.Rwalk)
+    assert session_module.PROCESS_FIDS.used == 0  # every session gave its fids back
