@@ -530,7 +530,7 @@ class Dispatcher:
                     self.locks.released(released)
                 if granted:
                     if msg.type != LockType.UNLCK:
-                        fid.lock_owners.add(owner)
+                        self._remember_owner(table, fid, owner)
                     return m.Rlock(msg.tag, LockStatus.SUCCESS)
                 if not msg.flags & LockFlags.BLOCK:
                     return m.Rlock(msg.tag, LockStatus.BLOCKED)
@@ -539,6 +539,18 @@ class Dispatcher:
                     raise errno_error(errno.EBADF, "fid clunked while waiting for a lock")
         finally:
             await self._let_go(fid)
+
+    @staticmethod
+    def _remember_owner(table: LockTable, fid: Fid, owner: LockOwner) -> None:
+        """Note an owner that locked through ``fid`` (its close unlocks them). Owners
+        that since unlocked everything are dropped whenever the set doubles past 64:
+        a client locking and unlocking under ever new proc_ids must not grow it."""
+        owners = fid.lock_owners
+        if owner in owners:
+            return
+        owners.add(owner)
+        if len(owners) >= 64 and len(owners) & (len(owners) - 1) == 0:
+            owners &= table.holding(fid.lock_key, owners)
 
     async def _wait_for_lock(self, table: LockTable, key: Hashable, owner: LockOwner,
                              msg: m.Tlock) -> None:

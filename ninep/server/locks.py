@@ -49,7 +49,7 @@ from ..protocol.constants import LockType
 
 TO_EOF = 1 << 64  # one past the largest 64-bit offset: "to end of file"
 
-_READ, _WRITE = 0, 1  # index into an owner's (reads, writes)
+_READ, _WRITE, _OWNER = 0, 1, 2  # index into an owner's (reads, writes, owner)
 _KIND = {LockType.RDLCK: _READ, LockType.WRLCK: _WRITE}
 _TYPE = (LockType.RDLCK, LockType.WRLCK)
 # Changes to more ranges than this at once rebuild the file's indexes (O(n)) rather
@@ -86,6 +86,13 @@ def lock_range(start: int, length: int) -> tuple[int, int]:
     return start, min(start + length, TO_EOF)
 
 
+def owner_cost(owner: LockOwner) -> int:
+    """What holding anything costs an owner beyond its ranges, in ranges: the table
+    keeps its client_id (up to 64 KiB; Linux sends the host name), so every 256
+    characters count as one more range against the connection's limit."""
+    return len(owner.client_id) // 256
+
+
 class LockLimitError(OSError):
     """A connection asked to hold more lock ranges than its limit (ENOLCK)."""
 
@@ -119,7 +126,7 @@ class _File:
     __slots__ = ("owners", "w_starts", "w_ends", "w_owners", "r_starts", "r_ends")
 
     def __init__(self) -> None:
-        self.owners: dict[LockOwner, tuple[_Spans, _Spans]] = {}
+        self.owners: dict[LockOwner, tuple[_Spans, _Spans, LockOwner]] = {}
         self.w_starts: list[int] = []  # every write range, disjoint, sorted
         self.w_ends: list[int] = []
         self.w_owners: list[LockOwner] = []
@@ -201,8 +208,14 @@ class LockTable:
                for start, end in zip(spans[kind].starts, spans[kind].ends)]
         return sorted(out, key=lambda lock: (lock.start, lock.end))
 
+    def holding(self, key: Hashable, owners) -> set[LockOwner]:
+        """Those of ``owners`` that hold some range on ``key``."""
+        file = self._files.get(key)
+        return {owner for owner in owners if file is not None and owner in file.owners}
+
     def held_by(self, connection: Hashable) -> int:
-        """How many lock ranges ``connection`` holds (what its limit counts)."""
+        """What ``connection``'s limit counts: the lock ranges it holds, plus
+        ``owner_cost`` for each of its owners that holds any."""
         return self._held.get(connection, 0)
 
     def conflict(
@@ -258,7 +271,11 @@ class LockTable:
         if spans is None:
             if type_ == LockType.UNLCK:
                 return True, set()
-            spans = (_Spans(), _Spans())
+            # The owner as first seen is the one kept: every later Tlock decodes its own
+            # copy of client_id (up to 64 KiB), and one owner's thousands of ranges
+            # must not each hold one.
+            spans = (_Spans(), _Spans(), owner)
+        owner = spans[_OWNER]
         # Plan the change per kind as "replace slice [i, j) of the owner's ranges with
         # these", so that refusing it (the limit) leaves everything as it was.
         plan: list[tuple[int, int, int, list[tuple[int, int]]]] = []
@@ -279,6 +296,11 @@ class LockTable:
             kept = ([(left, lo)] if left < lo else []) + ([(hi, right)] if hi < right else [])
             plan.append((kind, i, j, kept))
         growth = sum(len(new) - (j - i) for _, i, j, new in plan)
+        held_before = len(spans[_READ].starts) + len(spans[_WRITE].starts)
+        if not held_before:
+            growth += owner_cost(owner)  # a new owner
+        elif held_before + growth == 0:
+            growth -= owner_cost(owner)  # one that lets go of everything
         if limit is not None and growth > 0 and self.held_by(owner.connection) + growth > limit:
             raise LockLimitError(limit)
         if file is None:
@@ -288,7 +310,7 @@ class LockTable:
         return True, ({key} if released else set())
 
     def _apply(self, key: Hashable, file: _File, owner: LockOwner,
-               spans: tuple[_Spans, _Spans], plan: list, growth: int) -> None:
+               spans: tuple, plan: list, growth: int) -> None:
         moved = sum(j - i + len(new) for _, i, j, new in plan)
         for kind, i, j, new in plan:
             ranges = spans[kind]
@@ -303,14 +325,16 @@ class LockTable:
             del file.owners[owner]
         if moved > _REBUILD_AT:
             file.rebuild()
-        self._count_change(key, owner.connection, growth)
+        self._count_change(key, owner.connection, growth,
+                           sum(len(new) - (j - i) for _, i, j, new in plan))
         if not file.owners:
             del self._files[key]
 
-    def _count_change(self, key: Hashable, connection: Hashable, growth: int) -> None:
+    def _count_change(self, key: Hashable, connection: Hashable, growth: int,
+                      ranges: int) -> None:
+        self._count += ranges
         if not growth:
             return
-        self._count += growth
         total = self._held.get(connection, 0) + growth
         on = self._held_on.setdefault(connection, {})
         here = on.get(key, 0) + growth
@@ -331,15 +355,16 @@ class LockTable:
         file = self._files[key]
         gone = {owner: file.owners.pop(owner)
                 for owner in [o for o in file.owners if o.connection == connection]}
-        dropped = sum(len(spans[kind].starts) for spans in gone.values() for kind in (_READ, _WRITE))
-        if dropped > _REBUILD_AT:
+        ranges = sum(len(spans[kind].starts) for spans in gone.values() for kind in (_READ, _WRITE))
+        dropped = ranges + sum(owner_cost(owner) for owner in gone)
+        if ranges > _REBUILD_AT:
             file.rebuild()
         else:
             for spans in gone.values():
                 for kind in (_READ, _WRITE):
                     for s, e in zip(spans[kind].starts, spans[kind].ends):
                         file.remove(kind, s, e)
-        self._count_change(key, connection, -dropped)
+        self._count_change(key, connection, -dropped, -ranges)
         if not file.owners:
             del self._files[key]
         return {key}

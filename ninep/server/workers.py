@@ -55,7 +55,7 @@ _RESPAWN_DELAY = 0.5
 _LOCK_RECHECK_SECONDS = 1.0
 # LockTable methods a worker may call, and whether they can free ranges.
 _RPC_METHODS = {"set": True, "release": True, "release_connection": True,
-                "conflict": False, "begin_wait": False, "end_wait": False}
+                "conflict": False, "begin_wait": False, "end_wait": False, "holding": False}
 
 
 # --- the worker side ----------------------------------------------------------------------
@@ -100,6 +100,9 @@ class RemoteLockTable:
         granted, released = self._call("set", self.wire_key(key), owner, type_, start, length,
                                        limit)
         return granted, self.local_keys(released)
+
+    def holding(self, key, owners) -> set[LockOwner]:
+        return self._call("holding", self.wire_key(key), list(owners))
 
     def conflict(self, key, owner: LockOwner, type_: int, start: int, length: int):
         return self._call("conflict", self.wire_key(key), owner, type_, start, length)

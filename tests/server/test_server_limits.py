@@ -9,6 +9,7 @@ import pytest
 
 from ninep.protocol import messages as m
 from ninep.protocol.constants import LockStatus, LockType, OpenFlags
+from ninep.server.locks import LockOwner
 from ninep.server.session import Limits
 
 from srv_memfs import MemFilesystem
@@ -169,3 +170,37 @@ async def test_one_client_cannot_take_every_fid_of_the_process(fs, monkeypatch):
         assert await a.rpc(m.Tclunk(92, 5)) == m.Rclunk(92)
         assert isinstance(await a.rpc(m.Twalk(93, 0, 1, ())), m.Rwalk)
     assert session_module.PROCESS_FIDS.used == 0  # every session gave its fids back
+
+
+async def test_lock_owners_cost_what_their_ranges_do(fs):
+    """What a Tlock's owner makes the server keep is bounded too: its client_id (up to
+    64 KiB) counts against max_locks, one range per 256 characters, as long as the
+    owner holds anything; one owner's ranges share one copy of it (each Tlock decodes
+    its own); and a client locking and unlocking under ever new proc_ids does not grow
+    the fid's list of owners to unlock at its close."""
+    async with served(fs, limits=Limits(max_locks=1000)) as ([peer], conns):
+        await peer.start(msize=1 << 20)
+        assert isinstance(await peer.rpc(m.Twalk(1, 0, 1, ("f",))), m.Rwalk)
+        assert isinstance(await peer.rpc(m.Tlopen(2, 1, OpenFlags.RDWR)), m.Rlopen)
+        table, me = conns[0].locks.table, conns[0].session.connection_id
+        big = "n" * 65535  # 255 ranges' worth
+        for pid in (1, 2, 3):
+            assert await peer.rpc(m.Tlock(3, 1, WR, 0, pid, 1, pid, big)) == m.Rlock(3, LockStatus.SUCCESS)
+        assert table.held_by(me) == 3 * 256
+        assert err(errno.ENOLCK)(await peer.rpc(m.Tlock(3, 1, WR, 0, 9, 1, 4, big)))
+        assert await peer.rpc(m.Tlock(3, 1, UN, 0, 0, 0, 3, big)) == m.Rlock(3, LockStatus.SUCCESS)
+        assert table.held_by(me) == 2 * 256
+        for i in range(200):  # one owner, many ranges: one copy of its name
+            assert await peer.rpc(m.Tlock(4, 1, WR, 0, 100 + 4 * i, 1, 1, big)) == \
+                m.Rlock(4, LockStatus.SUCCESS)
+        (file,) = table._files.values()
+        assert len({id(o.client_id) for o in file.w_owners}) == 2
+        assert table.held_by(me) == 2 * 256 + 200
+        for pid in range(10, 1010):
+            assert await peer.rpc(m.Tlock(5, 1, WR, 0, 5000, 1, pid, "h")) == m.Rlock(5, LockStatus.SUCCESS)
+            assert await peer.rpc(m.Tlock(6, 1, UN, 0, 5000, 1, pid, "h")) == m.Rlock(6, LockStatus.SUCCESS)
+        fid = conns[0].session.fids[1]
+        assert len(fid.lock_owners) < 128
+        assert LockOwner(me, big, 1) in fid.lock_owners
+        assert await peer.rpc(m.Tclunk(7, 1)) == m.Rclunk(7)
+        assert table.held_by(me) == 0 and len(table) == 0

@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 
 from ninep.protocol.constants import LockType
 from ninep.server import locks as locks_module
-from ninep.server.locks import TO_EOF, LockLimitError, LockOwner, LockTable
+from ninep.server.locks import TO_EOF, LockLimitError, LockOwner, LockTable, owner_cost
 
 RD, WR, UN = LockType.RDLCK, LockType.WRLCK, LockType.UNLCK
 SPAN = 24  # finite ranges end at or before this ...
 CELLS = SPAN + 4  # ... and to-EOF ones at the model's last cell
 OWNERS = [LockOwner("c1", "h", 1), LockOwner("c1", "h", 2), LockOwner("c2", "h", 1),
-          LockOwner("c3", "x", 9)]
+          LockOwner("c3", "x" * 300, 9)]  # a long client_id: costs one range more
+
 KEYS = ["f", "g"]
 
 
@@ -70,7 +71,12 @@ class ByteModel:
         return out
 
     def held_by(self, connection) -> int:
-        return sum(len(self.runs(k, o)) for (k, o) in self.cells if o.connection == connection)
+        """Ranges, plus owner_cost per (file, owner) holding anything."""
+        return sum(self.cost(k, o) for (k, o) in self.cells if o.connection == connection)
+
+    def cost(self, key, owner, row=None) -> int:
+        runs = len(self.runs(key, owner, row))
+        return runs + owner_cost(owner) if runs else 0
 
 
 def as_tuples(table, key):
@@ -132,7 +138,7 @@ def run_against_model(ops):
                 assert table.set(key, owner, type_, start, length, limit) == (False, set())
                 continue
             row, released = model.after_set(key, owner, type_, start, length)
-            growth = len(model.runs(key, owner, row)) - len(model.runs(key, owner))
+            growth = model.cost(key, owner, row) - model.cost(key, owner)
             if limit is not None and growth > 0 and model.held_by(owner.connection) + growth > limit:
                 with pytest.raises(LockLimitError):
                     table.set(key, owner, type_, start, length, limit)
