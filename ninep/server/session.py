@@ -219,8 +219,7 @@ class Session:
         self.fids: dict[int, Fid] = {}
         self._reserved: set[int] = set()
         self._fids_per_key: dict[Hashable, int] = {}
-        self._fid_budget = fid_budget
-        self._budgeted = 0  # of fid_budget.used, ours: len(fids) + len(_reserved)
+        self._fid_budget = fid_budget  # counts len(fids) + len(_reserved), as max_fids
         self.xattr_bytes = 0  # held in xattr fids, against limits.max_xattr_bytes
         self._log_limit = LogLimiter()
 
@@ -292,33 +291,32 @@ class Session:
         if len(self.fids) + len(self._reserved) >= self.limits.max_fids:
             raise self.refuse(errno.EMFILE, "fid limit",
                               f"more than {self.limits.max_fids} fids (max_fids)")
-        if self._fid_budget.refuses(len(self.fids) + len(self._reserved)):
+        budget = self._fid_budget
+        if budget.limit is not None and budget.refuses(len(self.fids) + len(self._reserved)):
             raise self.refuse(errno.ENFILE, "process fid limit",
                               f"{self._fid_budget.used} of the process's {self._fid_budget.limit} "
                               f"fids in use (its fd limit; the last quarter is for light "
                               f"connections)")
         self._reserved.add(number)
-        self._count_fids()
+        budget.used += 1
 
     def unreserve(self, number: int) -> None:
-        self._reserved.discard(number)
-        self._count_fids()
-
-    def _count_fids(self) -> None:
-        held = len(self.fids) + len(self._reserved)
-        self._fid_budget.used += held - self._budgeted
-        self._budgeted = held
+        if number in self._reserved:  # not bound after all
+            self._reserved.remove(number)
+            self._fid_budget.used -= 1
 
     def bind(self, fid: Fid) -> list[Fid]:
         """Put ``fid`` in the table (its number reserved, or replacing the same number).
         Returns the fids that left the table and must be closed now."""
+        reserved = fid.number in self._reserved
         self._reserved.discard(fid.number)
         if fid.file is not None and fid.kind is FidKind.FILE:
             fid.lock_key = (fid.export.filesystem, fid.file.lock_key)
             self._fids_per_key[fid.lock_key] = self._fids_per_key.get(fid.lock_key, 0) + 1
         old = self.fids.get(fid.number)
         self.fids[fid.number] = fid
-        self._count_fids()
+        if old is None and not reserved:
+            self._fid_budget.used += 1
         return self._retire(old) if old is not None else []
 
     def unbind(self, number: int) -> tuple[Fid, bool]:
@@ -326,7 +324,7 @@ class Session:
         fid = self.fids.pop(number, None)
         if fid is None:
             raise errno_error(errno.EBADF, f"unknown fid {number}")
-        self._count_fids()
+        self._fid_budget.used -= 1
         return fid, bool(self._retire(fid))
 
     def _retire(self, fid: Fid) -> list[Fid]:
@@ -349,9 +347,9 @@ class Session:
     def clear(self) -> list[Fid]:
         """Tversion or disconnect: every fid leaves the table; return those to close."""
         gone = list(self.fids.values())
+        self._fid_budget.used -= len(self.fids) + len(self._reserved)
         self.fids.clear()
         self._reserved.clear()
-        self._count_fids()
         to_close: list[Fid] = []
         for fid in gone:
             to_close += self._retire(fid)
