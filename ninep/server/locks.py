@@ -191,7 +191,7 @@ class LockTable:
     def __init__(self) -> None:
         self._files: dict[Hashable, _File] = {}
         self._count = 0
-        # connection -> {key: ranges it holds there}; and its total (for the limit)
+        # connection -> {key: what it holds there}; and its total (what the limit counts)
         self._held_on: dict[Hashable, dict[Hashable, int]] = {}
         self._held: dict[Hashable, int] = {}
         # owner -> the requests it is blocked on, as (key, type, start, length)
