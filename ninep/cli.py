@@ -25,6 +25,8 @@ from .config import (
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
 from .server.listeners import ListenError, check_url, systemd_activated
+from .server.server import use_fd_limit
+from .server.session import LIMIT_NAMES
 from .server.workers import Supervisor, run_worker
 
 log = logging.getLogger("ninepd")
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes serving connections, each on its own core (default 1; "
                         "host exports only; locks hold across them)")
+    p.add_argument("--limit", metavar="NAME=N", action="append", default=[],
+                   help=f"a per-connection limit ({', '.join(LIMIT_NAMES)}; "
+                        f"sizes as 1M; repeatable; overrides --config)")
     p.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by the supervisor
     return p
 
@@ -209,8 +214,7 @@ def main(argv: list[str]) -> int:
         exports = build_exports(args, config)
         msize = parse_size(args.msize) if args.msize else (config.msize if config else None)
         limits = Limits(max_msize=msize or Limits().max_msize,
-                        max_fids=(config.max_fids if config and config.max_fids else 65536),
-                        max_in_flight=(config.max_in_flight if config and config.max_in_flight else 256))
+                        **{**(config.limits if config else {}), **parse_limits(args.limit)})
         workers = (args.workers if args.workers is not None
                    else config.workers if config and config.workers else 1)
         if workers < 1:
@@ -229,6 +233,7 @@ def main(argv: list[str]) -> int:
         server = Supervisor([*argv, "--workers", "1"], workers, grace_period=args.grace)
     else:
         server = Server(exports, limits=limits, trace=args.trace, grace_period=args.grace)
+    use_fd_limit()
     try:
         trio.run(_run, server, urls, worker_fds, exports)
     except BaseExceptionGroup as group:
@@ -245,6 +250,18 @@ def main(argv: list[str]) -> int:
 def _listen_error(exc: ListenError, origin: dict[str, str]) -> str:
     where = origin.get(getattr(exc, "url", None) or "")
     return f"ninepd: {where}: listen: {exc}" if where else f"ninepd: {exc}"
+
+
+def parse_limits(items: list[str]) -> dict[str, int]:
+    """--limit NAME=N, ... -> {NAME: N}; ValueError names what is wrong."""
+    limits: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in LIMIT_NAMES:
+            raise ValueError(f"--limit wants NAME=N with NAME one of {', '.join(LIMIT_NAMES)}, "
+                             f"not {item!r}")
+        limits[name] = parse_size(value)
+    return limits
 
 
 def _parse_worker_fds(text: str) -> tuple[int, int]:

@@ -5,6 +5,8 @@
       - unix:///run/ninep.sock
     msize: 1M                     # optional; 4096 .. (default 1 MiB)
     workers: 2                    # optional; processes serving connections (default 1)
+    max_locks: 32768              # optional per-connection limits: any of the names in
+    max_xattr_bytes: 1M           #   server.session.LIMIT_NAMES (docs/server.md)
     exports:                      # aname -> export; the first one is the default
       root:                       #   (what aname "" or "/" selects)
         path: /srv/guest-root
@@ -34,8 +36,9 @@ import yaml
 
 from .fs.hostmodel import MODELS
 from .protocol.constants import MIN_MSIZE
+from .server.session import LIMIT_NAMES
 
-_TOP_KEYS = {"listen", "msize", "exports", "max_fids", "max_in_flight", "workers"}
+_TOP_KEYS = {"listen", "msize", "exports", "workers", *LIMIT_NAMES}
 _EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline",
                 "listing_cache", "identity", "mapped_owner"}
 _EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache")
@@ -65,8 +68,7 @@ class ServerConfig:
     listen: list[str] = field(default_factory=list)
     listen_where: list[str] = field(default_factory=list)  # "FILE:LINE" of each listen URL
     msize: int | None = None
-    max_fids: int | None = None
-    max_in_flight: int | None = None
+    limits: dict[str, int] = field(default_factory=dict)  # LIMIT_NAMES -> value
     workers: int | None = None
 
 
@@ -176,10 +178,8 @@ def parse_config(text: str, filename: str = "<config>") -> ServerConfig:
                 config.listen_where.append(check.where(item))
         elif key == "msize":
             config.msize = check.count(value, key, MIN_MSIZE)
-        elif key == "max_fids":
-            config.max_fids = check.count(value, key)
-        elif key == "max_in_flight":
-            config.max_in_flight = check.count(value, key)
+        elif key in LIMIT_NAMES:
+            config.limits[key] = check.count(value, key)
         elif key == "workers":
             config.workers = check.count(value, key, 1)
         elif key == "exports":

@@ -42,7 +42,7 @@ import trio
 from .connection import LockManager
 from .listeners import Endpoint, ListenError, accept, close_listeners, open_all, peer_name
 from ..protocol.constants import LockType
-from .locks import LockOwner, LockTable
+from .locks import LockLimitError, LockOwner, LockTable
 from .session import Export
 
 log = logging.getLogger("ninep.workers")
@@ -55,7 +55,7 @@ _RESPAWN_DELAY = 0.5
 _LOCK_RECHECK_SECONDS = 1.0
 # LockTable methods a worker may call, and whether they can free ranges.
 _RPC_METHODS = {"set": True, "release": True, "release_connection": True,
-                "conflict": False, "begin_wait": False, "end_wait": False}
+                "conflict": False, "begin_wait": False, "end_wait": False, "holding": False}
 
 
 # --- the worker side ----------------------------------------------------------------------
@@ -77,6 +77,8 @@ class RemoteLockTable:
     def _call(self, method: str, *args):
         self._rpc.sendall(pickle.dumps((method, args)))
         status, value = pickle.loads(self._rpc.recv(_MAX_MESSAGE))
+        if status == "limit":
+            raise LockLimitError(value)
         if status != "ok":
             raise OSError(5, f"lock table: {value}")
         return value
@@ -89,13 +91,18 @@ class RemoteLockTable:
         return {(self._filesystems[name], file_key) for name, file_key in keys
                 if name in self._filesystems}
 
-    def set(self, key, owner: LockOwner, type_: int, start: int, length: int):
+    def set(self, key, owner: LockOwner, type_: int, start: int, length: int,
+            limit: int | None = None):
         if type_ != LockType.UNLCK:
             self._maybe_held.setdefault(owner.connection, set()).add(key)
         elif key not in self._maybe_held.get(owner.connection, ()):
             return True, set()  # nothing of this connection's there to unlock
-        granted, released = self._call("set", self.wire_key(key), owner, type_, start, length)
+        granted, released = self._call("set", self.wire_key(key), owner, type_, start, length,
+                                       limit)
         return granted, self.local_keys(released)
+
+    def holding(self, key, owners) -> set[LockOwner]:
+        return self._call("holding", self.wire_key(key), list(owners))
 
     def conflict(self, key, owner: LockOwner, type_: int, start: int, length: int):
         return self._call("conflict", self.wire_key(key), owner, type_, start, length)
@@ -363,6 +370,8 @@ class Supervisor:
                     raise ValueError(f"no lock call {method!r}")
                 result = getattr(self.table, method)(*args)
                 reply = ("ok", result)
+            except LockLimitError as exc:  # the connection's answer is ENOLCK
+                reply, result = ("limit", exc.limit), None
             except Exception as exc:  # a bad call costs that call, not the table
                 log.exception("worker %d: lock call failed", worker.index)
                 reply, result = ("error", str(exc)), None
@@ -370,7 +379,7 @@ class Supervisor:
                 await worker.rpc.send(pickle.dumps(reply))
             except OSError:
                 return  # it died waiting; _watch forgets its locks
-            if _RPC_METHODS.get(method):
+            if _RPC_METHODS.get(method) and result is not None:
                 released = result[1] if method == "set" else result
                 if released:
                     self._broadcast(released, source=worker)

@@ -198,3 +198,27 @@ async def test_a_64k_client_id_crosses_the_lock_channel(tmp_path):
             await peer.stream.aclose()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+async def test_lock_limit_holds_across_workers(tmp_path):
+    """The supervisor's table counts a connection's ranges; its ENOLCK reaches the
+    worker as ENOLCK (not EIO), and leaves both the table and the other client fine."""
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "f").write_bytes(b"x")
+    log_path = tmp_path / "log"
+    process, port = start_workers(tmp_path / "export", log_path, "--limit", "max_locks=2")
+    with reaped(process):
+        a, b = await two_clients_with_f_open(process, port, log_path)
+        for tag, start in ((4, 0), (5, 10)):
+            assert await a.rpc(m.Tlock(tag, 1, WR, 0, start, 1, 1, "a")) == m.Rlock(tag, LockStatus.SUCCESS)
+        assert await a.rpc(m.Tlock(6, 1, WR, 0, 20, 1, 1, "a")) == m.Rlerror(6, Errno.ENOLCK)
+        assert await b.rpc(m.Tlock(4, 1, WR, 0, 20, 1, 2, "b")) == m.Rlock(4, LockStatus.SUCCESS)
+        assert await b.rpc(m.Tgetlock(5, 1, WR, 0, 0, 2, "b")) == m.Rgetlock(5, WR, 0, 1, 1, "a")
+        assert await a.rpc(m.Tlock(7, 1, UN, 0, 0, 1, 1, "a")) == m.Rlock(7, LockStatus.SUCCESS)
+        assert await a.rpc(m.Tlock(8, 1, WR, 0, 30, 1, 1, "a")) == m.Rlock(8, LockStatus.SUCCESS)
+        await a.stream.aclose()
+        await b.stream.aclose()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    text = log_path.read_text()
+    assert "refused (lock limit)" in text and "Traceback" not in text, text
