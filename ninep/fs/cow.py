@@ -115,8 +115,8 @@ class CowFilesystem(Filesystem):
         upper_fs = HostFilesystem(path)
         upper_root = await upper_fs.attach("", creds)
         base_root = await self.base.attach("", creds)
-        work_fd = up.open_work_dir(upper_root._node.fd)
-        session = Session(self, name, path, upper_fs, work_fd, self.throwaway)
+        work_fd, index_fd = up.open_meta_dirs(upper_root._node.fd)
+        session = Session(self, name, path, upper_fs, work_fd, index_fd, self.throwaway)
         session.root = Node(None, "", stat.S_IFDIR, session.base_qid(base_root.qid),
                             upper_root, base_root)
         session.root.refs = 0
@@ -289,6 +289,7 @@ class CowFile(File):
     async def getattr(self, mask: int) -> Attr:
         attr = await self._layer().getattr(mask)
         attr.qid = self._node.qid
+        attr.nlink -= self._s.index_links(self._node)
         return attr
 
     async def setattr(self, attr: SetAttr) -> None:

@@ -97,12 +97,16 @@ class Session:
     """One upper directory and its merged tree (one aname and identity)."""
 
     def __init__(self, fs, name: str, path: str, upper_fs: HostFilesystem, work_fd: int,
-                 throwaway: bool) -> None:
+                 index_fd: int, throwaway: bool) -> None:
         self.fs = fs
         self.name = name
         self.path = path
         self.upper_fs = upper_fs
         self.work_fd = work_fd
+        self.index_fd = index_fd
+        # Whether any hard-linked base file was copied up: only then does a lookup
+        # that ends in the base look in the index.
+        self.index_used = bool(os.listdir(proc_path(index_fd)))
         self.throwaway = throwaway
         self.root: Node = None  # type: ignore[assignment]  # set by the filesystem
         self.lock = trio.Lock()  # one copy-up or tree change at a time
@@ -115,9 +119,10 @@ class Session:
         if self.root is not None:
             await self.root.drop_layers()
             self.root = None  # type: ignore[assignment]
-        if self.work_fd >= 0:
-            os.close(self.work_fd)
-            self.work_fd = -1
+        for fd in (self.work_fd, self.index_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.work_fd = self.index_fd = -1
         await self.upper_fs.aclose()
         if self.throwaway:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -174,6 +179,11 @@ class Session:
                     raise errno_error(errno.ENOENT, name)
                 kind = _kind_of_qid(base.qid)
                 qid = self.base_qid(base.qid)
+                if self.index_used and kind != stat.S_IFDIR:
+                    upper = await self._link_from_index(d, name, base.qid.path)
+                    if upper is not None:
+                        await base.close()
+                        base = None
         except BaseException:
             for layer in (upper, base):
                 if layer is not None:
@@ -182,6 +192,35 @@ class Session:
         node = Node(d.acquire(), name, kind, qid, upper, base)
         d.children[name] = node
         return node
+
+    async def _link_from_index(self, d: Node, name: str, base_path: int) -> HostFile | None:
+        """Another name of this base file was copied up: this name becomes one more
+        link to that copy (overlayfs's index=on), so the names stay one file."""
+        indexed = up.index_name(base_path)
+        if not up.exists(self.index_fd, indexed):
+            return None
+        parent = await self.ensure_dir_upper(d)
+        async with self.lock:
+            if not up.exists(parent._node.fd, name):
+                os.link(indexed, name, src_dir_fd=self.index_fd, dst_dir_fd=parent._node.fd,
+                        follow_symlinks=False)
+                up.sync_dir(parent._node.fd)
+        _, upper = await parent.walk([name])
+        return upper
+
+    def index_links(self, node: Node) -> int:
+        """1 if the index holds one of this upper file's names (hidden from nlink)."""
+        if not self.index_used or node.upper is None or node.kind == stat.S_IFDIR:
+            return 0
+        if not node.qid.path & _BASE_TAG or node.qid.path >> 48 == _WIDE_BASE >> 48:
+            return 0
+        try:
+            st = os.stat(up.index_name(node.qid.path & ~_BASE_TAG), dir_fd=self.index_fd,
+                         follow_symlinks=False)
+        except FileNotFoundError:
+            return 0
+        mine = os.stat(node.upper._node.fd)
+        return int((st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino))
 
     async def _base_child(self, d: Node, name: str, dirs_only: bool = False) -> File | None:
         if d.base is None:
@@ -231,6 +270,16 @@ class Session:
     async def _copy_up_locked(self, node: Node, data: bool) -> None:
         base = node.base
         assert base is not None, "a node without an upper has a base"
+        if self.index_used and node.kind != stat.S_IFDIR and not node.removed:
+            indexed = up.index_name(base.qid.path)
+            if up.exists(self.index_fd, indexed):  # another name of it was copied up
+                parent = node.parent.upper  # type: ignore[union-attr]
+                os.link(indexed, node.name, src_dir_fd=self.index_fd,
+                        dst_dir_fd=parent._node.fd, follow_symlinks=False)
+                up.sync_dir(parent._node.fd)
+                _, node.upper = await parent.walk([node.name])
+                await node.drop_base()
+                return
         attr = await base.getattr(GetattrMask.ALL)
         xattrs: dict[str, bytes] = {}
         try:
@@ -266,6 +315,10 @@ class Session:
             up.finish_copy(work, tmp, attr.mode, attr.uid, attr.gid,
                            ((attr.atime_sec, attr.atime_nsec), (attr.mtime_sec, attr.mtime_nsec)),
                            xattrs, base.qid.path)
+            if kind != stat.S_IFDIR and attr.nlink > 1:
+                os.link(tmp, up.index_name(base.qid.path), src_dir_fd=work,
+                        dst_dir_fd=self.index_fd, follow_symlinks=False)
+                self.index_used = True
             if node.removed:
                 # Open-unlinked and changed now: the copy lives on, nameless, in work/.
                 _, made = await self.root.upper.walk([up.META_DIR, "work", tmp])

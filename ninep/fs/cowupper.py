@@ -4,6 +4,7 @@ Plain syscalls on fds (no trio, no File objects), so every step here is easy to
 reason about for crash safety. The layout of an upper directory::
 
     UPPER/.ninep-cow/work/      temporaries; emptied whenever the upper is opened
+    UPPER/.ninep-cow/index/QID  copies of base files with several names (hard links)
     UPPER/some/dir/.wh.NAME     whiteout: NAME of the base is deleted
     UPPER/some/dir/.wh..wh..opq opaque: nothing of the base's some/dir shows through
     xattr user.ninep.origin     on a copied-up file or directory: the base qid.path
@@ -36,16 +37,23 @@ def is_reserved(name: str, at_root: bool) -> bool:
     return name.startswith(WHITEOUT_PREFIX) or (at_root and name == META_DIR)
 
 
-def open_work_dir(upper_root_fd: int) -> int:
-    """The O_PATH fd of UPPER/.ninep-cow/work, made if missing and emptied: whatever a
-    crash left there was never renamed into place, so it was never visible."""
+def open_meta_dirs(upper_root_fd: int) -> tuple[int, int]:
+    """O_PATH fds of UPPER/.ninep-cow/work and .../index, made if missing. work/ is
+    emptied: whatever a crash left there was never renamed into place, so it was
+    never visible. index/ holds one more name of each copied-up file that had
+    several names in the base (``index_name``), so its other names can find it."""
     meta = _subdir(upper_root_fd, META_DIR)
     try:
         work = _subdir(meta, "work")
+        index = _subdir(meta, "index")
     finally:
         os.close(meta)
     clear_dir(work)
-    return work
+    return work, index
+
+
+def index_name(base_qid_path: int) -> str:
+    return f"{base_qid_path:016x}"
 
 
 def _subdir(dir_fd: int, name: str) -> int:

@@ -206,6 +206,22 @@ async def test_hard_links_across_copy_up(root):
     await b.close()
 
 
+async def test_base_hard_links_stay_one_file_after_copy_up(root, upper):
+    a = await walk_to(root, "etc/hostname")
+    b = await walk_to(root, "hostname-link")
+    assert a.qid == b.qid  # one inode in the base
+    await b.close()
+    await a.open(OpenFlags.WRONLY | OpenFlags.APPEND)
+    await a.write(0, memoryview(b"both names\n"))
+    assert await read(root, "hostname-link") == b"base\nboth names\n"
+    b = await walk_to(root, "hostname-link")
+    assert a.qid == b.qid
+    assert (await b.getattr(0)).nlink == 2  # the index's own name is not counted
+    await a.close()
+    await b.close()
+    assert (upper / "hostname-link").stat().st_ino == (upper / "etc" / "hostname").stat().st_ino
+
+
 async def test_open_unlinked_files(root, upper):
     w = await walk_to(root, "etc/deep/x")
     await w.open(OpenFlags.RDWR)
