@@ -18,6 +18,10 @@
       share:
         path: /srv/share
         read_only: true
+      vms:                        # copy-on-write: a read-only base, an upper per guest
+        base: /srv/debian.tar.zst #   a directory or a .tar[.gz|.xz|.zst]
+        upper: /srv/vms/{aname}   #   aname "vms/web1" -> /srv/vms/web1 (docs/cow.md)
+        throwaway: false          #   true: a temporary upper per guest, gone at unmount
 
 Errors name the file, the line and the key: the document is *composed* (yaml's node
 tree keeps each node's position) rather than loaded, and checked node by node.
@@ -33,8 +37,9 @@ from .protocol.constants import MIN_MSIZE
 
 _TOP_KEYS = {"listen", "msize", "exports", "max_fids", "max_in_flight", "workers"}
 _EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline",
-                "listing_cache"}
-_EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache")
+                "listing_cache", "base", "upper", "throwaway"}
+_EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache",
+                 "throwaway")
 
 
 class ConfigError(Exception):
@@ -44,7 +49,10 @@ class ConfigError(Exception):
 @dataclass
 class ExportConfig:
     name: str
-    path: str
+    path: str | None = None
+    base: str | None = None  # copy-on-write: base and upper instead of path
+    upper: str | None = None
+    throwaway: bool = False
     read_only: bool = False
     squash: tuple[int, int] | None = None
     statfs_passthru: bool = False
@@ -180,8 +188,8 @@ def _exports(check: _Checker, node: yaml.Node) -> list[ExportConfig]:
             full = f"{where}.{key}"
             if key not in _EXPORT_KEYS:
                 raise check.fail(key_node, full, f"unknown key (expected one of {', '.join(sorted(_EXPORT_KEYS))})")
-            if key == "path":
-                settings["path"] = check.string(value, full)
+            if key in ("path", "base", "upper"):
+                settings[key] = check.string(value, full)
             elif key in _EXPORT_FLAGS:
                 settings[key] = check.boolean(value, full)
             elif key == "squash":
@@ -191,8 +199,15 @@ def _exports(check: _Checker, node: yaml.Node) -> list[ExportConfig]:
                         settings["squash"] = parse_squash(value.value)
                     except ValueError as exc:
                         raise check.fail(value, full, str(exc)) from None
-        if "path" not in settings:
+        if "base" in settings:
+            if "path" in settings:
+                raise check.fail(name_node, f"{where}.path", "give path, or base (copy-on-write), not both")
+            if "upper" not in settings and not settings.get("throwaway"):
+                raise check.fail(name_node, f"{where}.upper", "missing (or throwaway: true)")
+        elif "path" not in settings:
             raise check.fail(name_node, f"{where}.path", "missing (the directory to export)")
+        elif "upper" in settings or "throwaway" in settings:
+            raise check.fail(name_node, f"{where}.base", "upper and throwaway need a base")
         out.append(ExportConfig(name=name, **settings))
     return out
 
