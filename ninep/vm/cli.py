@@ -2,7 +2,7 @@
 
     ninep initramfs [--kernel-release R | --modules-dir DIR] -o FILE
     ninep rootfs busybox|debian DIR
-    ninep vm ROOTFS [--kernel PATH] [--transport T] [--server ninepd|diod] [--cmd "..."]
+    ninep vm ROOTFS|IMAGE.tar[.gz|.xz|.zst] [--cow] [--upper DIR] [--kernel PATH] [--transport T] [--server ninepd|diod] [--cmd "..."]
                     [--overlay] [--memory M] [--smp N] [--accel auto|kvm|tcg] [--cache MODE]
 """
 
@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     rootfs.add_argument("dest", type=Path)
 
     vm = commands.add_parser("vm", help="boot a guest whose root is ROOTFS over 9P")
-    vm.add_argument("rootfs", type=Path)
+    vm.add_argument("rootfs", type=Path, help="a directory, or a tarball (implies --cow)")
+    vm.add_argument("--cow", action="store_true",
+                    help="ROOTFS stays untouched: the guest's writes go to a per-guest upper "
+                         "directory, temporary unless --upper (docs/cow.md)")
+    vm.add_argument("--upper", type=Path, help="with --cow: keep the guest's changes here")
     vm.add_argument("--kernel", type=Path, help="default: newest /boot/vmlinuz-*")
     vm.add_argument("--modules-dir", type=Path, help="default: /lib/modules/<kernel release>")
     vm.add_argument("--transport", choices=TRANSPORTS, default="virtio-serial")
@@ -66,8 +70,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cow_server_args(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """ninepd arguments for a copy-on-write root, None for a plain one."""
+    from ninep.fs.tarbase import is_tarball
+
+    if not (args.cow or args.upper or is_tarball(str(args.rootfs))):
+        return None
+    if args.upper:
+        return ("--upper", str(args.upper.resolve()))
+    return ("--throwaway-upper",)
+
+
 def _vm(args: argparse.Namespace) -> int:
-    if not args.rootfs.is_dir() and args.transport != "disk":
+    cow = _cow_server_args(args)
+    if cow is not None and (args.server != "ninepd" or args.transport in ("virtio", "disk")):
+        print("ninep vm: --cow and tarball roots need --server ninepd over virtio-serial, "
+              "tcp or vsock", file=sys.stderr)
+        return 2
+    if not args.rootfs.is_dir() and args.transport != "disk" and cow is None:
         print(f"ninep vm: {args.rootfs} is not a directory", file=sys.stderr)
         return 2
     config = VmConfig(
@@ -77,7 +97,7 @@ def _vm(args: argparse.Namespace) -> int:
         accel=args.accel, cache=args.cache, msize=args.msize,
         timeout=args.timeout if args.cmd else 10 ** 9, quiet=bool(args.cmd) and not args.verbose,
         interactive=args.cmd is None, disk_image=args.disk_image,
-        extra_append=tuple(args.append))
+        extra_append=tuple(args.append), server_args=cow or ())
 
     def show(line: str) -> None:
         if config.quiet and re.sub(r"^\[[ \d.]+\] ", "", line).startswith(POWER_OFF_NOISE):
