@@ -80,3 +80,37 @@ async def test_two_guests_one_base(busybox_root, tmp_path):
         assert (upper / "home" / ".wh..wh..opq").exists()
         assert not list(upper.glob("*-" + ("b" if me == "a" else "a")))
     assert tree_digest(base) == before
+
+
+@pytest.mark.debian
+@pytest.mark.timeout(1500)
+async def test_debian_boots_from_a_tarball_with_a_persistent_upper(tmp_path):
+    """systemd reaches multi-user on the cached Debian tarball served in place (never
+    unpacked) with a persistent upper; a second boot sees what the first one wrote."""
+    import re
+
+    from ninep.vm.rootfs import BOOT_MARKER, build_debian_rootfs, debian_tarball
+
+    if not debian_tarball().exists():
+        build_debian_rootfs(tmp_path / "unpacked")  # debootstraps into the cache once
+    tarball = debian_tarball()
+    tar_digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    upper = tmp_path / "upper"
+    first = await boot_script(tarball, None, server="ninepd", timeout=600,
+                              server_args=("--upper", str(upper)),
+                              extra_append=("ninep.marker=1",))
+    console = re.sub(r"\x1b\[[0-9;]*m", "", first.console)
+    assert not first.timed_out, console[-4000:]
+    assert "Reached target multi-user.target - Multi-User System." in console, console[-4000:]
+    assert BOOT_MARKER in console.splitlines()
+    assert "Failed to start" not in console, [l for l in console.splitlines() if "Failed" in l]
+    seed = upper / "var" / "lib" / "systemd" / "random-seed"
+    assert seed.is_file(), sorted(str(p.relative_to(upper)) for p in upper.rglob("*"))[:80]
+    seed_md5 = hashlib.md5(seed.read_bytes()).hexdigest()
+    second = await boot_script(tarball, f"md5sum /var/lib/systemd/random-seed; "
+                                        f"echo booted-twice > /root/second; exit 4",
+                               server="ninepd", timeout=300, server_args=("--upper", str(upper)))
+    assert second.exit_status == 4, second.console[-3000:]
+    assert f"{seed_md5}  /var/lib/systemd/random-seed" in second.console
+    assert (upper / "root" / "second").read_bytes() == b"booted-twice\n"
+    assert hashlib.sha256(tarball.read_bytes()).hexdigest() == tar_digest
