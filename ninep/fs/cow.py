@@ -87,6 +87,9 @@ class CowFilesystem(Filesystem):
         if isinstance(base, str):
             base = open_base(base)
         self.base = base
+        # Every wait is for the host: the layers' syscalls, worker-thread copies, and
+        # the copy-up lock, whose holder only ever waits for those too.
+        self.prompt = base.prompt
         self.upper_template = upper
         self.throwaway = throwaway or upper is None
         self.tmpdir = tmpdir
