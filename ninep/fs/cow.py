@@ -290,9 +290,15 @@ class CowFile(File):
         return node.upper if node.upper is not None else node.base
 
     async def getattr(self, mask: int) -> Attr:
+        node = self._node
         attr = await self._layer().getattr(mask)
-        attr.qid = self._node.qid
-        attr.nlink -= self._s.index_links(self._node)
+        attr.qid = node.qid
+        if node.upper is not None and node.base is not None and node.kind == stat.S_IFDIR:
+            # Merged: 2 + subdirectories of both layers is never below the true count
+            # (find(1) stops looking for subdirectories once it has seen nlink - 2).
+            attr.nlink += max((await node.base.getattr(0)).nlink - 2, 0)
+        else:
+            attr.nlink -= self._s.index_links(node)
         return attr
 
     async def setattr(self, attr: SetAttr) -> None:

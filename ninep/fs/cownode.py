@@ -156,7 +156,7 @@ class Session:
         child = d.children.get(name)
         if child is not None:
             return child.acquire()
-        if up.is_reserved(name, d.parent is None):
+        if d.removed or up.is_reserved(name, d.parent is None):
             raise errno_error(errno.ENOENT, name)
         upper: HostFile | None = None
         if d.upper is not None:
@@ -578,7 +578,7 @@ async def listing_of(session: Session, node: Node) -> list[tuple[str, Qid, int]]
                     seen.add(name)
         finally:
             os.close(fd)
-    if node.base is not None and not opaque:
+    if node.base is not None and not opaque and not node.removed:
         reader = await node.base.clone()
         try:
             await reader.open(int(OpenFlags.RDONLY))

@@ -134,6 +134,7 @@ class TarIndex:
         self.root = TarNode(0, stat.S_IFDIR)
         self.count = 1
         self.skipped: list[str] = []
+        self._nlinks: dict[int, int] = {}
         with tarfile.open(self.tar_path, "r:") as tar:
             for member in tar:
                 self._add(member)
@@ -224,6 +225,14 @@ class TarIndex:
             self.skipped.append(member.name)
             return
         self._place(self._dir(parts[:-1]), parts[-1], node)
+
+    def dir_nlink(self, node: TarNode) -> int:
+        """2 + subdirectories, counted once per directory (the tree never changes)."""
+        found = self._nlinks.get(node.index)
+        if found is None:
+            found = self._nlinks[node.index] = 2 + sum(
+                1 for c in node.children.values() if c.kind == stat.S_IFDIR)  # type: ignore[union-attr]
+        return found
 
     def read(self, node: TarNode, offset: int, count: int) -> bytes:
         count = max(0, min(count, node.size - offset))
@@ -324,7 +333,7 @@ class TarFile(File):
     async def getattr(self, mask: int) -> Attr:
         n = self._node
         is_dir = n.kind == stat.S_IFDIR
-        nlink = 2 + sum(1 for c in n.children.values() if c.kind == stat.S_IFDIR) if is_dir else n.nlink
+        nlink = self._index.dir_nlink(n) if is_dir else n.nlink
         size = 4096 if is_dir else n.size
         return Attr(qid=n.qid, mode=n.kind | n.mode, uid=n.uid, gid=n.gid, nlink=nlink,
                     rdev=n.rdev, size=size, blocks=(size + 511) // 512,
