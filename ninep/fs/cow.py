@@ -37,12 +37,15 @@ import tempfile
 from typing import Sequence
 
 from ..protocol.constants import AT_REMOVEDIR, OpenFlags, SetattrMask
+from ..protocol.codec import unpack_dirents
 from ..protocol.messages import Dirent, Qid
 from . import cowupper as up
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
 from .host import HostFilesystem
+from .hostdir import Listing
 from .hostpath import check_component, check_new_name
-from .cownode import Node, Session, listing_of
+from .cowlist import merged_listing
+from .cownode import Node, Session
 
 log = logging.getLogger("ninep.cow")
 
@@ -148,7 +151,7 @@ class CowFile(File):
         self._io: File | None = None
         self._io_upper = False
         self._open_flags = 0
-        self._listing: list[tuple[str, Qid, int]] | None = None
+        self._listing: Listing | None = None
         session.fids += 1
 
     @property
@@ -194,7 +197,7 @@ class CowFile(File):
 
     # --- open files ----------------------------------------------------------------
     async def open(self, flags: int) -> int:
-        if self._io is not None or self._listing is not None:
+        if self._io is not None:
             raise errno_error(errno.EINVAL, "fid already open")
         node = self._node
         writes = (flags & _ACCMODE) in _WRITES
@@ -210,8 +213,6 @@ class CowFile(File):
             await io.close()
             raise
         self._io, self._io_upper, self._open_flags = io, layer is node.upper, flags
-        if node.kind == stat.S_IFDIR:
-            self._listing = []
         return 0
 
     async def _reader(self) -> File:
@@ -264,21 +265,21 @@ class CowFile(File):
         return await (await self._reader()).write(offset, data)
 
     async def readdir(self, offset: int, count: int) -> list[Dirent]:
+        return unpack_dirents(await self._records(offset, count, at_least_one=True))
+
+    async def readdir_packed(self, offset: int, count: int) -> bytes:
+        """The server's fast path: records packed once per listing (cowlist)."""
+        return await self._records(offset, count, at_least_one=False)
+
+    async def _records(self, offset: int, count: int, *, at_least_one: bool) -> bytes:
         if self._node.kind != stat.S_IFDIR:
             raise errno_error(errno.ENOTDIR, "readdir")
-        if self._listing is None:
+        if self._io is None:
             raise errno_error(errno.EBADF, "fid not open")
-        if offset == 0 or not self._listing:
-            self._listing = await listing_of(self._s, self._node)
-        out: list[Dirent] = []
-        used = 0
-        for index in range(offset, len(self._listing)):
-            name, qid, dtype = self._listing[index]
-            used += 24 + len(name.encode())
-            if used > count and out:
-                break
-            out.append(Dirent(qid, index + 1, dtype, name))
-        return out
+        if offset == 0 or self._listing is None:
+            self._listing = await merged_listing(self._s, self._node)
+        records = self._listing.records(offset, count, at_least_one)
+        return b"" if records is None else records
 
     async def fsync(self, datasync: bool) -> None:
         if self._io is not None:

@@ -31,6 +31,7 @@ from .backend import File, errno_error
 from .host import HostFile, HostFilesystem
 from .hostpath import proc_path
 from .hostqid import HOST_QID_VERSION
+from .cowlist import merged_names
 
 _BASE_TAG = 1 << 63
 _WIDE_UPPER = 0x7FFE << 48  # upper paths with bit 63 set (never in practice)
@@ -371,7 +372,7 @@ class Session:
         await self.copy_up(node)
         if node.base is None:
             return
-        for name, _qid, _dtype in (await listing_of(self, node))[2:]:
+        for name in await merged_names(self, node):
             child = await self.lookup(node, name)
             try:
                 if child.kind == stat.S_IFDIR:
@@ -433,7 +434,7 @@ class Session:
         assert d is not None
         if node.removed:
             raise errno_error(errno.ENOENT, node.name)
-        if node.kind == stat.S_IFDIR and len(await listing_of(self, node)) > 2:
+        if node.kind == stat.S_IFDIR and await merged_names(self, node):
             raise errno_error(errno.ENOTEMPTY, node.name)
         base_has = await self.base_has(d, node.name)
         if base_has:
@@ -490,7 +491,7 @@ class Session:
                     raise errno_error(errno.ENOTDIR, newname)
                 if node.kind != stat.S_IFDIR and dst.kind == stat.S_IFDIR:
                     raise errno_error(errno.EISDIR, newname)
-                if dst.kind == stat.S_IFDIR and len(await listing_of(self, dst)) > 2:
+                if dst.kind == stat.S_IFDIR and await merged_names(self, dst):
                     raise errno_error(errno.ENOTEMPTY, newname)
             target = await self.ensure_dir_upper(newdir)
             if node.kind == stat.S_IFDIR:
@@ -531,64 +532,3 @@ async def _forget_base(node: Node) -> None:
     await node.drop_base()
     for child in list(node.children.values()):
         await _forget_base(child)
-
-
-async def listing_of(session: Session, node: Node) -> list[tuple[str, Qid, int]]:
-    """The merged directory: ".", "..", upper entries (markers hidden), then base
-    entries neither in the upper nor whited out (unless the upper is opaque)."""
-    parent = node.parent or node
-    entries: list[tuple[str, Qid, int]] = [(".", node.qid, _DT_DIR), ("..", parent.qid, _DT_DIR)]
-    seen: set[str] = set()
-    whiteouts: set[str] = set()
-    opaque = False
-    if node.upper is not None:
-        at_root = node.parent is None
-        fd = os.open(proc_path(node.upper._node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            dev = os.fstat(fd).st_dev
-            qids = session.upper_fs.qids
-            cookie = 0
-            while batch := hostsys.read_dir_chunk(fd, cookie, 65536):
-                cookie = batch[-1][1]
-                for ino, _next, dtype, name in batch:
-                    if name in (".", ".."):
-                        continue
-                    if name.startswith(up.WHITEOUT_PREFIX):
-                        if name == up.OPAQUE_MARKER:
-                            opaque = True
-                        else:
-                            whiteouts.add(name[len(up.WHITEOUT_PREFIX):])
-                        continue
-                    if at_root and name == up.META_DIR:
-                        continue
-                    try:
-                        name.encode()
-                    except UnicodeEncodeError:
-                        continue  # not UTF-8: no 9P string can carry it
-                    if dtype == 0:
-                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                        dtype = stat.S_IFMT(st.st_mode) >> 12
-                    qtype = _qid_type_of_dtype(dtype)
-                    origin = None
-                    if dtype in (_DT_REG, _DT_DIR):
-                        origin = up.read_origin(f"{proc_path(fd)}/{name}", follow=False)
-                    qid = (session.origin_qid(qtype, origin) if origin is not None
-                           else session.upper_qid(qtype, qids.path(dev, ino)))
-                    entries.append((name, qid, dtype))
-                    seen.add(name)
-        finally:
-            os.close(fd)
-    if node.base is not None and not opaque and not node.removed:
-        reader = await node.base.clone()
-        try:
-            await reader.open(int(OpenFlags.RDONLY))
-            offset = 0
-            while batch := list(await reader.readdir(offset, 65536)):
-                offset = batch[-1].offset
-                for e in batch:
-                    if e.name in (".", "..") or e.name in seen or e.name in whiteouts:
-                        continue
-                    entries.append((e.name, session.base_qid(e.qid), int(e.type)))
-        finally:
-            await reader.close()
-    return entries
