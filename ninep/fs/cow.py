@@ -124,7 +124,7 @@ class CowFilesystem(Filesystem):
         work_fd, index_fd = up.open_meta_dirs(upper_root._node.fd)
         session = Session(self, name, path, upper_fs, work_fd, index_fd, self.throwaway)
         session.root = Node(None, "", stat.S_IFDIR, session.base_qid(base_root.qid),
-                            upper_root, base_root)
+                            upper_root, base_root, session.nodes)
         session.root.refs = 0
         session.on_idle = lambda: self._close_session(name, creds, session)
         log.info("cow: aname %r: upper %s%s", name, path, " (throwaway)" if self.throwaway else "")

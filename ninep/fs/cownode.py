@@ -54,10 +54,11 @@ def _qid_type_of_dtype(dtype: int) -> int:
 
 class Node:
     __slots__ = ("parent", "name", "kind", "qid", "upper", "base", "refs", "children",
-                 "removed")
+                 "removed", "cache")
 
     def __init__(self, parent: "Node | None", name: str, kind: int, qid: Qid,
-                 upper: HostFile | None, base: File | None) -> None:
+                 upper: HostFile | None, base: File | None,
+                 cache: "NodeCache | None" = None) -> None:
         self.parent = parent  # holds a reference on it
         self.name = name
         self.kind = kind
@@ -67,8 +68,11 @@ class Node:
         self.refs = 1
         self.children: dict[str, Node] = {}
         self.removed = False
+        self.cache = cache if cache is not None else (parent.cache if parent else None)
 
     def acquire(self) -> "Node":
+        if not self.refs and self.cache is not None:
+            self.cache.unpark(self)
         self.refs += 1
         return self
 
@@ -76,7 +80,14 @@ class Node:
         self.refs -= 1
         if self.refs or self.parent is None:
             return  # the root lives as long as its session
+        if self.removed or self.cache is None:
+            await self.destroy()
+        else:
+            await self.cache.park(self)
+
+    async def destroy(self) -> None:
         parent = self.parent
+        assert parent is not None
         if parent.children.get(self.name) is self:
             del parent.children[self.name]
         await self.drop_layers()
@@ -92,6 +103,29 @@ class Node:
         base, self.base = self.base, None
         if base is not None:
             await base.close()
+
+
+class NodeCache:
+    """Nodes no fid holds, kept (with their layers' O_PATH fds) for the next walk, as
+    the kernel keeps unused dentries: a guest walks the same paths over and over.
+    Every change to the tree goes through its Session, so a kept Node stays right."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._parked: dict[int, Node] = {}  # insertion-ordered: oldest first
+
+    async def park(self, node: Node) -> None:
+        self._parked[id(node)] = node
+        while len(self._parked) > self.size:
+            oldest = next(iter(self._parked))
+            await self._parked.pop(oldest).destroy()
+
+    def unpark(self, node: Node) -> None:
+        self._parked.pop(id(node), None)
+
+    async def clear(self) -> None:
+        while self._parked:
+            await self._parked.pop(next(iter(self._parked))).destroy()
 
 
 class Session:
@@ -113,10 +147,12 @@ class Session:
         self.lock = trio.Lock()  # one copy-up or tree change at a time
         self.fids = 0
         self.on_idle: Callable[[], Awaitable[None]] = None  # type: ignore[assignment]
+        self.nodes = NodeCache()
         self._counter = [0]
         self._wide: dict[tuple[int, int], int] = {}
 
     async def close(self) -> None:
+        await self.nodes.clear()
         if self.root is not None:
             await self.root.drop_layers()
             self.root = None  # type: ignore[assignment]
@@ -156,7 +192,18 @@ class Session:
         """The child ``name`` of directory ``d`` (acquired), or FileNotFoundError."""
         child = d.children.get(name)
         if child is not None:
-            return child.acquire()
+            child.acquire()
+            if (self.index_used and child.upper is None and child.base is not None
+                    and child.kind != stat.S_IFDIR):
+                # Another name of this base file may have been copied up since.
+                try:
+                    child.upper = await self._link_from_index(d, name, child.base.qid.path)
+                except BaseException:
+                    await child.release()
+                    raise
+                if child.upper is not None:
+                    await child.drop_base()
+            return child
         if d.removed or up.is_reserved(name, d.parent is None):
             raise errno_error(errno.ENOENT, name)
         upper: HostFile | None = None
