@@ -277,7 +277,10 @@ class CowFile(File):
         if self._io is None:
             raise errno_error(errno.EBADF, "fid not open")
         if offset == 0 or self._listing is None:
-            self._listing = await merged_listing(self._s, self._node)
+            node = self._node
+            if node.listing is None:
+                node.listing = await merged_listing(self._s, node)
+            self._listing = node.listing
         records = self._listing.records(offset, count, at_least_one)
         return b"" if records is None else records
 

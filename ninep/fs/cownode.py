@@ -54,7 +54,7 @@ def _qid_type_of_dtype(dtype: int) -> int:
 
 class Node:
     __slots__ = ("parent", "name", "kind", "qid", "upper", "base", "refs", "children",
-                 "removed", "cache")
+                 "removed", "cache", "listing")
 
     def __init__(self, parent: "Node | None", name: str, kind: int, qid: Qid,
                  upper: HostFile | None, base: File | None,
@@ -68,6 +68,7 @@ class Node:
         self.refs = 1
         self.children: dict[str, Node] = {}
         self.removed = False
+        self.listing = None  # the merged listing (cowlist), dropped when the directory changes
         self.cache = cache if cache is not None else (parent.cache if parent else None)
 
     def acquire(self) -> "Node":
@@ -437,11 +438,13 @@ class Session:
         node = Node(d.acquire(), name, upper._fmt, self.upper_qid(made.qid.type, made.qid.path),
                     upper, None)
         d.children[name] = node
+        d.listing = None
         return node
 
     async def made(self, d: Node, name: str) -> Qid:
         """After an entry was made in ``d``'s upper: drop its whiteout, give its qid."""
         up.drop_marker(d.upper._node.fd, up.WHITEOUT_PREFIX + name)  # type: ignore[union-attr]
+        d.listing = None
         node = await self.lookup(d, name)
         qid = node.qid
         await node.release()
@@ -512,8 +515,11 @@ class Session:
 
     def detach(self, node: Node) -> None:
         node.removed = True
-        if node.parent is not None and node.parent.children.get(node.name) is node:
-            del node.parent.children[node.name]
+        node.listing = None
+        if node.parent is not None:
+            node.parent.listing = None
+            if node.parent.children.get(node.name) is node:
+                del node.parent.children[node.name]
 
     async def rename(self, node: Node, newdir: Node, newname: str) -> None:
         olddir = node.parent
@@ -570,6 +576,7 @@ class Session:
             del olddir.children[node.name]
         node.parent, node.name = newdir.acquire(), newname
         newdir.children[newname] = node
+        olddir.listing = newdir.listing = node.listing = None
         await olddir.release()
         await _forget_base(node)
 

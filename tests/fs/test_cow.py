@@ -346,3 +346,27 @@ async def test_over_the_wire(cow, base, upper):
 
 def test_upper_markers_are_oci_names():
     assert cowupper.WHITEOUT_PREFIX == ".wh." and cowupper.OPAQUE_MARKER == ".wh..wh..opq"
+
+
+async def test_kept_listings_follow_every_change(root):
+    """Listings and Nodes are kept between fids; each change through the tree drops them."""
+    assert await names(root, "etc") == {"hostname", "deep"}
+    etc = await walk_to(root, "etc")
+    f, _ = await etc.create("new", OpenFlags.WRONLY, 0o644, 0)
+    await f.close()
+    assert await names(root, "etc") == {"hostname", "deep", "new"}
+    await etc.symlink("sl", "new", 0)
+    await etc.mkdir("d", 0o755, 0)
+    assert await names(root, "etc") == {"hostname", "deep", "new", "sl", "d"}
+    await etc.renameat("new", root, "top")
+    await etc.unlinkat("hostname", 0)
+    assert await names(root, "etc") == {"deep", "sl", "d"}
+    assert "top" in await names(root)
+    deep = await walk_to(root, "etc/deep")
+    await deep.rename(root, "deep2")
+    assert await names(root, "etc") == {"sl", "d"}
+    async with walked(root, "deep2", OpenFlags.RDONLY) as d:
+        entries = {e.name: e for e in await list_dir(d)}
+    assert entries[".."].qid == root.qid
+    await deep.close()
+    await etc.close()
