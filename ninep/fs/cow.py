@@ -67,9 +67,12 @@ def aname_component(aname: str) -> str:
 
 
 def open_base(path: str) -> Filesystem:
-    """A base layer: a host directory (served read-only) or a tarball."""
-    from .tarbase import TarFilesystem, is_tarball
+    """A base layer: an OCI image layout (its layers, in order), a host directory
+    (served read-only) or a tarball."""
+    from .tarbase import TarFilesystem, is_oci_layout, is_tarball, oci_layers
 
+    if os.path.isdir(path) and is_oci_layout(path):
+        return TarFilesystem(oci_layers(path))
     if os.path.isdir(path):
         return HostFilesystem(path, read_only=True)
     if is_tarball(path):

@@ -7,6 +7,11 @@ decompressed, once, into a cache file next to the other ninep caches
 (``$NINEP_CACHE`` or ~/.cache/ninep, ``tar/<key>.tar``, keyed by the archive's path,
 size and mtime); the numbers and why not seek points are in docs/cow.md.
 
+An OCI image layout (a directory with ``oci-layout`` and ``index.json``) is its
+image's layers applied in order into one tree (``oci_layers``): each layer blob is an
+archive as above, and its OCI whiteouts (``.wh.NAME``, ``.wh..wh..opq``) delete what
+lower layers had. Each file is read from the layer that last wrote it.
+
 What the headers say is what the guest sees: modes, owners (numeric uid/gid), times,
 symlinks, hard links (one node, same qid, nlink counts the names), device nodes and
 FIFOs, and xattrs from PAX ``SCHILY.xattr.*`` records. Members with ".." in their
@@ -19,9 +24,11 @@ import bz2
 import errno
 import gzip
 import hashlib
+import json
 import logging
 import lzma
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -51,7 +58,7 @@ def is_tarball(path: str) -> bool:
 
 class TarNode:
     __slots__ = ("index", "kind", "mode", "uid", "gid", "size", "mtime", "target",
-                 "rdev", "offset", "member", "children", "parent", "nlink", "xattrs")
+                 "rdev", "offset", "member", "children", "parent", "nlink", "xattrs", "layer")
 
     def __init__(self, index: int, kind: int, mode: int = 0o755, uid: int = 0, gid: int = 0,
                  mtime: int = 0) -> None:
@@ -68,6 +75,7 @@ class TarNode:
         self.parent: TarNode | None = None
         self.nlink = 1
         self.xattrs: dict[str, bytes] = {}
+        self.layer = 0  # which archive of a layered (OCI) base holds the bytes
 
     @property
     def qid(self) -> Qid:
@@ -80,10 +88,23 @@ def cache_dir() -> str:
     return os.environ.get("NINEP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ninep")
 
 
+_MAGIC = ((b"\x1f\x8b", "gz"), (b"\x28\xb5\x2f\xfd", "zst"), (b"\xfd7zXZ\x00", "xz"),
+          (b"BZh", "bz2"))
+
+
+def compression_of(path: str) -> str | None:
+    """"gz", "zst", "xz", "bz2" by the file's magic number (OCI blobs have no
+    suffix), None for a plain tar."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+
+
 def uncompressed(path: str) -> str:
     """``path`` itself for a plain tar; else the decompressed copy in the cache,
     made now if missing (to a temporary name, then renamed: never half a file)."""
-    if path.lower().endswith(".tar"):
+    kind = compression_of(path)
+    if kind is None:
         return path
     st = os.stat(path)
     key = hashlib.sha256(f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:32]
@@ -95,7 +116,7 @@ def uncompressed(path: str) -> str:
     tmp = f"{out}.{os.getpid()}.tmp"
     started = time.monotonic()
     try:
-        _decompress(path, tmp)
+        _decompress(path, tmp, kind)
         os.rename(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
@@ -105,9 +126,8 @@ def uncompressed(path: str) -> str:
     return out
 
 
-def _decompress(path: str, out: str) -> None:
-    name = path.lower()
-    if name.endswith((".zst", ".tzst")):
+def _decompress(path: str, out: str, kind: str) -> None:
+    if kind == "zst":
         try:
             import zstandard  # optional; the zstd command otherwise
         except ImportError:
@@ -117,37 +137,43 @@ def _decompress(path: str, out: str) -> None:
         with open(path, "rb") as src, open(out, "wb") as dst:
             zstandard.ZstdDecompressor().copy_stream(src, dst)
         return
-    opener = (gzip.open if name.endswith((".gz", ".tgz")) else
-              lzma.open if name.endswith((".xz", ".txz")) else bz2.open)
+    opener = {"gz": gzip.open, "xz": lzma.open, "bz2": bz2.open}[kind]
     with opener(path, "rb") as src, open(out, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
 class TarIndex:
-    """The tree of one (uncompressed) archive."""
+    """The tree of one archive, or of OCI image layers applied in order (``layers``:
+    later archives override earlier ones, and their ``.wh.NAME`` / ``.wh..wh..opq``
+    entries delete a name / the lower layers' contents of a directory)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str | Sequence[str]) -> None:
+        paths = [path] if isinstance(path, str) else list(path)
+        self.path = paths[0] if isinstance(path, str) else f"{len(paths)} layers"
         started = time.monotonic()
-        self.tar_path = uncompressed(path)
-        self.fd = os.open(self.tar_path, os.O_RDONLY | os.O_CLOEXEC)
+        self.tar_paths = [uncompressed(p) for p in paths]
+        self.fds = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in self.tar_paths]
+        self.whiteouts = not isinstance(path, str)
         self.root = TarNode(0, stat.S_IFDIR)
         self.count = 1
         self.skipped: list[str] = []
         self._nlinks: dict[int, int] = {}
-        with tarfile.open(self.tar_path, "r:") as tar:
-            for member in tar:
-                self._add(member)
+        self._layer = 0
+        for self._layer, tar_path in enumerate(self.tar_paths):
+            with tarfile.open(tar_path, "r:") as tar:
+                for member in tar:
+                    self._add(member)
         self.index_seconds = time.monotonic() - started
-        log.info("tar: %s: %d entries indexed in %.2fs", path, self.count, self.index_seconds)
+        log.info("tar: %s: %d entries indexed in %.2fs", self.path, self.count, self.index_seconds)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
 
     def _new(self, kind: int, member: tarfile.TarInfo | None = None) -> TarNode:
         node = TarNode(self.count, kind)
+        node.layer = self._layer
         self.count += 1
         if member is not None:
             self._meta(node, member)
@@ -197,6 +223,9 @@ class TarIndex:
             if member.isdir():
                 self._meta(self.root, member)
             return
+        if self.whiteouts and parts[-1].startswith(".wh."):
+            self._whiteout(parts)
+            return
         if member.isdir():
             node = self._dir(parts)
             self._meta(node, member)
@@ -226,6 +255,21 @@ class TarIndex:
             return
         self._place(self._dir(parts[:-1]), parts[-1], node)
 
+    def _whiteout(self, parts: list[str]) -> None:
+        """OCI: ``.wh..wh..opq`` hides what lower layers put in its directory,
+        ``.wh.NAME`` deletes NAME of the lower layers."""
+        parent = self.lookup(parts[:-1])
+        if parent is None or parent.children is None:
+            return
+        if parts[-1] == ".wh..wh..opq":
+            doomed = [n for n, c in parent.children.items() if c.layer < self._layer]
+        else:
+            doomed = [parts[-1][len(".wh."):]]
+        for name in doomed:
+            gone = parent.children.pop(name, None)
+            if gone is not None:
+                gone.nlink -= 1
+
     def dir_nlink(self, node: TarNode) -> int:
         """2 + subdirectories, counted once per directory (the tree never changes)."""
         found = self._nlinks.get(node.index)
@@ -239,20 +283,57 @@ class TarIndex:
         if count == 0:
             return b""
         if node.member is None:
-            return os.pread(self.fd, count, node.offset + offset)
-        with tarfile.open(self.tar_path, "r:") as tar:  # sparse: rare, slow and simple
+            return os.pread(self.fds[node.layer], count, node.offset + offset)
+        with tarfile.open(self.tar_paths[node.layer], "r:") as tar:  # sparse: rare, slow and simple
             extracted = tar.extractfile(node.member)
             assert extracted is not None
             extracted.seek(offset)
             return extracted.read(count)
 
 
+def is_oci_layout(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "oci-layout")) and \
+        os.path.isfile(os.path.join(path, "index.json"))
+
+
+_DIGEST = re.compile(r"([a-z0-9]+):([a-f0-9]{32,128})")
+
+
+def oci_layers(layout: str) -> list[str]:
+    """The layer blobs of an OCI image layout's image, bottom first: the first
+    manifest of index.json (through nested indexes, preferring linux/amd64 or the
+    host's architecture)."""
+    def blob(digest: str) -> str:
+        found = _DIGEST.fullmatch(digest)
+        if not found:
+            raise ValueError(f"{layout}: bad digest {digest!r}")
+        return os.path.join(layout, "blobs", found.group(1), found.group(2))
+
+    def load(path: str) -> dict:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    document = load(os.path.join(layout, "index.json"))
+    for _ in range(8):
+        if "layers" in document:
+            return [blob(layer["digest"]) for layer in document["layers"]]
+        manifests = document.get("manifests") or []
+        if not manifests:
+            break
+        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+        chosen = next((m for m in manifests if m.get("platform", {}).get("architecture") == arch),
+                      manifests[0])
+        document = load(blob(chosen["digest"]))
+    raise ValueError(f"{layout}: no image manifest with layers")
+
+
 class TarFilesystem(Filesystem):
-    """Serve the archive at ``path`` read-only (every change: EROFS)."""
+    """Serve the archive at ``path`` (or OCI ``layers``, bottom first) read-only
+    (every change: EROFS)."""
 
     prompt = True
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | Sequence[str]) -> None:
         self.index = TarIndex(path)
 
     async def attach(self, aname: str, creds: Credentials) -> "TarFile":
@@ -315,7 +396,7 @@ class TarFile(File):
         """(fd, offset) where this regular file's bytes lie, for copy_file_range."""
         if self._node.member is not None:
             raise errno_error(errno.EOPNOTSUPP, "sparse member")
-        return self._index.fd, self._node.offset
+        return self._index.fds[self._node.layer], self._node.offset
 
     async def readdir(self, offset: int, count: int) -> list[Dirent]:
         node = self._node

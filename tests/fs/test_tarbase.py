@@ -122,3 +122,63 @@ async def test_cow_over_a_tarball_keeps_header_owners_on_copy_up(archive, tmp_pa
     assert os.getxattr(tmp_path / "upper" / "bin" / "tool", "user.flag") == b"set"
     await root.close()
     await fs.aclose()
+
+
+def _layer(path, members, compression=""):
+    with tarfile.open(path, f"w:{compression}" if compression else "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _oci_layout(root, layer_files):
+    import hashlib
+    import json
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+    layers = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+               "digest": put(f.read_bytes()), "size": f.stat().st_size} for f in layer_files]
+    config = put(b"{}")
+    manifest = json.dumps({"schemaVersion": 2, "config": {"digest": config, "size": 2,
+                           "mediaType": "application/vnd.oci.image.config.v1+json"},
+                           "layers": layers}).encode()
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(manifest),
+         "size": len(manifest), "platform": {"architecture": "amd64", "os": "linux"}}]}))
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+
+async def test_oci_layout_layers_and_whiteouts(tmp_path, monkeypatch):
+    monkeypatch.setenv("NINEP_CACHE", str(tmp_path / "cache"))
+    lower, upper = tmp_path / "l1.tar", tmp_path / "l2.tar.gz"
+    _layer(lower, [("etc", None), ("etc/a", b"old a\n"), ("etc/b", b"b\n"), ("opt", None),
+                   ("opt/x", b"x\n"), ("opt/y", b"y\n")])
+    _layer(upper, [("etc/a", b"new a\n"), ("etc/.wh.b", b""), ("opt/.wh..wh..opq", b""),
+                   ("opt/z", b"z\n")], "gz")
+    layout = tmp_path / "image"
+    _oci_layout(layout, [lower, upper])
+    fs = CowFilesystem(str(layout), str(tmp_path / "cow-upper"))
+    root = await fs.attach("", CREDS)
+
+    async def names(path):
+        async with walked(root, path, OpenFlags.RDONLY) as d:
+            return {e.name for e in await list_dir(d)} - {".", ".."}
+    assert await names("etc") == {"a"}
+    assert await names("opt") == {"z"}
+    async with walked(root, "etc/a", OpenFlags.RDONLY) as f:
+        assert await read_all(f) == b"new a\n"
+    async with walked(root, "opt/z", OpenFlags.RDWR) as f:
+        await f.write(0, memoryview(b"Z"))
+    assert (tmp_path / "cow-upper" / "opt" / "z").read_bytes() == b"Z\n"
+    await root.close()
+    await fs.aclose()
