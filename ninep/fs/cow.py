@@ -52,6 +52,8 @@ log = logging.getLogger("ninep.cow")
 _ACCMODE = 3
 _WRITES = (int(OpenFlags.WRONLY), int(OpenFlags.RDWR))
 _TRUNC = int(OpenFlags.TRUNC)
+_EXCL = int(OpenFlags.EXCL)
+_CREATE_EXCL = int(OpenFlags.CREATE | OpenFlags.EXCL)
 _SAFE_ANAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
 
 
@@ -235,17 +237,19 @@ class CowFile(File):
 
     async def create(self, name: str, flags: int, mode: int, gid: int) -> tuple["CowFile", int]:
         self._check_new(name)
-        try:
-            existing = await self._s.lookup(self._node, name)
-        except FileNotFoundError:
-            existing = None
+        existing = None
+        if not self._s.surely_absent(self._node, name):
+            try:
+                existing = await self._s.lookup(self._node, name)
+            except FileNotFoundError:
+                pass
         if existing is not None:
-            if flags & OpenFlags.EXCL:
+            if flags & _EXCL:
                 await existing.release()
                 raise errno_error(errno.EEXIST, name)
             opened = CowFile(self._s, existing)
             try:
-                await opened.open(flags & ~(OpenFlags.CREATE | OpenFlags.EXCL))
+                await opened.open(flags & ~_CREATE_EXCL)
             except BaseException:
                 await opened.close()
                 raise
