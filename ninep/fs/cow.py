@@ -109,6 +109,12 @@ class CowFilesystem(Filesystem):
         if session is None:
             session = await self._open_session(key[0], creds)
             self._sessions[key] = session
+            siblings = [s for (name, _), s in self._sessions.items() if name == key[0]]
+            if len(siblings) > 1:
+                # Several identities (access=user) on one upper: each tree sees the
+                # others' changes only if neither keeps unused Nodes or listings.
+                for sibling in siblings:
+                    await sibling.stop_caching()
         return CowFile(session, session.root.acquire())
 
     def upper_path(self, name: str) -> str:
@@ -285,9 +291,10 @@ class CowFile(File):
             raise errno_error(errno.EBADF, "fid not open")
         if offset == 0 or self._listing is None:
             node = self._node
-            if node.listing is None:
-                node.listing = await merged_listing(self._s, node)
-            self._listing = node.listing
+            if node.listing is not None and self._s.caching:
+                self._listing = node.listing
+            else:
+                self._listing = node.listing = await merged_listing(self._s, node)
         records = self._listing.records(offset, count, at_least_one)
         return b"" if records is None else records
 

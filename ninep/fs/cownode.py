@@ -150,6 +150,7 @@ class Session:
         self.fids = 0
         self.on_idle: Callable[[], Awaitable[None]] = None  # type: ignore[assignment]
         self.nodes = NodeCache()
+        self.caching = True  # keep merged listings on Nodes (off when an upper is shared)
         self._counter = [0]
         self._wide: dict[tuple[int, int], int] = {}
 
@@ -165,6 +166,11 @@ class Session:
             yield
         finally:
             self.lock.release()
+
+    async def stop_caching(self) -> None:
+        self.caching = False
+        self.nodes.size = 0
+        await self.nodes.clear()
 
     async def close(self) -> None:
         await self.nodes.clear()

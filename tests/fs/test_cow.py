@@ -370,3 +370,19 @@ async def test_kept_listings_follow_every_change(root):
     assert entries[".."].qid == root.qid
     await deep.close()
     await etc.close()
+
+
+async def test_two_identities_on_one_upper_see_each_other(cow):
+    """access=user: one tree per identity over the same upper, without the caches."""
+    alice = await cow.attach("", Credentials(None, None))
+    assert await names(alice, "etc") == {"hostname", "deep"}
+    bob = await cow.attach("", Credentials(0, 0))
+    etc = await walk_to(bob, "etc")
+    made, _ = await etc.create("by-bob", OpenFlags.WRONLY, 0o644, 0)
+    await made.close()
+    await etc.close()
+    assert await names(alice, "etc") == {"hostname", "deep", "by-bob"}
+    await bob.unlinkat("data", 0)
+    assert "data" not in await names(alice)
+    await alice.close()
+    await bob.close()
