@@ -107,7 +107,8 @@ class CowFilesystem(Filesystem):
         key = (aname_component(aname), creds)
         session = self._sessions.get(key)
         if session is None:
-            session = await self._open_session(key[0], creds)
+            first = not any(name == key[0] for name, _ in self._sessions)
+            session = await self._open_session(key[0], creds, clear_work=first)
             self._sessions[key] = session
             siblings = [s for (name, _), s in self._sessions.items() if name == key[0]]
             if len(siblings) > 1:
@@ -127,12 +128,15 @@ class CowFilesystem(Filesystem):
         os.makedirs(path, mode=0o755, exist_ok=True)
         return path
 
-    async def _open_session(self, name: str, creds: Credentials) -> Session:
+    async def _open_session(self, name: str, creds: Credentials, *,
+                            clear_work: bool = True) -> Session:
         path = self.upper_path(name)
         upper_fs = HostFilesystem(path)
         upper_root = await upper_fs.attach("", creds)
         base_root = await self.base.attach("", creds)
-        work_fd, index_fd = up.open_meta_dirs(upper_root._node.fd)
+        # Another identity's tree on this upper may be copying up right now: only the
+        # first one opened clears what a crash left in work/.
+        work_fd, index_fd = up.open_meta_dirs(upper_root._node.fd, clear=clear_work)
         session = Session(self, name, path, upper_fs, work_fd, index_fd, self.throwaway)
         session.root = Node(None, "", stat.S_IFDIR, session.base_qid(base_root.qid),
                             upper_root, base_root, session.nodes)
@@ -171,7 +175,7 @@ class CowFile(File):
 
     @property
     def lock_key(self) -> object:
-        return (id(self._s), self._node.qid.path)
+        return (self._s.path, self._node.qid.path)  # one lock table for all identities
 
     # --- navigation ------------------------------------------------------------
     async def walk(self, names: Sequence[str]) -> tuple[list[Qid], "CowFile | None"]:

@@ -151,7 +151,6 @@ class Session:
         self.on_idle: Callable[[], Awaitable[None]] = None  # type: ignore[assignment]
         self.nodes = NodeCache()
         self.caching = True  # keep merged listings on Nodes (off when an upper is shared)
-        self._counter = [0]
         self._wide: dict[tuple[int, int], int] = {}
 
     @contextlib.asynccontextmanager
@@ -372,7 +371,7 @@ class Session:
         except OSError:
             pass
         work = self.work_fd
-        tmp = up.new_temp_name(self._counter)
+        tmp = up.new_temp_name()
         kind = stat.S_IFMT(attr.mode)
         if kind == stat.S_IFREG:
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
@@ -491,7 +490,7 @@ class Session:
             return await self.made(d, name)
         # Over a deleted base directory: the new one must hide the old contents from
         # its first moment, so it is completed (opaque) in work/ and renamed in.
-        work, tmp = self.work_fd, up.new_temp_name(self._counter)
+        work, tmp = self.work_fd, up.new_temp_name()
         os.mkdir(tmp, 0o700, dir_fd=work)
         try:
             fd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=work)
@@ -543,7 +542,7 @@ class Session:
 
     def _discard_upper_dir(self, dir_fd: int, name: str) -> None:
         """Atomically gone (moved into work/), then emptied at leisure."""
-        tmp = up.new_temp_name(self._counter)
+        tmp = up.new_temp_name()
         os.rename(name, tmp, src_dir_fd=dir_fd, dst_dir_fd=self.work_fd)
         up.remove_tree(self.work_fd, tmp)
 

@@ -17,6 +17,7 @@ layer (tar it up). They need no privilege, unlike overlayfs's 0/0 character devi
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import struct
@@ -37,7 +38,7 @@ def is_reserved(name: str, at_root: bool) -> bool:
     return name.startswith(WHITEOUT_PREFIX) or (at_root and name == META_DIR)
 
 
-def open_meta_dirs(upper_root_fd: int) -> tuple[int, int]:
+def open_meta_dirs(upper_root_fd: int, *, clear: bool = True) -> tuple[int, int]:
     """O_PATH fds of UPPER/.ninep-cow/work and .../index, made if missing. work/ is
     emptied: whatever a crash left there was never renamed into place, so it was
     never visible. index/ holds one more name of each copied-up file that had
@@ -48,7 +49,8 @@ def open_meta_dirs(upper_root_fd: int) -> tuple[int, int]:
         index = _subdir(meta, "index")
     finally:
         os.close(meta)
-    clear_dir(work)
+    if clear:
+        clear_dir(work)
     return work, index
 
 
@@ -197,9 +199,13 @@ def finish_copy(work_fd: int, tmp: str, mode: int, uid: int, gid: int,
     hostsys.utimensat(work_fd, tmp, times[0], times[1], nofollow=True)
 
 
-def new_temp_name(counter: list[int]) -> str:
-    counter[0] += 1
-    return f"{os.getpid()}.{counter[0]}"
+_temp_numbers = itertools.count(1)
+
+
+def new_temp_name() -> str:
+    """Unique among every tree of this process (several identities may share one
+    upper, and so one work/)."""
+    return f"{os.getpid()}.{next(_temp_numbers)}"
 
 
 def move_into_place(work_fd: int, tmp: str, dir_fd: int, name: str) -> None:
