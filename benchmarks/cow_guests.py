@@ -9,7 +9,8 @@ write with an upper per aname, on one unix socket per guest; each guest (QEMU TC
 busybox) mounts its root with its own aname (``ninep.aname=gN``), reads every file of
 its root, writes a little, and powers off. Reported: ninepd's VmRSS after each round
 and its VmHWM, and how much of the base archive is resident in the page cache
-(``fincore``) -- one copy, however many guests read it.
+(``fincore``, after dropping that file's pages with POSIX_FADV_DONTNEED first) --
+one copy, however many guests read it.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def main() -> int:
             base = tmp_path / "busybox.tar"
             with tarfile.open(base, "w") as tar:
                 tar.add(cached_busybox_rootfs(), arcname=".")
+        fd = os.open(base, os.O_RDONLY)  # start cold: drop this one file's cached pages
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
         sockets = []
         for i in range(3):
             (tmp_path / f"vm{i}").mkdir()
