@@ -11,7 +11,7 @@ directory renamed, is marked opaque. Markers and the on-disk layout: ``cowupper`
 The model, crash safety and limits: docs/cow.md.
 
 The base is any Filesystem, read through the File contract only (a read-only host
-export, or a tarball: ``open_base``). The upper is a ``HostFilesystem``: every
+export, a tarball or an OCI image layout: ``open_base``). The upper is a ``HostFilesystem``: every
 guest operation on upper files goes through the host export's code (fd-relative,
 no symlink followed, the guest's identity); only copy-up and markers are done here.
 
@@ -84,7 +84,7 @@ def open_base(path: str) -> Filesystem:
 
 class CowFilesystem(Filesystem):
     """``base``: a Filesystem (read through the File contract) or a path that
-    ``open_base`` opens (a directory or a tarball). ``upper``: a directory,
+    ``open_base`` opens (a directory, a tarball or an OCI image layout). ``upper``: a directory,
     ``{aname}`` replaced per attach; None or ``throwaway=True`` makes each aname's
     upper a temporary directory, removed when its last fid goes."""
 
