@@ -45,7 +45,8 @@ from .host import HostFilesystem
 from .hostdir import Listing
 from .hostpath import check_component, check_new_name
 from .cowlist import merged_listing
-from .cownode import Node, Session
+from .cownode import Session
+from .cowtree import Node
 
 log = logging.getLogger("ninep.cow")
 

@@ -1,11 +1,6 @@
-"""The merged tree of one copy-on-write upper: Nodes, lookups, copy-up, mutations.
-
-A ``Node`` is one file of the merged view, shared by every fid on it: its upper
-``HostFile`` (an O_PATH fid of the upper export, or None before copy-up), its base
-``File`` (None once a file is copied up, or where the base is hidden), and its qid.
-Nodes live while a fid or a child holds them; the live children of a directory are
-kept by name, so a second walk finds the same Node, and a rename moves the Node
-(with everything open below it).
+"""The merged tree of one copy-on-write upper (a ``Session``): qids, lookups,
+copy-up, and the changes that need more than the host export (mkdir over a deleted
+directory, remove, rename). The Node objects themselves: ``cowtree``.
 
 Crash safety rests on one rule: an upper entry always wins over a whiteout of the
 same name. So a whiteout is written *before* the upper entry goes (a crash between
@@ -33,101 +28,12 @@ from .host import HostFile, HostFilesystem
 from .hostpath import proc_path
 from .hostqid import HOST_QID_VERSION
 from .cowlist import merged_names
+from .cowtree import Node, NodeCache, forget_base, kind_of_qid
 
 _BASE_TAG = 1 << 63
 _WIDE_UPPER = 0x7FFE << 48  # upper paths with bit 63 set (never in practice)
 _WIDE_BASE = 0x7FFF << 48
-_DT_DIR, _DT_LNK, _DT_REG = 4, 10, 8
 _INLINE_COPY_MAX = 1 << 20
-
-
-def _kind_of_qid(qid: Qid) -> int:
-    if qid.type & QidType.DIR:
-        return stat.S_IFDIR
-    if qid.type & QidType.SYMLINK:
-        return stat.S_IFLNK
-    return stat.S_IFREG
-
-
-def _qid_type_of_dtype(dtype: int) -> int:
-    return {_DT_DIR: int(QidType.DIR), _DT_LNK: int(QidType.SYMLINK)}.get(dtype, 0)
-
-
-class Node:
-    __slots__ = ("parent", "name", "kind", "qid", "upper", "base", "refs", "children",
-                 "removed", "cache", "listing")
-
-    def __init__(self, parent: "Node | None", name: str, kind: int, qid: Qid,
-                 upper: HostFile | None, base: File | None,
-                 cache: "NodeCache | None" = None) -> None:
-        self.parent = parent  # holds a reference on it
-        self.name = name
-        self.kind = kind
-        self.qid = qid
-        self.upper = upper
-        self.base = base
-        self.refs = 1
-        self.children: dict[str, Node] = {}
-        self.removed = False
-        self.listing = None  # the merged listing (cowlist), dropped when the directory changes
-        self.cache = cache if cache is not None else (parent.cache if parent else None)
-
-    def acquire(self) -> "Node":
-        if not self.refs and self.cache is not None:
-            self.cache.unpark(self)
-        self.refs += 1
-        return self
-
-    async def release(self) -> None:
-        self.refs -= 1
-        if self.refs or self.parent is None:
-            return  # the root lives as long as its session
-        if self.removed or self.cache is None:
-            await self.destroy()
-        else:
-            await self.cache.park(self)
-
-    async def destroy(self) -> None:
-        parent = self.parent
-        assert parent is not None
-        if parent.children.get(self.name) is self:
-            del parent.children[self.name]
-        await self.drop_layers()
-        await parent.release()
-
-    async def drop_layers(self) -> None:
-        for layer in (self.upper, self.base):
-            if layer is not None:
-                await layer.close()
-        self.upper = self.base = None
-
-    async def drop_base(self) -> None:
-        base, self.base = self.base, None
-        if base is not None:
-            await base.close()
-
-
-class NodeCache:
-    """Nodes no fid holds, kept (with their layers' O_PATH fds) for the next walk, as
-    the kernel keeps unused dentries: a guest walks the same paths over and over.
-    Every change to the tree goes through its Session, so a kept Node stays right."""
-
-    def __init__(self, size: int = 2048) -> None:
-        self.size = size
-        self._parked: dict[int, Node] = {}  # insertion-ordered: oldest first
-
-    async def park(self, node: Node) -> None:
-        self._parked[id(node)] = node
-        while len(self._parked) > self.size:
-            oldest = next(iter(self._parked))
-            await self._parked.pop(oldest).destroy()
-
-    def unpark(self, node: Node) -> None:
-        self._parked.pop(id(node), None)
-
-    async def clear(self) -> None:
-        while self._parked:
-            await self._parked.pop(next(iter(self._parked))).destroy()
 
 
 class Session:
@@ -245,7 +151,7 @@ class Session:
                 if base is None or (d.upper is not None
                                     and up.has_whiteout(d.upper._node.fd, name)):
                     raise errno_error(errno.ENOENT, name)
-                kind = _kind_of_qid(base.qid)
+                kind = kind_of_qid(base.qid)
                 qid = self.base_qid(base.qid)
                 if self.index_used and kind != stat.S_IFDIR:
                     upper = await self._link_from_index(d, name, base.qid.path)
@@ -611,11 +517,4 @@ class Session:
         newdir.children[newname] = node
         olddir.listing = newdir.listing = node.listing = None
         await olddir.release()
-        await _forget_base(node)
-
-
-async def _forget_base(node: Node) -> None:
-    """After a move the base below the old path is not this tree's any more."""
-    await node.drop_base()
-    for child in list(node.children.values()):
-        await _forget_base(child)
+        await forget_base(node)
