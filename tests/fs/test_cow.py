@@ -386,3 +386,56 @@ async def test_two_identities_on_one_upper_see_each_other(cow):
     assert "data" not in await names(alice)
     await alice.close()
     await bob.close()
+
+
+@pytest.mark.parametrize("step", ["finish_copy", "move_into_place"])
+async def test_a_crash_during_copy_up_leaves_the_old_state(base, upper, monkeypatch, step):
+    """Stop the copy-up at a step (as a crash would: nothing after it runs), then
+    start again on the same upper: the guest sees the base's file, unchanged, and
+    the half-made temporary is gone."""
+    fs = CowFilesystem(str(base), str(upper))
+    r = await fs.attach("", CREDS)
+
+    def crash(*args, **kwargs):
+        raise SystemExit("power cut")
+    monkeypatch.setattr(cowupper, step, crash)
+    monkeypatch.setattr(cowupper, "remove_tree", lambda *a: None)  # a crash cleans nothing
+    f = await walk_to(r, "etc/hostname")
+    with pytest.raises(SystemExit):
+        await f.open(OpenFlags.RDWR)
+    monkeypatch.undo()
+    # the process "died": drop it without cleanup, leave whatever is on disk
+    leftovers = os.listdir(upper / ".ninep-cow" / "work")
+    fs = CowFilesystem(str(base), str(upper))
+    r = await fs.attach("", CREDS)
+    assert await read(r, "etc/hostname") == b"base\n"
+    assert not (upper / "etc" / "hostname").exists()
+    assert os.listdir(upper / ".ninep-cow" / "work") == []
+    async with walked(r, "etc/hostname", OpenFlags.WRONLY | OpenFlags.APPEND) as w:
+        await w.write(0, memoryview(b"after\n"))
+    assert await read(r, "etc/hostname") == b"base\nafter\n"
+    await r.close()
+    await fs.aclose()
+    assert len(leftovers) == 1  # the temporary was there until the restart
+
+
+async def test_a_crash_between_whiteout_and_unlink_keeps_the_file(base, upper, monkeypatch):
+    fs = CowFilesystem(str(base), str(upper))
+    r = await fs.attach("", CREDS)
+    async with walked(r, "etc/hostname", OpenFlags.WRONLY | OpenFlags.TRUNC) as w:
+        await w.write(0, memoryview(b"copied\n"))
+    etc = await walk_to(r, "etc")
+    session = next(iter(fs._sessions.values()))
+
+    async def crash(*args):
+        raise SystemExit("power cut")
+    monkeypatch.setattr(session, "_unlink_upper", crash)
+    with pytest.raises(SystemExit):
+        await etc.unlinkat("hostname", 0)
+    monkeypatch.undo()
+    assert (upper / "etc" / ".wh.hostname").exists()  # the whiteout came first ...
+    fs = CowFilesystem(str(base), str(upper))
+    r = await fs.attach("", CREDS)
+    assert await read(r, "etc/hostname") == b"copied\n"  # ... and the upper entry wins
+    await r.close()
+    await fs.aclose()
