@@ -15,7 +15,8 @@ lower layers had. Each file is read from the layer that last wrote it.
 What the headers say is what the guest sees: modes, owners (numeric uid/gid), times,
 symlinks, hard links (one node, same qid, nlink counts the names), device nodes and
 FIFOs, and xattrs from PAX ``SCHILY.xattr.*`` records. Members with ".." in their
-path, or hard links to nothing, are skipped (and counted in ``skipped``).
+path, names that are not UTF-8, or hard links to nothing, are skipped (and listed in
+``skipped``).
 """
 
 from __future__ import annotations
@@ -216,6 +217,11 @@ class TarIndex:
 
     def _add(self, member: tarfile.TarInfo) -> None:
         parts = [p for p in member.name.split("/") if p not in ("", ".")]
+        try:
+            member.name.encode()
+        except UnicodeEncodeError:  # not UTF-8 in the archive: no 9P string carries it
+            self.skipped.append(member.name.encode("utf-8", "surrogateescape").decode("latin-1"))
+            return
         if ".." in parts:
             self.skipped.append(member.name)
             return

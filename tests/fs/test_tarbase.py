@@ -182,3 +182,15 @@ async def test_oci_layout_layers_and_whiteouts(tmp_path, monkeypatch):
     assert (tmp_path / "cow-upper" / "opt" / "z").read_bytes() == b"Z\n"
     await root.close()
     await fs.aclose()
+
+
+def test_names_that_are_not_utf8_are_skipped(tmp_path):
+    path = tmp_path / "latin1.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
+        for name in ("ok", "b\xe9d"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    fs = TarFilesystem(str(path))
+    assert list(fs.index.root.children) == ["ok"] and len(fs.index.skipped) == 1
+    fs.index.close()
