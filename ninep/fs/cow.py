@@ -138,6 +138,12 @@ class CowFilesystem(Filesystem):
         # Another identity's tree on this upper may be copying up right now: only the
         # first one opened clears what a crash left in work/.
         work_fd, index_fd = up.open_meta_dirs(upper_root._node.fd, clear=clear_work)
+        root_path = f"/proc/self/fd/{upper_root._node.fd}"
+        if up.read_origin(root_path, follow=True) is None:
+            a = await base_root.getattr(0)
+            up.adopt_root_metadata(upper_root._node.fd, a.mode, a.uid, a.gid,
+                                   ((a.atime_sec, a.atime_nsec), (a.mtime_sec, a.mtime_nsec)),
+                                   base_root.qid.path)
         session = Session(self, name, path, upper_fs, work_fd, index_fd, self.throwaway)
         session.root = Node(None, "", stat.S_IFDIR, session.base_qid(base_root.qid),
                             upper_root, base_root, session.nodes)

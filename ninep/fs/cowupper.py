@@ -140,9 +140,9 @@ def read_origin(path: str, *, follow: bool) -> int | None:
     return _ORIGIN.unpack(value)[0] if len(value) == _ORIGIN.size else None
 
 
-def write_origin(path: str, qid_path: int) -> None:
+def write_origin(path: str, qid_path: int, *, follow: bool = False) -> None:
     try:
-        os.setxattr(path, ORIGIN_XATTR, _ORIGIN.pack(qid_path), follow_symlinks=False)
+        os.setxattr(path, ORIGIN_XATTR, _ORIGIN.pack(qid_path), follow_symlinks=follow)
     except OSError as exc:
         # Symlinks and device nodes cannot carry user.* xattrs: their qid.path then
         # changes on copy-up (docs/cow.md). Anything else is a broken upper.
@@ -200,6 +200,21 @@ def finish_copy(work_fd: int, tmp: str, mode: int, uid: int, gid: int,
 
 
 _temp_numbers = itertools.count(1)
+
+
+def adopt_root_metadata(root_fd: int, mode: int, uid: int, gid: int,
+                        times: tuple[tuple[int, int], tuple[int, int]], origin: int) -> None:
+    """A fresh upper directory (made by makedirs or mkdtemp, 0700 for the latter)
+    becomes the base root's copy: owner, mode and times of the base's "/", and the
+    origin mark that says it was done."""
+    path = proc_path(root_fd)
+    try:
+        os.chown(path, uid, gid)
+    except PermissionError:
+        pass  # not root: the upper stays ninepd's own
+    os.chmod(path, stat.S_IMODE(mode))
+    hostsys.utimensat(hostsys.AT_FDCWD, path, times[0], times[1], nofollow=False)
+    write_origin(path, origin, follow=True)
 
 
 def new_temp_name() -> str:

@@ -439,3 +439,13 @@ async def test_a_crash_between_whiteout_and_unlink_keeps_the_file(base, upper, m
     assert await read(r, "etc/hostname") == b"copied\n"  # ... and the upper entry wins
     await r.close()
     await fs.aclose()
+
+
+async def test_a_fresh_upper_takes_the_base_roots_metadata(base, tmp_path):
+    os.chmod(base, 0o751)
+    fs = CowFilesystem(str(base), None, tmpdir=str(tmp_path))  # mkdtemp: 0700
+    r = await fs.attach("", CREDS)
+    a = await r.getattr(0)
+    assert stat.S_IMODE(a.mode) == 0o751 and a.mtime_sec == int(base.stat().st_mtime)
+    await r.close()
+    await fs.aclose()
