@@ -95,3 +95,16 @@ async def test_ninepd_upper_flag_makes_the_default_export_cow(base, tmp_path):
             assert await c.root.read_file("etc/motd") == b"shared\n"
     await serve_and(exports, body)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("ninep-cow-")]
+
+
+def test_ninep_vm_cow_arguments(tmp_path):
+    """`ninep vm` hands ninepd --upper or --throwaway-upper for --cow, --upper or a
+    tarball root, and nothing for a plain directory."""
+    from ninep.vm.cli import _cow_server_args, _parser
+
+    def server_args(*argv):
+        return _cow_server_args(_parser().parse_args(["vm", *argv]))
+    assert server_args(str(tmp_path)) is None
+    assert server_args(str(tmp_path), "--cow") == ("--throwaway-upper",)
+    assert server_args(str(tmp_path), "--upper", str(tmp_path / "u")) == ("--upper", str(tmp_path / "u"))
+    assert server_args(str(tmp_path / "root.tar.zst")) == ("--throwaway-upper",)
