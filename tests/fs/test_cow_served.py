@@ -108,3 +108,13 @@ def test_ninep_vm_cow_arguments(tmp_path):
     assert server_args(str(tmp_path), "--cow") == ("--throwaway-upper",)
     assert server_args(str(tmp_path), "--upper", str(tmp_path / "u")) == ("--upper", str(tmp_path / "u"))
     assert server_args(str(tmp_path / "root.tar.zst")) == ("--throwaway-upper",)
+
+
+def test_shipped_cow_config_parses():
+    from pathlib import Path
+
+    from ninep.config import load_config
+
+    config = load_config(str(Path(__file__).parents[2] / "exports" / "cow-guests.yaml"))
+    (vms,) = config.exports
+    assert vms.base.endswith(".tar.zst") and vms.upper.endswith("{aname}") and not vms.throwaway
