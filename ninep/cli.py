@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-listing-cache", dest="listing_cache", action="store_false",
                    help="never reuse a directory listing (for host filesystems that do not "
                         "update a directory's ctime when its entries change)")
+    p.add_argument("--upper", metavar="DIR",
+                   help="serve --export copy-on-write: --export (a directory or a .tar[.gz|.xz|"
+                        ".zst]) is the read-only base, guests' changes go to DIR ({aname} in DIR: "
+                        "one upper per aname; see docs/cow.md)")
+    p.add_argument("--throwaway-upper", action="store_true",
+                   help="like --upper, with a temporary upper per guest, deleted at unmount")
     p.add_argument("--config", metavar="FILE", help="YAML export config (see exports/)")
     p.add_argument("--msize", metavar="N", help="largest msize offered (default 1M, at least 4096)")
     p.add_argument("--log-level", default="info",
@@ -114,6 +120,14 @@ def _host_export(path: str, read_only: bool, squash: tuple[int, int] | None, *,
                   read_only=read_only)
 
 
+def _cow_export(base: str, upper: str | None, throwaway: bool,
+                squash: tuple[int, int] | None) -> Export:
+    from .fs.cow import CowFilesystem
+
+    return Export(CowFilesystem(base, upper, throwaway=throwaway),
+                  squash=Credentials(*squash) if squash else None)
+
+
 def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict[str, Export]:
     """--export / --synthetic become the default export; config exports follow."""
     squash = parse_squash(args.squash) if args.squash else None
@@ -123,7 +137,10 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
         # The server refuses changes for any backend, so --read-only covers trees too.
         exports[""] = Export(fs, squash=Credentials(*squash) if squash else None,
                              read_only=args.read_only)
-    if args.export:
+    if args.export and (args.upper or args.throwaway_upper):
+        name = "" if "" not in exports else args.export
+        exports[name] = _cow_export(args.export, args.upper, args.throwaway_upper, squash)
+    elif args.export:
         name = "" if "" not in exports else args.export
         try:
             exports[name] = _host_export(args.export, args.read_only, squash,
@@ -138,6 +155,9 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
     for item in config.exports if config else ():
         if item.name in exports:
             raise ValueError(f"export {item.name!r} is defined twice")
+        if item.base is not None:
+            exports[item.name] = _cow_export(item.base, item.upper, item.throwaway, item.squash)
+            continue
         try:
             exports[item.name] = _host_export(item.path, item.read_only, item.squash,
                                               statfs_passthru=item.statfs_passthru,
@@ -219,9 +239,10 @@ def main(argv: list[str]) -> int:
                    else config.workers if config and config.workers else 1)
         if workers < 1:
             raise ValueError("--workers must be at least 1")
-        if workers > 1 and args.synthetic:
+        if workers > 1 and (args.synthetic or any(
+                getattr(e.filesystem, "sub_anames", False) for e in exports.values())):
             raise ValueError("--workers > 1 serves host exports only: a synthetic tree "
-                             "lives in one process")
+                             "or a copy-on-write tree lives in one process")
         worker_fds = _parse_worker_fds(args.worker_fds) if args.worker_fds else None
     except ConfigError as exc:
         print(f"ninepd: {exc}", file=sys.stderr)

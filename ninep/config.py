@@ -23,6 +23,10 @@
       share:
         path: /srv/share
         read_only: true
+      vms:                        # copy-on-write: a read-only base, an upper per guest
+        base: /srv/debian.tar.zst #   a directory or a .tar[.gz|.xz|.zst]
+        upper: /srv/vms/{aname}   #   aname "vms/web1" -> /srv/vms/web1 (docs/cow.md)
+        throwaway: false          #   true: a temporary upper per guest, gone at unmount
 
 Errors name the file, the line and the key: the document is *composed* (yaml's node
 tree keeps each node's position) rather than loaded, and checked node by node.
@@ -40,8 +44,9 @@ from .server.session import LIMIT_NAMES
 
 _TOP_KEYS = {"listen", "msize", "exports", "workers", *LIMIT_NAMES}
 _EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline",
-                "listing_cache", "identity", "mapped_owner"}
-_EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache")
+                "listing_cache", "identity", "mapped_owner", "base", "upper", "throwaway"}
+_EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache",
+                 "throwaway")
 
 
 class ConfigError(Exception):
@@ -51,7 +56,10 @@ class ConfigError(Exception):
 @dataclass
 class ExportConfig:
     name: str
-    path: str
+    path: str | None = None
+    base: str | None = None  # copy-on-write: base and upper instead of path
+    upper: str | None = None
+    throwaway: bool = False
     read_only: bool = False
     squash: tuple[int, int] | None = None
     statfs_passthru: bool = False
@@ -200,9 +208,9 @@ def _exports(check: _Checker, node: yaml.Node) -> list[ExportConfig]:
             full = f"{where}.{key}"
             if key not in _EXPORT_KEYS:
                 raise check.fail(key_node, full, f"unknown key (expected one of {', '.join(sorted(_EXPORT_KEYS))})")
-            if key == "path":
-                settings["path"] = check.string(value, full)
-                settings["where"] = check.where(value)
+            if key in ("path", "base", "upper"):
+                settings[key] = check.string(value, full)
+                settings.setdefault("where", check.where(value))
             elif key in _EXPORT_FLAGS:
                 settings[key] = check.boolean(value, full)
             elif key in ("squash", "mapped_owner"):
@@ -217,8 +225,15 @@ def _exports(check: _Checker, node: yaml.Node) -> list[ExportConfig]:
                     settings["identity"] = parse_identity(check.string(value, full))
                 except ValueError as exc:
                     raise check.fail(value, full, str(exc)) from None
-        if "path" not in settings:
+        if "base" in settings:
+            if "path" in settings:
+                raise check.fail(name_node, f"{where}.path", "give path, or base (copy-on-write), not both")
+            if "upper" not in settings and not settings.get("throwaway"):
+                raise check.fail(name_node, f"{where}.upper", "missing (or throwaway: true)")
+        elif "path" not in settings:
             raise check.fail(name_node, f"{where}.path", "missing (the directory to export)")
+        elif "upper" in settings or "throwaway" in settings:
+            raise check.fail(name_node, f"{where}.base", "upper and throwaway need a base")
         out.append(ExportConfig(name=name, **settings))
     return out
 

@@ -113,6 +113,10 @@ class Filesystem:
     """
 
     prompt: bool = False
+    #: True when ``attach``'s aname means something (copy-on-write: one upper per
+    #: aname): the server then hands over what follows "EXPORT/" in Tattach's aname.
+    #: Otherwise the backend always gets "".
+    sub_anames: bool = False
 
     async def attach(self, aname: str, creds: Credentials) -> "File":
         raise errno_error(errno.ENOSYS, "attach")

@@ -167,11 +167,11 @@ class Dispatcher:
         if msg.afid != NOFID:
             raise errno_error(errno.EBADF, "no auth fids on this server")
         session = self.session
-        export = session.export_for(msg.aname)
+        export, sub_aname = session.export_for(msg.aname)
         creds = export.squash or credentials_for(msg.uname, msg.n_uname)
         session.reserve(msg.fid)
         try:
-            root = await export.filesystem.attach("", creds)
+            root = await export.filesystem.attach(sub_aname, creds)
             for old in session.bind(Fid(msg.fid, root, export, creds)):
                 await self.close_fid(old)
         finally:

@@ -258,14 +258,27 @@ class Session:
         self.version = agreed if agreed == VERSION_9P2000L else None
         return msize, agreed
 
-    def export_for(self, aname: str) -> Export:
-        """"" or "/" is the default (first) export; otherwise an exact aname, also
-        accepted with a leading "/" (mount -o aname=/name)."""
+    def export_for(self, aname: str) -> tuple[Export, str]:
+        """The export an attach names, and the aname the export's filesystem gets.
+
+        "" or "/" is the default (first) export; otherwise an exact export name, also
+        accepted with a leading "/" (mount -o aname=/name); both give the filesystem
+        aname "". A filesystem with ``sub_anames`` (copy-on-write: one upper per
+        guest) also takes "NAME/GUEST" (its export NAME gets "GUEST") and, when no
+        export is named so, a plain "GUEST" for the default export."""
         if aname in ("", "/"):
-            return next(iter(self.exports.values()))
-        for candidate in (aname, aname.lstrip("/")):
+            return next(iter(self.exports.values())), ""
+        stripped = aname.lstrip("/")
+        for candidate in (aname, stripped):
             if candidate in self.exports:
-                return self.exports[candidate]
+                return self.exports[candidate], ""
+        head, sep, rest = stripped.partition("/")
+        export = self.exports.get(head) if sep else None
+        if export is not None and getattr(export.filesystem, "sub_anames", False):
+            return export, rest
+        default = next(iter(self.exports.values()))
+        if getattr(default.filesystem, "sub_anames", False):
+            return default, stripped
         raise errno_error(errno.ENOENT, f"no export named {aname!r}")
 
     # --- fid table -----------------------------------------------------------------

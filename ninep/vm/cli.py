@@ -3,7 +3,7 @@
     ninep initramfs [--kernel-release R | --modules-dir DIR | --no-modules] [--module M] -o FILE
     ninep rootfs busybox|debian DIR [--mapped]
     ninep rootfs import ROOT.tar[.gz|.xz|.bz2|.zst] DIR      (a mapped tree, no root needed)
-    ninep vm ROOTFS [--kernel PATH] [--modules-dir DIR] [--transport T] [--server ninepd|diod]
+    ninep vm ROOTFS|IMAGE.tar[.gz|.xz|.zst] [--cow] [--upper DIR] [--kernel PATH] [--modules-dir DIR] [--transport T] [--server ninepd|diod]
                     [--cmd "..."] [--overlay] [--memory MIB] [--smp N] [--accel auto|kvm|tcg]
                     [--cache MODE] [--msize N] [--timeout S] [--disk-image IMG]
                     [--append ARG ...] [--verbose]
@@ -93,7 +93,13 @@ def _parser() -> argparse.ArgumentParser:
                              description=VM_HELP)
     d = " (default: %(default)s)"
     vm.add_argument("rootfs", type=Path, metavar="ROOTFS",
-                    help="the host directory that becomes the guest's /")
+                    help="the host directory that becomes the guest's /, or a root tarball "
+                         "(served in place, implies --cow)")
+    vm.add_argument("--cow", action="store_true",
+                    help="ROOTFS stays untouched: the guest's writes go to a per-guest upper "
+                         "directory, temporary unless --upper (docs/cow.md; default: off)")
+    vm.add_argument("--upper", type=Path, metavar="DIR",
+                    help="with --cow: keep the guest's changes here (default: a temporary one)")
     vm.add_argument("--kernel", type=Path, metavar="PATH",
                     help="guest kernel (default: the newest /boot/vmlinuz-* with modules)")
     vm.add_argument("--modules-dir", type=Path, metavar="DIR",
@@ -126,11 +132,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cow_server_args(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """ninepd arguments for a copy-on-write root, None for a plain one."""
+    from ninep.fs.tarbase import is_tarball
+
+    if not (args.cow or args.upper or is_tarball(str(args.rootfs))):
+        return None
+    if args.upper:
+        return ("--upper", str(args.upper.resolve()))
+    return ("--throwaway-upper",)
+
+
 def _vm(args: argparse.Namespace) -> int:
-    if not args.rootfs.is_dir() and args.transport != "disk":
+    cow = _cow_server_args(args)
+    if cow is not None and (args.server != "ninepd" or args.transport in ("virtio", "disk")):
+        print("ninep vm: --cow and tarball roots need --server ninepd over virtio-serial, "
+              "tcp or vsock", file=sys.stderr)
+        return 2
+    if not args.rootfs.is_dir() and args.transport != "disk" and cow is None:
         print(f"ninep vm: {args.rootfs} is not a directory", file=sys.stderr)
         return 2
-    if args.transport != "disk":
+    if args.transport != "disk" and args.rootfs.is_dir():  # a tarball is read by ninepd
         try:
             check_root(args.rootfs, args.cmd, tuple(args.append))
         except RootProblem as problem:
@@ -152,7 +174,7 @@ def _vm(args: argparse.Namespace) -> int:
         accel=args.accel, cache=args.cache, msize=args.msize,
         timeout=args.timeout if args.cmd else 10 ** 9, quiet=bool(args.cmd) and not args.verbose,
         interactive=args.cmd is None, disk_image=args.disk_image,
-        extra_append=tuple(args.append))
+        extra_append=tuple(args.append), server_args=cow or ())
 
     def show(line: str) -> None:
         if config.quiet and re.sub(r"^\[[ \d.]+\] ", "", line).startswith(POWER_OFF_NOISE):
