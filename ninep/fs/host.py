@@ -30,9 +30,8 @@ from typing import Callable, Sequence, TypeVar
 
 import trio
 
-from ..protocol.constants import (
-    ACCMODE, AT_REMOVEDIR, OpenFlags, SetattrMask, V9FS_MAGIC,
-    dotl_to_host_flags)
+from ..protocol.constants import ACCMODE, AT_REMOVEDIR, OpenFlags, SetattrMask, V9FS_MAGIC
+from .openflags import dotl_to_host_flags
 from ..protocol.messages import Dirent, Qid
 from ..protocol.codec import unpack_dirents
 from . import hostdir, hostsys

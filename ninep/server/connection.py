@@ -32,6 +32,7 @@ from typing import Hashable, Mapping
 
 import trio
 
+from ..fs.identity import credentials_for
 from ..protocol import messages as m
 from ..protocol.codec import FrameReader, ProtocolError, decode, pack_dirents
 from .dispatch import Dispatcher
@@ -160,7 +161,7 @@ class Connection:
         self.trace = trace
         self.session = Session(exports, limits, connection_id=locks.connection_id(self.number))
         self.locks = locks
-        self.dispatcher = Dispatcher(self.session, locks, pack_dirents)
+        self.dispatcher = Dispatcher(self.session, locks, pack_dirents, credentials_for)
         self.rules = RequestRules(limits, self._prompt)
         self.frames = FrameReader(limits.max_msize)
         self._scopes: dict[int, trio.CancelScope] = {}  # tag -> its task's scope
