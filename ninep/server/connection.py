@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import select
 from typing import Hashable, Mapping
 
 import trio
@@ -52,6 +53,10 @@ _DRAIN_SECONDS = 5.0  # how long a closing connection may take to send what is q
 _READS_BEFORE_YIELD = 8  # reads that found data without waiting, then let others run
 _INLINE_BEFORE_YIELD = 32  # requests answered in the reader, then let others run
 _connection_numbers = itertools.count(1)
+_live_connections = 0  # Connections running in this process
+_LONE_WAIT = 0.0005  # seconds a lone connection may wait outside the scheduler
+_LONE_STREAK = 64  # requests served so in a row, then one wait through trio
+_LONE_BACKOFF_MAX = 4096  # requests without lone waits after timeouts in a row
 # One receive buffer for every connection of the process: the FrameReader copies out
 # what it keeps before anything can await, so an idle connection holds no buffer.
 _scratch = memoryview(bytearray(_RECEIVE_SIZE))
@@ -171,12 +176,19 @@ class Connection:
         self._reader_busy = False  # between a read and sending its batch of replies
         self._stopping = False
         self._budget = _INLINE_BEFORE_YIELD
+        # See _lone_wait; select() takes descriptors below FD_SETSIZE only.
+        sock = getattr(self.transport, "sock", None)
+        self._lone_fd = [sock] if sock is not None and sock.fileno() < 1024 else None
+        self._lone_streak = 0
+        self._lone_skip = 0
+        self._lone_backoff = 1
         self._out: list = []  # reply buffers not yet sent, in order
         self._writer_wake = trio.Event()
         self._room = trio.Event()
         self._closing = False
         self.requests_served = 0
         self.requests_inline = 0  # of those, answered in the reader
+        self.lone_waits = 0  # requests waited for outside the scheduler (_lone_wait)
         self._log_limit = LogLimiter()  # a client must not write our log at line rate
 
     def _prompt(self, number: int) -> bool:
@@ -185,6 +197,8 @@ class Connection:
 
     # --- lifetime ------------------------------------------------------------------------
     async def run(self) -> None:
+        global _live_connections
+        _live_connections += 1
         try:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._write_loop, outer.cancel_scope)
@@ -207,6 +221,7 @@ class Connection:
                     self._writer_wake.set()
                     outer.cancel_scope.deadline = trio.current_time() + _DRAIN_SECONDS
         finally:
+            _live_connections -= 1
             for cause, count in self._log_limit.pending().items():
                 log.warning("%s: %d more %ss, not logged", self.name, count, cause)
             with trio.CancelScope(shield=True):
@@ -240,16 +255,23 @@ class Connection:
         frames = self.frames
         rules = self.rules
         peek = False  # after a big frame, read just the head of the next one
+        drained = False  # the last read took less than it could: likely nothing more yet
         reads = _READS_BEFORE_YIELD
         while not self._stopping:
             target = frames.receive_buffer()
             big = target is not None
             if not big:
                 target = _scratch[:_PEEK_SIZE] if peek else _scratch
-            received = transport.try_recv_into(target)
+            # After a read that drained the socket, a lone client (a VM's root: one
+            # request at a time) has sent nothing more until it has our reply: skip
+            # the read that would fail (a syscall and an exception), send, and wait.
+            received = None if drained else transport.try_recv_into(target)
             if received is None:  # nothing there: send the batch, then wait
+                drained = False
                 self._reader_busy = False
                 self._send_now()
+                if self._lone_wait():
+                    continue
                 self._reader_waiting = True
                 await transport.wait_readable()
                 self._reader_waiting = False
@@ -258,6 +280,7 @@ class Connection:
                 continue
             if received == 0:
                 return
+            drained = received < len(target)
             self._reader_busy = True
             if big:
                 frames.received(received)
@@ -273,6 +296,38 @@ class Connection:
                 self._send_now()
                 await trio.lowlevel.checkpoint()
                 reads = _READS_BEFORE_YIELD
+
+    def _lone_wait(self) -> bool:
+        """Wait for the next request without the scheduler when nothing else could use
+        it: this is the process's only connection, no task is runnable, no deadline is
+        near. Then a ping-pong client (a VM's root: one request in flight) costs no trip
+        through trio per request. True if data came.
+
+        The wait blocks the loop for at most ``_LONE_WAIT``; after every
+        ``_LONE_STREAK`` requests served so, trio waits instead, so that listeners,
+        signals and timers are served within milliseconds. A wait that times out (the
+        client is idle, or is a task of this very loop that cannot run while we block)
+        turns lone waits off for a number of requests that doubles with each timeout
+        in a row."""
+        if _live_connections != 1 or self._lone_fd is None:
+            return False
+        if self._lone_skip:
+            self._lone_skip -= 1
+            return False
+        self._lone_streak += 1
+        if self._lone_streak >= _LONE_STREAK:
+            self._lone_streak = 0
+            return False
+        statistics = trio.lowlevel.current_statistics()
+        if statistics.tasks_runnable or statistics.seconds_to_next_deadline < 2 * _LONE_WAIT:
+            return False
+        if select.select(self._lone_fd, (), (), _LONE_WAIT)[0]:
+            self._lone_backoff = 1
+            self.lone_waits += 1
+            return True
+        self._lone_backoff = min(self._lone_backoff * 2, _LONE_BACKOFF_MAX)
+        self._lone_skip = self._lone_backoff
+        return False
 
     async def _wait_for_room(self) -> None:
         self._room = trio.Event()
@@ -409,7 +464,8 @@ class Connection:
         del out[:index]
         if sent:
             out[0] = memoryview(out[0])[sent:]
-        self._room.set()
+        if self._reader_waiting:
+            self._room.set()
 
     async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
         transport = self.transport

@@ -71,3 +71,56 @@ async def test_a_request_held_for_the_reader_meets_tflush_and_tversion(tmp_path)
         with trio.fail_after(5):
             while (reply := await peer.recv()) != m.Rversion(0xFFFF, 65536, "9P2000.L"):
                 assert reply.tag == 7, reply
+
+
+async def test_a_lone_client_in_another_thread_is_waited_for_outside_the_scheduler(tmp_path):
+    """One connection, a client that is not a task of this loop (here a thread; in
+    production another process): the reader waits for its next request in select(),
+    not through trio -- and a timer of this loop still fires on time meanwhile."""
+    import socket
+    import threading
+
+    from ninep.protocol.codec import FrameReader, decode, encode_bytes
+    from ninep.server.connection import Connection, LockManager
+    from ninep.server.session import Export
+
+    (tmp_path / "f").write_bytes(b"x")
+    ours, theirs = socket.socketpair()
+    conn = Connection(trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
+                      {"": Export(HostFilesystem(str(tmp_path)))}, LockManager())
+    rounds = 400
+    replies = []
+
+    def client() -> None:
+        frames = FrameReader(1 << 20)
+
+        def rpc(msg):
+            theirs.sendall(encode_bytes(msg))
+            while (frame := frames.next_frame()) is None:
+                frames.feed(theirs.recv(65536))
+            return decode(frame)
+
+        rpc(m.Tversion(0xFFFF, 65536, "9P2000.L"))
+        rpc(m.Tattach(1, 0, 0xFFFFFFFF, "nobody", "", 0xFFFFFFFF))
+        replies.extend(rpc(m.Tgetattr(2, 0, 0x7FF)) for _ in range(rounds))
+        theirs.close()
+
+    ticks = []
+
+    async def timer():
+        while True:
+            start = trio.current_time()
+            await trio.sleep(0.005)
+            ticks.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer)
+        thread = threading.Thread(target=client)
+        thread.start()
+        with trio.fail_after(30):
+            await conn.run()
+        await trio.to_thread.run_sync(thread.join)
+        nursery.cancel_scope.cancel()
+    assert len(replies) == rounds and all(isinstance(r, m.Rgetattr) for r in replies)
+    assert conn.lone_waits > rounds // 2
+    assert ticks and max(ticks) < 0.1  # the loop was never held for long
