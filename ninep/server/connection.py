@@ -29,6 +29,7 @@ import errno
 import itertools
 import logging
 import select
+import threading
 from typing import Hashable, Mapping
 
 import trio
@@ -57,9 +58,18 @@ _live_connections = 0  # Connections running in this process
 _LONE_WAIT = 0.0005  # seconds a lone connection may wait outside the scheduler
 _LONE_STREAK = 64  # requests served so in a row, then one wait through trio
 _LONE_BACKOFF_MAX = 4096  # requests without lone waits after timeouts in a row
-# One receive buffer for every connection of the process: the FrameReader copies out
-# what it keeps before anything can await, so an idle connection holds no buffer.
-_scratch = memoryview(bytearray(_RECEIVE_SIZE))
+# One receive buffer for every connection of a thread (of a trio loop): the
+# FrameReader copies out what it keeps before anything can await, so an idle
+# connection holds no buffer. Per thread, as two loops in two threads would
+# otherwise receive into it at once.
+_per_thread = threading.local()
+
+
+def _receive_buffer() -> memoryview:
+    scratch = getattr(_per_thread, "scratch", None)
+    if scratch is None:
+        scratch = _per_thread.scratch = memoryview(bytearray(_RECEIVE_SIZE))
+    return scratch
 
 
 class LockManager:
@@ -254,6 +264,7 @@ class Connection:
         transport = self.transport
         frames = self.frames
         rules = self.rules
+        scratch = _receive_buffer()
         peek = False  # after a big frame, read just the head of the next one
         drained = False  # the last read took less than it could: likely nothing more yet
         reads = _READS_BEFORE_YIELD
@@ -261,7 +272,7 @@ class Connection:
             target = frames.receive_buffer()
             big = target is not None
             if not big:
-                target = _scratch[:_PEEK_SIZE] if peek else _scratch
+                target = scratch[:_PEEK_SIZE] if peek else scratch
             # After a read that drained the socket, a lone client (a VM's root: one
             # request at a time) has sent nothing more until it has our reply: skip
             # the read that would fail (a syscall and an exception), send, and wait.
