@@ -24,7 +24,7 @@ from .config import ConfigError, ServerConfig, load_config, parse_size, parse_sq
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
 from .server.listeners import ListenError, systemd_activated
-from .server.workers import Supervisor, run_worker
+from .server.workers import Supervisor, WorkerStart
 
 log = logging.getLogger("ninepd")
 
@@ -58,7 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes serving connections, each on its own core (default 1; "
                         "host exports only; locks hold across them)")
-    p.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by the supervisor
     return p
 
 
@@ -124,14 +123,25 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
     return exports
 
 
-async def _run(server, urls: list[str], worker_fds: tuple[int, int] | None = None) -> None:
+def build_limits(args: argparse.Namespace, config: ServerConfig | None) -> Limits:
+    msize = parse_size(args.msize) if args.msize else (config.msize if config else None)
+    return Limits(max_msize=msize or Limits().max_msize,
+                  max_fids=(config.max_fids if config and config.max_fids else 65536),
+                  max_in_flight=(config.max_in_flight if config and config.max_in_flight else 256))
+
+
+def build_server(args: argparse.Namespace, config: ServerConfig | None) -> Server:
+    """The Server that serves these settings in this process (``--workers`` runs it in
+    each worker: the supervisor hands this function and the settings over)."""
+    return Server(build_exports(args, config), limits=build_limits(args, config),
+                  trace=args.trace, grace_period=args.grace)
+
+
+async def _run(server, urls: list[str]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, signals, server, nursery.cancel_scope)
-            if worker_fds is not None:
-                await run_worker(server, *worker_fds)
-            else:
-                await server.run(urls)
+            await server.run(urls)
             nursery.cancel_scope.cancel()  # served and shut down: stop watching signals
 
 
@@ -149,18 +159,12 @@ async def _on_signals(signals, server, everything: trio.CancelScope) -> None:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    who = f"ninepd[worker {os.getpid()}]" if args.worker_fds else "ninepd"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {who} %(levelname)s %(message)s")
+                        format="%(asctime)s ninepd %(levelname)s %(message)s")
     if args.trace:
         logging.getLogger("ninep.trace").setLevel(logging.INFO)
     try:
         config = load_config(args.config) if args.config else None
-        exports = build_exports(args, config)
-        msize = parse_size(args.msize) if args.msize else (config.msize if config else None)
-        limits = Limits(max_msize=msize or Limits().max_msize,
-                        max_fids=(config.max_fids if config and config.max_fids else 65536),
-                        max_in_flight=(config.max_in_flight if config and config.max_in_flight else 256))
         workers = (args.workers if args.workers is not None
                    else config.workers if config and config.workers else 1)
         if workers < 1:
@@ -168,7 +172,8 @@ def main(argv: list[str]) -> int:
         if workers > 1 and args.synthetic:
             raise ValueError("--workers > 1 serves host exports only: a synthetic tree "
                              "lives in one process")
-        worker_fds = _parse_worker_fds(args.worker_fds) if args.worker_fds else None
+        # With workers too: a bad export or size is reported here, once, with status 2.
+        server = build_server(args, config)
     except ConfigError as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2
@@ -178,12 +183,12 @@ def main(argv: list[str]) -> int:
     urls = args.listen or (config.listen if config and config.listen else [])
     if not urls:
         urls = ["systemd://"] if systemd_activated() else [DEFAULT_LISTEN]
-    if workers > 1 and worker_fds is None:
-        server = Supervisor([*argv, "--workers", "1"], workers, grace_period=args.grace)
-    else:
-        server = Server(exports, limits=limits, trace=args.trace, grace_period=args.grace)
+    if workers > 1:
+        trio.run(_close_exports, server)  # the workers serve; each builds its own
+        server = Supervisor(WorkerStart(build_server, (args, config), args.log_level.upper()),
+                            workers, grace_period=args.grace)
     try:
-        trio.run(_run, server, urls, worker_fds)
+        trio.run(_run, server, urls)
     except BaseExceptionGroup as group:
         listen_errors, others = group.split(ListenError)
         if others is not None or listen_errors is None:
@@ -195,9 +200,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _parse_worker_fds(text: str) -> tuple[int, int]:
-    ctl, _, rpc = text.partition(",")
-    return int(ctl), int(rpc)
+async def _close_exports(server: Server) -> None:
+    for export in server.exports.values():
+        await export.filesystem.aclose()
 
 
 def _leaves(group: BaseExceptionGroup):
@@ -213,4 +218,6 @@ def main_entry() -> None:
 
 
 if __name__ == "__main__":
-    main_entry()
+    # Run as ninep.cli, not __main__: workers get build_server pickled by reference,
+    # and a fresh interpreter finds it only under its module's real name.
+    importlib.import_module("ninep.cli").main_entry()
