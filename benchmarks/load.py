@@ -29,7 +29,9 @@ from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-LOAD_SRC = REPO.parent / "shared" / "tools" / "ninep-load"
+# ../shared beside the checkout; NINEP_LOAD_SRC names another copy (a git worktree
+# elsewhere has no ../shared).
+LOAD_SRC = Path(os.environ.get("NINEP_LOAD_SRC", REPO.parent / "shared" / "tools" / "ninep-load"))
 MODES = ["read", "write", "getattr", "walk", "readdir", "create", "mix"]
 SHAPES = [(1, 1), (16, 8)]
 BIG = 64 << 20
