@@ -27,7 +27,7 @@ from .server import DEFAULT_LISTEN, Export, Limits, Server
 from .server.listeners import ListenError, check_url, systemd_activated
 from .server.server import use_fd_limit
 from .server.session import LIMIT_NAMES
-from .server.workers import Supervisor, run_worker
+from .server.workers import Supervisor, WorkerStart
 
 log = logging.getLogger("ninepd")
 
@@ -79,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", metavar="NAME=N", action="append", default=[],
                    help=f"a per-connection limit ({', '.join(LIMIT_NAMES)}; "
                         f"sizes as 1M; repeatable; overrides --config)")
-    p.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by the supervisor
     return p
 
 
@@ -173,17 +172,26 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
     return exports
 
 
-async def _run(server, urls: list[str], worker_fds: tuple[int, int] | None = None,
-               exports: dict[str, Export] | None = None) -> None:
+def build_limits(args: argparse.Namespace, config: ServerConfig | None) -> Limits:
+    msize = parse_size(args.msize) if args.msize else (config.msize if config else None)
+    return Limits(max_msize=msize or Limits().max_msize,
+                  **{**(config.limits if config else {}), **parse_limits(args.limit)})
+
+
+def build_server(args: argparse.Namespace, config: ServerConfig | None) -> Server:
+    """The Server that serves these settings in this process (``--workers`` runs it in
+    each worker: the supervisor hands this function and the settings over)."""
+    return Server(build_exports(args, config), limits=build_limits(args, config),
+                  trace=args.trace, grace_period=args.grace)
+
+
+async def _run(server, urls: list[str], exports: dict[str, Export] | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, signals, server, nursery.cancel_scope)
-            if worker_fds is not None:
-                await run_worker(server, *worker_fds)
-            else:
-                async with trio.open_nursery() as serving:
-                    await serving.start(server.run, urls)
-                    _log_identities(exports or {})  # once serving: errors stay one line
+            async with trio.open_nursery() as serving:
+                await serving.start(server.run, urls)
+                _log_identities(exports or {})  # once serving: errors stay one line
             nursery.cancel_scope.cancel()  # served and shut down: stop watching signals
 
 
@@ -208,9 +216,8 @@ async def _on_signals(signals, server, everything: trio.CancelScope) -> None:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    who = f"ninepd[worker {os.getpid()}]" if args.worker_fds else "ninepd"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {who} %(levelname)s %(message)s")
+                        format="%(asctime)s ninepd %(levelname)s %(message)s")
     if args.trace:
         logging.getLogger("ninep.trace").setLevel(logging.INFO)
     try:
@@ -223,40 +230,37 @@ def main(argv: list[str]) -> int:
         urls = ["systemd://"] if systemd_activated() else [DEFAULT_LISTEN]
     # Where each URL came from, for errors: a config's FILE:LINE, else the command line.
     origin = dict(zip(config.listen, config.listen_where)) if config and not args.listen else {}
-    if not args.worker_fds:
-        try:
-            for url in urls:  # before the event loop: fd:// must not find trio's own fds
-                check_url(url)
-        except ListenError as exc:
-            print(_listen_error(exc, origin), file=sys.stderr)
-            return 2
     try:
-        exports = build_exports(args, config)
-        msize = parse_size(args.msize) if args.msize else (config.msize if config else None)
-        limits = Limits(max_msize=msize or Limits().max_msize,
-                        **{**(config.limits if config else {}), **parse_limits(args.limit)})
+        for url in urls:  # before the event loop: fd:// must not find trio's own fds
+            check_url(url)
+    except ListenError as exc:
+        print(_listen_error(exc, origin), file=sys.stderr)
+        return 2
+    try:
         workers = (args.workers if args.workers is not None
                    else config.workers if config and config.workers else 1)
         if workers < 1:
             raise ValueError("--workers must be at least 1")
+        # With workers too: a bad export or size is reported here, once, with status 2.
+        server = build_server(args, config)
         if workers > 1 and (args.synthetic or any(
-                getattr(e.filesystem, "sub_anames", False) for e in exports.values())):
+                getattr(e.filesystem, "sub_anames", False) for e in server.exports.values())):
             raise ValueError("--workers > 1 serves host exports only: a synthetic tree "
                              "or a copy-on-write tree lives in one process")
-        worker_fds = _parse_worker_fds(args.worker_fds) if args.worker_fds else None
     except ConfigError as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2
     except (ValueError, OSError, ImportError, AttributeError, TypeError) as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2
-    if workers > 1 and worker_fds is None:
-        server = Supervisor([*argv, "--workers", "1"], workers, grace_period=args.grace)
-    else:
-        server = Server(exports, limits=limits, trace=args.trace, grace_period=args.grace)
+    exports = server.exports
+    if workers > 1:
+        trio.run(_close_exports, server)  # the workers serve; each builds its own
+        server = Supervisor(WorkerStart(build_server, (args, config), args.log_level.upper()),
+                            workers, grace_period=args.grace)
     use_fd_limit()
     try:
-        trio.run(_run, server, urls, worker_fds, exports)
+        trio.run(_run, server, urls, exports)
     except BaseExceptionGroup as group:
         listen_errors, others = group.split(ListenError)
         if others is not None or listen_errors is None:
@@ -285,9 +289,9 @@ def parse_limits(items: list[str]) -> dict[str, int]:
     return limits
 
 
-def _parse_worker_fds(text: str) -> tuple[int, int]:
-    ctl, _, rpc = text.partition(",")
-    return int(ctl), int(rpc)
+async def _close_exports(server: Server) -> None:
+    for export in server.exports.values():
+        await export.filesystem.aclose()
 
 
 def _leaves(group: BaseExceptionGroup):
@@ -303,4 +307,6 @@ def main_entry() -> None:
 
 
 if __name__ == "__main__":
-    main_entry()
+    # Run as ninep.cli, not __main__: workers get build_server pickled by reference,
+    # and a fresh interpreter finds it only under its module's real name.
+    importlib.import_module("ninep.cli").main_entry()

@@ -32,9 +32,8 @@ from typing import Callable, Sequence, TypeVar
 
 import trio
 
-from ..protocol.constants import (
-    ACCMODE, AT_REMOVEDIR, OpenFlags, QidType, SetattrMask, V9FS_MAGIC,
-    dotl_to_host_flags)
+from ..protocol.constants import ACCMODE, AT_REMOVEDIR, OpenFlags, QidType, SetattrMask, V9FS_MAGIC
+from .openflags import dotl_to_host_flags
 from ..protocol.messages import Dirent, Qid
 from ..protocol.codec import unpack_dirents
 from . import hostdir, hostmodel, hostsys

@@ -15,7 +15,7 @@ import errno
 import logging
 from typing import Awaitable, Callable, Hashable, Protocol
 
-from ..fs.backend import File, SetAttr, errno_error
+from ..fs.backend import Credentials, File, SetAttr, errno_error
 from ..protocol import messages as m
 from ..protocol.constants import (
     ACCMODE,
@@ -31,7 +31,7 @@ from ..protocol.constants import (
     host_errno_to_wire,
 )
 from .locks import LockLimitError, LockOwner, LockTable
-from .session import Fid, FidKind, Session, check_new_name, credentials_for, walk_name_ok
+from .session import Fid, FidKind, Session, check_new_name, walk_name_ok
 
 log = logging.getLogger("ninep.server")
 
@@ -60,8 +60,12 @@ class LockWaiter(Protocol):
 class Dispatcher:
     """Answers requests for one session (one connection)."""
 
-    def __init__(self, session: Session, locks: LockWaiter, pack_dirents: Callable) -> None:
+    def __init__(self, session: Session, locks: LockWaiter, pack_dirents: Callable,
+                 credentials_for: Callable[[str, int], Credentials]) -> None:
+        """``credentials_for(uname, n_uname)``: who a Tattach without ``squash`` is
+        (the shell passes ``fs.identity.credentials_for``, the host's user database)."""
         self.session = session
+        self._credentials_for = credentials_for
         self.locks = locks
         self._pack_dirents = pack_dirents
         self._handlers: dict[type, Callable[[m.Message], Awaitable[m.Message]]] = {
@@ -168,7 +172,7 @@ class Dispatcher:
             raise errno_error(errno.EBADF, "no auth fids on this server")
         session = self.session
         export, sub_aname = session.export_for(msg.aname)
-        creds = export.squash or credentials_for(msg.uname, msg.n_uname)
+        creds = export.squash or self._credentials_for(msg.uname, msg.n_uname)
         session.reserve(msg.fid)
         try:
             root = await export.filesystem.attach(sub_aname, creds)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import pwd
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -23,7 +21,6 @@ from ..fs.backend import Credentials, File, Filesystem, errno_error
 from ..protocol.constants import (
     ACCMODE,
     MIN_MSIZE,
-    NONUNAME,
     VERSION_9P2000L,
     VERSION_UNKNOWN,
     OpenFlags,
@@ -167,23 +164,6 @@ def negotiate_version(requested_msize: int, version: str, max_msize: int) -> tup
     if version == VERSION_9P2000L:
         return msize, VERSION_9P2000L
     return msize, VERSION_UNKNOWN
-
-
-def credentials_for(uname: str, n_uname: int) -> Credentials:
-    """Tattach identity: n_uname names a uid (primary gid and groups from pwd);
-    NONUNAME (the kernel's access=client attach, uname "nobody") means the server's
-    own identity, left to the backend as uid None."""
-    if n_uname == NONUNAME:
-        return Credentials(uid=None, gid=None)
-    try:
-        entry = pwd.getpwuid(n_uname)
-    except KeyError:
-        return Credentials(uid=n_uname, gid=n_uname)
-    try:
-        groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
-    except OSError:
-        groups = ()
-    return Credentials(uid=n_uname, gid=entry.pw_gid, groups=groups)
 
 
 def check_new_name(name: str) -> None:

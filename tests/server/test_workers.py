@@ -222,3 +222,37 @@ async def test_lock_limit_holds_across_workers(tmp_path):
         assert process.wait(timeout=30) == 0
     text = log_path.read_text()
     assert "refused (lock limit)" in text and "Traceback" not in text, text
+
+
+async def test_workers_start_from_a_function_with_settings_parsed_once(tmp_path):
+    """No CLI argv: the supervisor hands each worker a WorkerStart (a function and
+    its pickled settings); a build that fails stops the supervisor with a clear error."""
+    import argparse
+
+    import pytest
+
+    from ninep.cli import build_parser, build_server
+    from ninep.server.listeners import ListenError
+    from ninep.server.workers import Supervisor, WorkerStart
+
+    from srv_wire import Peer
+
+    (tmp_path / "f").write_bytes(b"hello")
+    args: argparse.Namespace = build_parser().parse_args(["--export", str(tmp_path)])
+    async with trio.open_nursery() as nursery:
+        supervisor = await nursery.start(
+            Supervisor(WorkerStart(build_server, (args, None), "WARNING"), 2).run,
+            ["tcp://127.0.0.1:0"])
+        port = int(supervisor.addresses[0].rsplit(":", 1)[1])
+        peer = Peer(await trio.open_tcp_stream("127.0.0.1", port))
+        await peer.start()
+        assert isinstance(await peer.rpc(m.Twalk(2, 0, 1, ("f",))), m.Rwalk)
+        assert isinstance(await peer.rpc(m.Tlopen(3, 1, 0)), m.Rlopen)
+        assert await peer.rpc(m.Tread(4, 1, 0, 10)) == m.Rread(4, b"hello")
+        await peer.stream.aclose()
+        supervisor.shutdown()
+
+    gone = build_parser().parse_args(["--export", str(tmp_path / "gone")])
+    failing = Supervisor(WorkerStart(build_server, (gone, None), "CRITICAL"), 1)
+    with pytest.raises(ListenError, match="could not build its server"), trio.fail_after(30):
+        await failing.run(["tcp://127.0.0.1:0"])
