@@ -18,6 +18,7 @@ import tempfile
 import trio
 
 from ninep.fs.host import HostFilesystem
+from ninep.fs.identity import credentials_for
 from ninep.protocol import messages as m
 from ninep.protocol.codec import FrameReader, decode, encode_bytes, pack_dirents
 from ninep.protocol.errors import ProtocolError
@@ -63,7 +64,7 @@ def _check_books(session: Session) -> None:
 
 async def _serve(data: bytes, filesystem) -> None:
     session = Session({"": Export(filesystem)}, LIMITS, connection_id=1)
-    dispatcher = Dispatcher(session, LockManager(), pack_dirents)
+    dispatcher = Dispatcher(session, LockManager(), pack_dirents, credentials_for)
     frames = FrameReader(LIMITS.max_msize)
     frames.feed(data)
     try:

@@ -20,11 +20,14 @@ import sys
 
 import trio
 
-from .config import ConfigError, ServerConfig, load_config, parse_size, parse_squash
+from .config import (
+    IDENTITY_MODELS, ConfigError, ServerConfig, load_config, parse_size, parse_squash)
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
 from .server.listeners import ListenError, check_url, systemd_activated
-from .server.workers import Supervisor, run_worker
+from .server.server import use_fd_limit
+from .server.session import LIMIT_NAMES
+from .server.workers import Supervisor, WorkerStart
 
 log = logging.getLogger("ninepd")
 
@@ -39,14 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true",
                    help="refuse every change to --export or --synthetic (EROFS)")
     p.add_argument("--squash", metavar="UID:GID", help="every attach to --export acts as UID:GID")
+    p.add_argument("--identity", choices=IDENTITY_MODELS,
+                   help="how --export keeps the guest's owners and modes: passthrough (root: "
+                        "on the host inodes), mapped (no root: in user.virtfs.* xattrs, as "
+                        "QEMU mapped-xattr), per-user (root: act as each attaching host "
+                        "user), squash (with --squash). Default: passthrough as root, else mapped")
+    p.add_argument("--mapped-owner", metavar="UID:GID",
+                   help="mapped: the owner shown for files without user.virtfs.* (default 0:0)")
     p.add_argument("--statfs-passthru", action="store_true",
                    help="statfs of --export reports the host filesystem's type, not 9P's")
     p.add_argument("--identity-inline", action="store_true",
-                   help="switch to a guest user's identity on the event loop, not in a worker "
-                        "thread (~3x cheaper metadata operations; a slow one stalls every client)")
+                   help="per-user: switch to a guest user's identity on the event loop, not "
+                        "a worker thread (~3x cheaper metadata operations; a slow one stalls "
+                        "every client)")
     p.add_argument("--no-listing-cache", dest="listing_cache", action="store_false",
                    help="never reuse a directory listing (for host filesystems that do not "
                         "update a directory's ctime when its entries change)")
+    p.add_argument("--upper", metavar="DIR",
+                   help="serve --export copy-on-write: --export (a directory or a .tar[.gz|.xz|"
+                        ".zst]) is the read-only base, guests' changes go to DIR ({aname} in DIR: "
+                        "one upper per aname; see docs/cow.md)")
+    p.add_argument("--throwaway-upper", action="store_true",
+                   help="like --upper, with a temporary upper per guest, deleted at unmount")
     p.add_argument("--config", metavar="FILE", help="YAML export config (see exports/)")
     p.add_argument("--msize", metavar="N", help="largest msize offered (default 1M, at least 4096)")
     p.add_argument("--log-level", default="info",
@@ -59,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes serving connections, each on its own core (default 1; "
                         "host exports only; locks hold across them)")
-    p.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by the supervisor
+    p.add_argument("--limit", metavar="NAME=N", action="append", default=[],
+                   help=f"a per-connection limit ({', '.join(LIMIT_NAMES)}; "
+                        f"sizes as 1M; repeatable; overrides --config)")
     return p
 
 
@@ -89,13 +108,23 @@ def load_synthetic(spec: str) -> Filesystem:
 
 def _host_export(path: str, read_only: bool, squash: tuple[int, int] | None, *,
                  statfs_passthru: bool = False, identity_inline: bool = False,
-                 listing_cache: bool = True) -> Export:
+                 listing_cache: bool = True, identity: str | None = None,
+                 mapped_owner: tuple[int, int] = (0, 0)) -> Export:
     from .fs.host import HostFilesystem
 
     fs = HostFilesystem(path, read_only=read_only, squash=squash, pass_statfs=statfs_passthru,
-                        identity_inline=identity_inline, listing_cache=listing_cache)
+                        identity_inline=identity_inline, listing_cache=listing_cache,
+                        identity=identity, mapped_owner=mapped_owner)
     return Export(fs, squash=Credentials(squash[0], squash[1]) if squash else None,
                   read_only=read_only)
+
+
+def _cow_export(base: str, upper: str | None, throwaway: bool,
+                squash: tuple[int, int] | None) -> Export:
+    from .fs.cow import CowFilesystem
+
+    return Export(CowFilesystem(base, upper, throwaway=throwaway),
+                  squash=Credentials(*squash) if squash else None)
 
 
 def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict[str, Export]:
@@ -107,23 +136,34 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
         # The server refuses changes for any backend, so --read-only covers trees too.
         exports[""] = Export(fs, squash=Credentials(*squash) if squash else None,
                              read_only=args.read_only)
-    if args.export:
+    if args.export and (args.upper or args.throwaway_upper):
+        name = "" if "" not in exports else args.export
+        exports[name] = _cow_export(args.export, args.upper, args.throwaway_upper, squash)
+    elif args.export:
         name = "" if "" not in exports else args.export
         try:
             exports[name] = _host_export(args.export, args.read_only, squash,
                                          statfs_passthru=args.statfs_passthru,
                                          identity_inline=args.identity_inline,
-                                         listing_cache=args.listing_cache)
+                                         listing_cache=args.listing_cache,
+                                         identity=args.identity,
+                                         mapped_owner=parse_squash(args.mapped_owner, "--mapped-owner")
+                                         if args.mapped_owner else (0, 0))
         except OSError as exc:
             raise ValueError(f"--export {args.export}: {exc.strerror or exc}") from None
     for item in config.exports if config else ():
         if item.name in exports:
             raise ValueError(f"export {item.name!r} is defined twice")
+        if item.base is not None:
+            exports[item.name] = _cow_export(item.base, item.upper, item.throwaway, item.squash)
+            continue
         try:
             exports[item.name] = _host_export(item.path, item.read_only, item.squash,
                                               statfs_passthru=item.statfs_passthru,
                                               identity_inline=item.identity_inline,
-                                              listing_cache=item.listing_cache)
+                                              listing_cache=item.listing_cache,
+                                              identity=item.identity,
+                                              mapped_owner=item.mapped_owner)
         except OSError as exc:  # the path is checked where it is opened: say which line
             raise ConfigError(f"{item.where}: exports.{item.name}.path: {item.path}: "
                               f"{exc.strerror or exc}") from None
@@ -132,15 +172,34 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
     return exports
 
 
-async def _run(server, urls: list[str], worker_fds: tuple[int, int] | None = None) -> None:
+def build_limits(args: argparse.Namespace, config: ServerConfig | None) -> Limits:
+    msize = parse_size(args.msize) if args.msize else (config.msize if config else None)
+    return Limits(max_msize=msize or Limits().max_msize,
+                  **{**(config.limits if config else {}), **parse_limits(args.limit)})
+
+
+def build_server(args: argparse.Namespace, config: ServerConfig | None) -> Server:
+    """The Server that serves these settings in this process (``--workers`` runs it in
+    each worker: the supervisor hands this function and the settings over)."""
+    return Server(build_exports(args, config), limits=build_limits(args, config),
+                  trace=args.trace, grace_period=args.grace)
+
+
+async def _run(server, urls: list[str], exports: dict[str, Export] | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_on_signals, signals, server, nursery.cancel_scope)
-            if worker_fds is not None:
-                await run_worker(server, *worker_fds)
-            else:
-                await server.run(urls)
+            async with trio.open_nursery() as serving:
+                await serving.start(server.run, urls)
+                _log_identities(exports or {})  # once serving: errors stay one line
             nursery.cancel_scope.cancel()  # served and shut down: stop watching signals
+
+
+def _log_identities(exports: dict[str, Export]) -> None:
+    for name, export in exports.items():
+        identity = getattr(export.filesystem, "identity", None)
+        if identity:
+            log.info("export %s: identity %s", name or "(default)", identity)
 
 
 async def _on_signals(signals, server, everything: trio.CancelScope) -> None:
@@ -157,30 +216,13 @@ async def _on_signals(signals, server, everything: trio.CancelScope) -> None:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    who = f"ninepd[worker {os.getpid()}]" if args.worker_fds else "ninepd"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {who} %(levelname)s %(message)s")
+                        format="%(asctime)s ninepd %(levelname)s %(message)s")
     if args.trace:
         logging.getLogger("ninep.trace").setLevel(logging.INFO)
     try:
         config = load_config(args.config) if args.config else None
-        exports = build_exports(args, config)
-        msize = parse_size(args.msize) if args.msize else (config.msize if config else None)
-        limits = Limits(max_msize=msize or Limits().max_msize,
-                        max_fids=(config.max_fids if config and config.max_fids else 65536),
-                        max_in_flight=(config.max_in_flight if config and config.max_in_flight else 256))
-        workers = (args.workers if args.workers is not None
-                   else config.workers if config and config.workers else 1)
-        if workers < 1:
-            raise ValueError("--workers must be at least 1")
-        if workers > 1 and args.synthetic:
-            raise ValueError("--workers > 1 serves host exports only: a synthetic tree "
-                             "lives in one process")
-        worker_fds = _parse_worker_fds(args.worker_fds) if args.worker_fds else None
     except ConfigError as exc:
-        print(f"ninepd: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, ImportError, AttributeError, TypeError) as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2
     urls = args.listen or (config.listen if config and config.listen else [])
@@ -188,19 +230,37 @@ def main(argv: list[str]) -> int:
         urls = ["systemd://"] if systemd_activated() else [DEFAULT_LISTEN]
     # Where each URL came from, for errors: a config's FILE:LINE, else the command line.
     origin = dict(zip(config.listen, config.listen_where)) if config and not args.listen else {}
-    if worker_fds is None:
-        try:
-            for url in urls:  # before the event loop: fd:// must not find trio's own fds
-                check_url(url)
-        except ListenError as exc:
-            print(_listen_error(exc, origin), file=sys.stderr)
-            return 2
-    if workers > 1 and worker_fds is None:
-        server = Supervisor([*argv, "--workers", "1"], workers, grace_period=args.grace)
-    else:
-        server = Server(exports, limits=limits, trace=args.trace, grace_period=args.grace)
     try:
-        trio.run(_run, server, urls, worker_fds)
+        for url in urls:  # before the event loop: fd:// must not find trio's own fds
+            check_url(url)
+    except ListenError as exc:
+        print(_listen_error(exc, origin), file=sys.stderr)
+        return 2
+    try:
+        workers = (args.workers if args.workers is not None
+                   else config.workers if config and config.workers else 1)
+        if workers < 1:
+            raise ValueError("--workers must be at least 1")
+        # With workers too: a bad export or size is reported here, once, with status 2.
+        server = build_server(args, config)
+        if workers > 1 and (args.synthetic or any(
+                getattr(e.filesystem, "sub_anames", False) for e in server.exports.values())):
+            raise ValueError("--workers > 1 serves host exports only: a synthetic tree "
+                             "or a copy-on-write tree lives in one process")
+    except ConfigError as exc:
+        print(f"ninepd: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, ImportError, AttributeError, TypeError) as exc:
+        print(f"ninepd: {exc}", file=sys.stderr)
+        return 2
+    exports = server.exports
+    if workers > 1:
+        trio.run(_close_exports, server)  # the workers serve; each builds its own
+        server = Supervisor(WorkerStart(build_server, (args, config), args.log_level.upper()),
+                            workers, grace_period=args.grace)
+    use_fd_limit()
+    try:
+        trio.run(_run, server, urls, exports)
     except BaseExceptionGroup as group:
         listen_errors, others = group.split(ListenError)
         if others is not None or listen_errors is None:
@@ -217,9 +277,21 @@ def _listen_error(exc: ListenError, origin: dict[str, str]) -> str:
     return f"ninepd: {where}: listen: {exc}" if where else f"ninepd: {exc}"
 
 
-def _parse_worker_fds(text: str) -> tuple[int, int]:
-    ctl, _, rpc = text.partition(",")
-    return int(ctl), int(rpc)
+def parse_limits(items: list[str]) -> dict[str, int]:
+    """--limit NAME=N, ... -> {NAME: N}; ValueError names what is wrong."""
+    limits: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in LIMIT_NAMES:
+            raise ValueError(f"--limit wants NAME=N with NAME one of {', '.join(LIMIT_NAMES)}, "
+                             f"not {item!r}")
+        limits[name] = parse_size(value)
+    return limits
+
+
+async def _close_exports(server: Server) -> None:
+    for export in server.exports.values():
+        await export.filesystem.aclose()
 
 
 def _leaves(group: BaseExceptionGroup):
@@ -235,4 +307,6 @@ def main_entry() -> None:
 
 
 if __name__ == "__main__":
-    main_entry()
+    # Run as ninep.cli, not __main__: workers get build_server pickled by reference,
+    # and a fresh interpreter finds it only under its module's real name.
+    importlib.import_module("ninep.cli").main_entry()

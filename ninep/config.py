@@ -5,10 +5,15 @@
       - unix:///run/ninep.sock
     msize: 1M                     # optional; 4096 .. (default 1 MiB)
     workers: 2                    # optional; processes serving connections (default 1)
+    max_locks: 32768              # optional per-connection limits: any of the names in
+    max_xattr_bytes: 1M           #   server.session.LIMIT_NAMES (docs/server.md)
     exports:                      # aname -> export; the first one is the default
       root:                       #   (what aname "" or "/" selects)
         path: /srv/guest-root
         read_only: false
+        identity: passthrough     # passthrough | mapped | per-user | squash; default:
+                                  #   passthrough as root, mapped otherwise
+        mapped_owner: "0:0"       # mapped: the owner of files without user.virtfs.*
         squash: null              # or "UID:GID": every attach acts as that identity
         statfs_passthru: false    # true: statfs reports the host filesystem's f_type
         identity_inline: false    # true: switch to the guest's identity on the event
@@ -18,6 +23,10 @@
       share:
         path: /srv/share
         read_only: true
+      vms:                        # copy-on-write: a read-only base, an upper per guest
+        base: /srv/debian.tar.zst #   a directory or a .tar[.gz|.xz|.zst]
+        upper: /srv/vms/{aname}   #   aname "vms/web1" -> /srv/vms/web1 (docs/cow.md)
+        throwaway: false          #   true: a temporary upper per guest, gone at unmount
 
 Errors name the file, the line and the key: the document is *composed* (yaml's node
 tree keeps each node's position) rather than loaded, and checked node by node.
@@ -29,12 +38,15 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .fs.hostmodel import MODELS
 from .protocol.constants import MIN_MSIZE
+from .server.session import LIMIT_NAMES
 
-_TOP_KEYS = {"listen", "msize", "exports", "max_fids", "max_in_flight", "workers"}
+_TOP_KEYS = {"listen", "msize", "exports", "workers", *LIMIT_NAMES}
 _EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline",
-                "listing_cache"}
-_EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache")
+                "listing_cache", "identity", "mapped_owner", "base", "upper", "throwaway"}
+_EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache",
+                 "throwaway")
 
 
 class ConfigError(Exception):
@@ -44,13 +56,18 @@ class ConfigError(Exception):
 @dataclass
 class ExportConfig:
     name: str
-    path: str
+    path: str | None = None
+    base: str | None = None  # copy-on-write: base and upper instead of path
+    upper: str | None = None
+    throwaway: bool = False
     read_only: bool = False
     squash: tuple[int, int] | None = None
     statfs_passthru: bool = False
     identity_inline: bool = False
     listing_cache: bool = True
     where: str = ""               # "FILE:LINE" of path, for errors found when it is opened
+    identity: str | None = None  # None: the default for who runs the server
+    mapped_owner: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -59,17 +76,25 @@ class ServerConfig:
     listen: list[str] = field(default_factory=list)
     listen_where: list[str] = field(default_factory=list)  # "FILE:LINE" of each listen URL
     msize: int | None = None
-    max_fids: int | None = None
-    max_in_flight: int | None = None
+    limits: dict[str, int] = field(default_factory=dict)  # LIMIT_NAMES -> value
     workers: int | None = None
 
 
-def parse_squash(text: str) -> tuple[int, int]:
+def parse_squash(text: str, what: str = "squash") -> tuple[int, int]:
     """"UID:GID" -> (uid, gid); ValueError says what is wrong."""
     uid, sep, gid = str(text).partition(":")
     if not sep or not uid.isdigit() or not gid.isdigit():
-        raise ValueError(f"squash must be UID:GID (numbers), not {text!r}")
+        raise ValueError(f"{what} must be UID:GID (numbers), not {text!r}")
     return int(uid), int(gid)
+
+
+IDENTITY_MODELS = MODELS
+
+
+def parse_identity(text: str) -> str:
+    if text not in IDENTITY_MODELS:
+        raise ValueError(f"identity must be one of {', '.join(IDENTITY_MODELS)}, not {text!r}")
+    return text
 
 
 def parse_size(text: str | int) -> int:
@@ -161,10 +186,8 @@ def parse_config(text: str, filename: str = "<config>") -> ServerConfig:
                 config.listen_where.append(check.where(item))
         elif key == "msize":
             config.msize = check.count(value, key, MIN_MSIZE)
-        elif key == "max_fids":
-            config.max_fids = check.count(value, key)
-        elif key == "max_in_flight":
-            config.max_in_flight = check.count(value, key)
+        elif key in LIMIT_NAMES:
+            config.limits[key] = check.count(value, key)
         elif key == "workers":
             config.workers = check.count(value, key, 1)
         elif key == "exports":
@@ -185,20 +208,32 @@ def _exports(check: _Checker, node: yaml.Node) -> list[ExportConfig]:
             full = f"{where}.{key}"
             if key not in _EXPORT_KEYS:
                 raise check.fail(key_node, full, f"unknown key (expected one of {', '.join(sorted(_EXPORT_KEYS))})")
-            if key == "path":
-                settings["path"] = check.string(value, full)
-                settings["where"] = check.where(value)
+            if key in ("path", "base", "upper"):
+                settings[key] = check.string(value, full)
+                settings.setdefault("where", check.where(value))
             elif key in _EXPORT_FLAGS:
                 settings[key] = check.boolean(value, full)
-            elif key == "squash":
+            elif key in ("squash", "mapped_owner"):
                 # The node's own text: YAML 1.1 would read "1:30" as the number 90.
                 if check.scalar(value, full) is not None:
                     try:
-                        settings["squash"] = parse_squash(value.value)
+                        settings[key] = parse_squash(value.value, key)
                     except ValueError as exc:
                         raise check.fail(value, full, str(exc)) from None
-        if "path" not in settings:
+            elif key == "identity":
+                try:
+                    settings["identity"] = parse_identity(check.string(value, full))
+                except ValueError as exc:
+                    raise check.fail(value, full, str(exc)) from None
+        if "base" in settings:
+            if "path" in settings:
+                raise check.fail(name_node, f"{where}.path", "give path, or base (copy-on-write), not both")
+            if "upper" not in settings and not settings.get("throwaway"):
+                raise check.fail(name_node, f"{where}.upper", "missing (or throwaway: true)")
+        elif "path" not in settings:
             raise check.fail(name_node, f"{where}.path", "missing (the directory to export)")
+        elif "upper" in settings or "throwaway" in settings:
+            raise check.fail(name_node, f"{where}.base", "upper and throwaway need a base")
         out.append(ExportConfig(name=name, **settings))
     return out
 

@@ -107,12 +107,17 @@ class Filesystem:
 
     ``prompt``: True when no operation of this filesystem ever waits for anything but
     the host itself (no other client, no event, no data that may never come). The
-    server may then answer a request in the connection's reader task when it is the
-    only one in flight, a task switch fewer. A backend whose reads can wait (streams,
-    pipes, anything fed by another client) must leave it False.
+    server then answers its requests (all but Tlock and Tfsync) in the connection's
+    reader task, which reads nothing else meanwhile: no task, no task switch. A backend
+    whose reads can wait (streams, pipes, anything fed by another client) must leave
+    it False.
     """
 
     prompt: bool = False
+    #: True when ``attach``'s aname means something (copy-on-write: one upper per
+    #: aname): the server then hands over what follows "EXPORT/" in Tattach's aname.
+    #: Otherwise the backend always gets "".
+    sub_anames: bool = False
 
     async def attach(self, aname: str, creds: Credentials) -> "File":
         raise errno_error(errno.ENOSYS, "attach")

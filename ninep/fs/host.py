@@ -13,9 +13,11 @@ I/O fds come from re-opening the O_PATH fd through ``/proc/self/fd/N``, which re
 the same inode without a name lookup; the file type is checked on the O_PATH fd first
 (an inode's type never changes, so the check cannot race).
 
-When the server runs as root and the attach named a user, each operation that the
-host kernel permission-checks runs in a worker thread under that user's fsuid/fsgid
-and groups (``identity.run_as``). Otherwise it runs inline as the server itself.
+Whose ownership a guest's files carry is the export's identity model (``hostmodel``):
+passthrough and mapped run everything as the server and apply the owner a request
+carries (on the inode, or in user.virtfs.* xattrs); per-user and squash, with a root
+server, run each permission-checked operation under the attaching user's
+fsuid/fsgid and groups (``identity.run_as``), in a worker thread by default.
 See docs/host-export.md for the choices and measurements.
 """
 
@@ -30,18 +32,19 @@ from typing import Callable, Sequence, TypeVar
 
 import trio
 
-from ..protocol.constants import (
-    ACCMODE, AT_REMOVEDIR, OpenFlags, SetattrMask, V9FS_MAGIC,
-    dotl_to_host_flags)
+from ..protocol.constants import ACCMODE, AT_REMOVEDIR, OpenFlags, QidType, SetattrMask, V9FS_MAGIC
+from .openflags import dotl_to_host_flags
 from ..protocol.messages import Dirent, Qid
 from ..protocol.codec import unpack_dirents
-from . import hostdir, hostsys
+from . import hostdir, hostmodel, hostsys
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
 from .hostqid import QidMapper
 from .hostattr import attributes_of, check_offset, truncate
+from .hostmodel import MAPPED, SWITCHING_MODELS
 from .hostpath import (
-    FdRef, apply_creation_attrs, check_component, check_new_name, check_xattr_name,
-    find_name, names_inode, proc_path, raise_fd_limit, remove_at, rename_at, time_arg)
+    FdRef, check_component, check_new_name, find_name, names_inode, proc_path,
+    raise_fd_limit, remove_at, rename_at, time_arg)
+from .hostxattr import HostXattrs
 from .identity import needs_switch, run_as
 
 T = TypeVar("T")
@@ -59,6 +62,8 @@ _ACCMODE, _TRUNC, _EXCL = int(ACCMODE), int(OpenFlags.TRUNC), int(OpenFlags.EXCL
 _WRITE_ACCESS = (int(OpenFlags.WRONLY), int(OpenFlags.RDWR))
 _SYNC_FLAGS = int(OpenFlags.SYNC | OpenFlags.DSYNC)
 _host_flags = functools.lru_cache(maxsize=1024)(dotl_to_host_flags)
+_ALL_BUT_CTIME = int(SetattrMask.MODE | SetattrMask.UID | SetattrMask.GID | SetattrMask.SIZE
+                     | SetattrMask.ATIME | SetattrMask.MTIME)
 _ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
@@ -71,14 +76,17 @@ class HostFilesystem(Filesystem):
     identity on the event-loop thread itself, around a syscall sequence that never
     yields, instead of in a worker thread (~10x cheaper; see docs/host-export.md).
     ``listing_cache``: keep listings of directories unchanged for a while
-    (``hostdir.ListingCache``; docs/performance.md).
+    (``hostdir.ListingCache``; docs/performance.md). ``identity``/``mapped_owner``:
+    the identity model (``hostmodel``; docs/host-export.md).
     """
 
     prompt = True  # host syscalls only: no request waits on another client or an event
 
     def __init__(self, root: str, *, read_only: bool = False,
                  squash: tuple[int, int] | None = None, pass_statfs: bool = False,
-                 identity_inline: bool = False, listing_cache: bool = True) -> None:
+                 identity_inline: bool = False, listing_cache: bool = True,
+                 identity: str | None = None,
+                 mapped_owner: tuple[int, int] = (0, 0)) -> None:
         self.read_only = read_only
         self.identity_inline = identity_inline
         self.squash = squash
@@ -90,6 +98,21 @@ class HostFilesystem(Filesystem):
         self._root = FdRef(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         st = os.stat(self._root.fd)
         self.root_key = (st.st_dev, st.st_ino)
+        # hostmodel: passthrough, mapped, per-user or squash (None: root passthrough,
+        # others mapped). mapped_owner: what files without mapped xattrs show.
+        self.identity = hostmodel.check_model(
+            identity or hostmodel.default_model(squash), squash)
+        if self.identity == MAPPED and not hostmodel.has_user_xattrs(self._root.fd):
+            if identity is not None:
+                self._root.release()
+                raise ValueError(f"identity mapped needs user.* xattrs, which the "
+                                 f"filesystem of {root} does not have")
+            log.warning("%s: no user.* xattrs on this filesystem, so not mapped: serving "
+                        "per-user (files show their host owners)", root)
+            self.identity = hostmodel.PER_USER
+        self.mapped = self.identity == MAPPED
+        self.mapped_owner = mapped_owner
+        self.mapped_cache = hostmodel.MappedCache()
         raise_fd_limit()
 
     async def attach(self, aname: str, creds: Credentials) -> "HostFile":
@@ -123,7 +146,7 @@ class HostFilesystem(Filesystem):
             raise errno_error(errno.EROFS, "read-only export")
 
 
-class HostFile(File):
+class HostFile(HostXattrs, File):
     """One fid on a host export. See the module docstring for the invariants."""
 
     def __init__(self, fs: HostFilesystem, node: FdRef, parent: FdRef | None,
@@ -135,7 +158,9 @@ class HostFile(File):
         self._parent = parent  # None: root, or not known yet (reached by "..")
         self._name = name
         self._creds = creds
-        self._switch = needs_switch(creds) if switch is None else switch
+        if switch is None:
+            switch = fs.identity in SWITCHING_MODELS and needs_switch(creds)
+        self._switch = switch
         self._is_root = is_root
         self._fmt = stat.S_IFMT(st.st_mode)
         self._io = io
@@ -160,6 +185,13 @@ class HostFile(File):
                 return run_as(self._creds, fn, *args)
             return await trio.to_thread.run_sync(run_as, self._creds, fn, *args)
         return fn(*args)
+
+    def _own_new(self, fd: int, st: os.stat_result, guest_mode: int, gid: int,
+                 rdev: int | None = None) -> os.stat_result:
+        """Give a new entry the ownership its request carries, as the model keeps it."""
+        fs = self._fs
+        return hostmodel.own_new(fs.identity, fd, st, guest_mode, self._creds.uid, gid,
+                                 fs.mapped_owner, rdev)
 
     def _io_fd(self) -> int:
         if self._io is None:
@@ -262,6 +294,8 @@ class HostFile(File):
             raise errno_error(errno.ELOOP, "open of a symlink")
         if self._fmt not in (stat.S_IFREG, stat.S_IFDIR):
             raise errno_error(errno.ENXIO, "host device nodes, FIFOs and sockets are not opened")
+        if self._fs.mapped and self._fmt == stat.S_IFREG:
+            hostmodel.check_openable(self._node.fd, self._fmt)
         host = _host_flags(flags) & ~(os.O_CREAT | os.O_EXCL)
         host |= os.O_CLOEXEC | os.O_NOCTTY
         if self._fmt == stat.S_IFDIR:
@@ -293,7 +327,8 @@ class HostFile(File):
         host = _host_flags(flags) & ~os.O_DIRECTORY
         host |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
         try:
-            fd = os.open(name, host, mode & 0o7777, dir_fd=self._node.fd)
+            fd = os.open(name, host, hostmodel.MAPPED_FILE_MODE if self._fs.mapped
+                         else mode & 0o7777, dir_fd=self._node.fd)
         except FileExistsError:
             if flags & _EXCL:
                 raise
@@ -303,7 +338,13 @@ class HostFile(File):
         except OSError:
             os.close(fd)
             raise
-        st = apply_creation_attrs(path_fd, os.stat(fd), mode, gid)
+        try:
+            st = self._own_new(path_fd, os.stat(fd), stat.S_IFREG | (mode & 0o7777), gid)
+        except BaseException:
+            os.close(fd)
+            os.close(path_fd)
+            os.unlink(name, dir_fd=self._node.fd)
+            raise
         new = self._new_file(FdRef(path_fd), self._node.acquire(), name, st, FdRef(fd))
         new._sync_writes = bool(flags & _SYNC_FLAGS)
         return new
@@ -378,7 +419,8 @@ class HostFile(File):
         qids = self._fs.qids
         self.qid = qids.qid_of(dir_st)
         records, skipped = hostdir.list_directory(self._fs.listings, fd, offset, count, qids,
-                                                  dir_st, self._is_root, at_least_one)
+                                                  dir_st, self._is_root, at_least_one,
+                                                  mapped=self._fs.mapped)
         if skipped and not self._logged_bad_names:
             self._logged_bad_names = True  # once per open directory, not per Treaddir
             log.debug("readdir of %s: skipping %d name(s) that are not UTF-8, e.g. %r",
@@ -393,6 +435,13 @@ class HostFile(File):
     # --- metadata ------------------------------------------------------------------
     async def getattr(self, mask: int) -> Attr:
         attr = attributes_of(self._node.fd, self._fs.qids, mask)
+        if self._fs.mapped:
+            mapped = self._fs.mapped_cache.read(self._node.fd, self._fmt, attr.qid.path,
+                                                (attr.ctime_sec, attr.ctime_nsec))
+            attr.mode, attr.uid, attr.gid, attr.rdev = hostmodel.guest_view(
+                attr.mode, attr.rdev, mapped, self._fs.mapped_owner)
+            if stat.S_ISLNK(attr.mode) and self._fmt != stat.S_IFLNK:
+                attr.qid = Qid(int(QidType.SYMLINK), attr.qid.version, attr.qid.path)
         self.qid = attr.qid
         return attr
 
@@ -404,10 +453,12 @@ class HostFile(File):
         """Owner first (chown clears set-id bits, so an explicit mode must come after
         it), then mode, then size (truncate sets mtime), then the times asked for."""
         valid, node = attr.valid, self._node.fd
-        if valid & (SetattrMask.UID | SetattrMask.GID):
+        if self._fs.mapped:
+            hostmodel.setattr_mapped(node, self._fmt, attr, self._fs.mapped_owner)
+        elif valid & (SetattrMask.UID | SetattrMask.GID):
             hostsys.fchown_empty(node, attr.uid if valid & SetattrMask.UID else -1,
                                  attr.gid if valid & SetattrMask.GID else -1)
-        if valid & SetattrMask.MODE:
+        if valid & SetattrMask.MODE and not self._fs.mapped:
             if self._fmt == stat.S_IFLNK:
                 raise errno_error(errno.EOPNOTSUPP, "chmod of a symlink")
             os.chmod(proc_path(node), attr.mode & 0o7777)
@@ -426,6 +477,10 @@ class HostFile(File):
                     parent.release()
             else:
                 hostsys.utimensat(hostsys.AT_FDCWD, proc_path(node), atime, mtime, nofollow=False)
+        if valid & _ALL_BUT_CTIME == 0 and valid & SetattrMask.CTIME:
+            # chown(f, -1, -1) in the guest: nothing changes but the ctime, which a
+            # chown of the host inode to (-1, -1) sets, as ext4 does.
+            hostsys.fchown_empty(node, -1, -1)
 
     async def statfs(self) -> StatFs:
         fd = self._node.fd
@@ -437,40 +492,57 @@ class HostFile(File):
             namelen=vfs.f_namemax)
 
     async def readlink(self) -> str:
+        if self._fs.mapped and self._fmt == stat.S_IFREG:
+            target = hostmodel.read_symlink_file(self._node.fd)
+            if target is not None:
+                return target
         if self._fmt != stat.S_IFLNK:
             raise errno_error(errno.EINVAL, "not a symlink")
         return os.readlink("", dir_fd=self._node.fd)
 
     # --- directory mutations (self is the directory) --------------------------------
     async def mkdir(self, name: str, mode: int, gid: int) -> Qid:
-        return await self._make(name, gid, mode, os.mkdir, name, mode & 0o7777)
+        return await self._make(name, gid, stat.S_IFDIR | (mode & 0o7777), None,
+                                os.mkdir, name, mode & 0o7777)
 
     async def symlink(self, name: str, target: str, gid: int) -> Qid:
         if not target or "\0" in target:
             raise errno_error(errno.EINVAL if target else errno.ENOENT, "symlink target")
-        return await self._make(name, gid, None, os.symlink, target, name)
+        return await self._make(name, gid, stat.S_IFLNK | 0o777, None, os.symlink, target, name,
+                                target=target)
 
     async def mknod(self, name: str, mode: int, major: int, minor: int, gid: int) -> Qid:
         if stat.S_IFMT(mode) not in _ALLOWED_MKNOD:
             raise errno_error(errno.EINVAL, "mknod type")
-        return await self._make(name, gid, mode, os.mknod, name,
-                                stat.S_IFMT(mode) | (mode & 0o7777), os.makedev(major, minor))
+        mode = stat.S_IFMT(mode) | (mode & 0o7777)
+        rdev = os.makedev(major, minor)
+        return await self._make(name, gid, mode, rdev, os.mknod, name, mode, rdev)
 
-    async def _make(self, name: str, gid: int, mode: int | None,
-                    maker: Callable[..., None], *args) -> Qid:
+    async def _make(self, name: str, gid: int, guest_mode: int, rdev: int | None,
+                    maker: Callable[..., None], *args, target: str | None = None) -> Qid:
         self._fs.check_writable()
         check_new_name(name)
         if self._fmt != stat.S_IFDIR:
             raise errno_error(errno.ENOTDIR, "not a directory")
-        return await self._call(self._make_sync, name, gid, mode, maker, args)
+        return await self._call(self._make_sync, name, gid, guest_mode, rdev, maker, args,
+                                target)
 
-    def _make_sync(self, name: str, gid: int, mode: int | None,
-                   maker: Callable[..., None], args: tuple) -> Qid:
-        maker(*args, dir_fd=self._node.fd)
+    def _make_sync(self, name: str, gid: int, guest_mode: int, rdev: int | None,
+                   maker: Callable[..., None], args: tuple, target: str | None) -> Qid:
+        if self._fs.mapped:
+            hostmodel.make_mapped_entry(self._node.fd, name, guest_mode, target)
+        else:
+            maker(*args, dir_fd=self._node.fd)
         fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=self._node.fd)
         try:
-            st = apply_creation_attrs(fd, os.stat(fd), mode, gid)
-            return self._fs.qids.qid_of(st)
+            try:
+                st = self._own_new(fd, os.stat(fd), guest_mode, gid, rdev)
+            except BaseException:
+                remove_at(os.rmdir if stat.S_ISDIR(guest_mode) else os.unlink,
+                          self._node.fd, name)
+                raise
+            return self._fs.qids.qid(guest_mode if self._fs.mapped else st.st_mode,
+                                     st.st_dev, st.st_ino)
         finally:
             os.close(fd)
 
@@ -563,40 +635,6 @@ class HostFile(File):
             finally:
                 ref.release()
         raise errno_error(errno.ENOENT, "file no longer reachable by name")
-
-    # --- extended attributes ---------------------------------------------------------
-    def _xattr_path(self) -> tuple[str, bool, FdRef | None]:
-        """(path, follow, parent to release). Non-symlinks: the magic link, followed to
-        the inode. Symlinks: parent-relative name, not followed."""
-        if self._fmt != stat.S_IFLNK:
-            return proc_path(self._node.fd), True, None
-        parent, name = self._locate_sync()
-        return f"{proc_path(parent.fd)}/{name}", False, parent
-
-    def _xattr_sync(self, op: Callable[..., T], *args) -> T:
-        path, follow, parent = self._xattr_path()
-        try:
-            return op(path, *args, follow_symlinks=follow)
-        finally:
-            if parent is not None:
-                parent.release()
-
-    async def xattr_get(self, name: str) -> bytes:
-        check_xattr_name(name)
-        return await self._call(self._xattr_sync, os.getxattr, name)
-
-    async def xattr_list(self) -> list[str]:
-        return await self._call(self._xattr_sync, os.listxattr)
-
-    async def xattr_set(self, name: str, value: bytes, flags: int) -> None:
-        check_xattr_name(name)
-        self._fs.check_writable()
-        await self._call(self._xattr_sync, os.setxattr, name, bytes(value), flags)
-
-    async def xattr_remove(self, name: str) -> None:
-        check_xattr_name(name)
-        self._fs.check_writable()
-        await self._call(self._xattr_sync, os.removexattr, name)
 
     # --- lifetime ----------------------------------------------------------------
     async def close(self) -> None:

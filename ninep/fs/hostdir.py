@@ -32,9 +32,10 @@ from ..protocol.codec import DIRENT_HEAD
 from ..protocol.constants import QidType
 from ..protocol.messages import Qid
 from . import hostsys
+from .hostmodel import read_mapped_mode_at
 from .hostqid import HOST_QID_VERSION, INODE_MASK, QidMapper
 
-_DT_UNKNOWN, _DT_DIR, _DT_LNK = 0, 4, 10
+_DT_UNKNOWN, _DT_DIR, _DT_REG, _DT_LNK = 0, 4, 8, 10
 _DTYPE_TO_QID = {_DT_DIR: int(QidType.DIR), _DT_LNK: int(QidType.SYMLINK)}
 _MODE_TO_DIRENT_SHIFT = 12  # DT_* == S_IFMT(mode) >> 12 on Linux
 _U64 = (1 << 64) - 1
@@ -43,30 +44,35 @@ _DIR_BUFSIZE_MAX = 256 * 1024
 
 def list_directory(cache: "ListingCache | None", fd: int, cookie: int, count: int,
                    qids: QidMapper, dir_st: os.stat_result, at_root: bool,
-                   at_least_one: bool) -> tuple[bytes, list[bytes]]:
+                   at_least_one: bool, mapped: bool = False) -> tuple[bytes, list[bytes]]:
     """Rreaddir data from ``cookie`` (see ``list_packed``), from ``cache`` when it
     holds this directory unchanged, else from the host (keeping the whole listing
-    when the directory has settled and a client starts reading it from the top)."""
+    when the directory has settled and a client starts reading it from the top).
+    ``mapped``: a regular host file may be any type in the guest (hostmodel): its
+    type comes from its ``user.virtfs.mode`` (QEMU's mapped-xattr says DT_UNKNOWN
+    instead, which costs the guest a lookup per entry)."""
     skipped: list[bytes] = []
     if cache is not None:
         known, listing = cache.lookup(dir_st, at_root)
         if not known and cookie == 0:
-            listing, skipped = cache.read(fd, qids, dir_st, at_root)
+            listing, skipped = cache.read(fd, qids, dir_st, at_root, mapped)
         if listing is not None:
             records = listing.records(cookie, count, at_least_one)
             if records is not None:
                 return records, skipped
     records, more = list_packed(fd, cookie, count, qids, dir_st, at_root,
-                                at_least_one=at_least_one)
+                                at_least_one=at_least_one, mapped=mapped)
     return records, skipped + more
 
 
 class _Directory:
     """What every record of one listing needs to know about its directory."""
 
-    __slots__ = ("fd", "qids", "dev", "base", "self_qid", "at_root", "lstat_used")
+    __slots__ = ("fd", "qids", "dev", "base", "self_qid", "at_root", "lstat_used",
+                 "mapped")
 
-    def __init__(self, fd: int, qids: QidMapper, dir_st: os.stat_result, at_root: bool):
+    def __init__(self, fd: int, qids: QidMapper, dir_st: os.stat_result, at_root: bool,
+                 mapped: bool = False):
         self.fd = fd
         self.qids = qids
         self.dev = dir_st.st_dev
@@ -74,10 +80,12 @@ class _Directory:
         self.self_qid = qids.qid_of(dir_st)
         self.at_root = at_root
         self.lstat_used = False  # some entry had no d_type: its qid came from lstat
+        self.mapped = mapped
 
 
 def list_packed(fd: int, cookie: int, count: int, qids: QidMapper, dir_st: os.stat_result,
-                at_root: bool, *, at_least_one: bool = False) -> tuple[bytes, list[bytes]]:
+                at_root: bool, *, at_least_one: bool = False,
+                mapped: bool = False) -> tuple[bytes, list[bytes]]:
     """Rreaddir data for the open directory ``fd`` from ``cookie``: as many whole
     records as fit in ``count`` bytes (``at_least_one``: the first even if it does
     not). Returns (records, names skipped because they are not UTF-8)."""
@@ -85,7 +93,8 @@ def list_packed(fd: int, cookie: int, count: int, qids: QidMapper, dir_st: os.st
     raw = hostsys.read_dir_raw(fd, cookie, bufsize)
     parts: list[bytes] = []
     skipped: list[bytes] = []
-    _pack(raw, count, at_least_one, _Directory(fd, qids, dir_st, at_root), parts, skipped)
+    _pack(raw, count, at_least_one, _Directory(fd, qids, dir_st, at_root, mapped), parts,
+          skipped)
     return b"".join(parts), skipped
 
 
@@ -96,7 +105,7 @@ def _pack(raw: bytes, limit: int, at_least_one: bool, here: _Directory, parts: l
     return the new ``used``. ``marks`` (if given) gets (record's cookie, ``used``
     after the record)."""
     qids, base, dev, fd = here.qids, here.base, here.dev, here.fd
-    self_qid, at_root = here.self_qid, here.at_root
+    self_qid, at_root, mapped = here.self_qid, here.at_root, here.mapped
     pack = DIRENT_HEAD.pack
     fixed = DIRENT_HEAD.size
     unpack = hostsys.DIRENT64_HEAD.unpack_from
@@ -126,9 +135,13 @@ def _pack(raw: bytes, limit: int, at_least_one: bool, here: _Directory, parts: l
             qid, dtype = _lstat_entry(qids, fd, dev, ino, name)
             qid_type, version, path = qid.type, qid.version, qid.path
             here.lstat_used = True
+            if dtype == _DT_REG and mapped:
+                qid_type, dtype = _mapped_type(fd, name)
         else:
             qid_type, version = dtype_to_qid(dtype, 0), HOST_QID_VERSION
             path = base | ino if base is not None and ino <= INODE_MASK else qids.path(dev, ino)
+            if dtype == _DT_REG and mapped:
+                qid_type, dtype = _mapped_type(fd, name)
         next_cookie &= _U64
         append(pack(qid_type, version, path, next_cookie, dtype, len(name)))
         append(name)
@@ -213,12 +226,12 @@ class ListingCache:
         return True, found[1]
 
     def read(self, fd: int, qids: QidMapper, dir_st: os.stat_result,
-             at_root: bool) -> tuple[Listing | None, list[bytes]]:
+             at_root: bool, mapped: bool = False) -> tuple[Listing | None, list[bytes]]:
         """Read and keep the whole directory if it has settled; (None, []) if not,
         or if it cannot be kept (the caller then lists as usual)."""
         if dir_st.st_ctime_ns > time.time_ns() - self.settled_ns:
             return None, []
-        here = _Directory(fd, qids, dir_st, at_root)
+        here = _Directory(fd, qids, dir_st, at_root, mapped)
         parts: list[bytes] = []
         skipped: list[bytes] = []
         marks: list[tuple[int, int]] = []
@@ -253,3 +266,12 @@ def _lstat_entry(qids: QidMapper, dir_fd: int, dev: int, ino: int,
     except OSError:  # gone meanwhile: keep what getdents said
         return Qid(0, 0, qids.path(dev, ino)), _DT_UNKNOWN
     return qids.qid_of(st), stat.S_IFMT(st.st_mode) >> _MODE_TO_DIRENT_SHIFT
+
+
+def _mapped_type(dir_fd: int, name: bytes) -> tuple[int, int]:
+    """(qid type, d_type) of the regular host file ``name`` in a mapped export."""
+    mode = read_mapped_mode_at(dir_fd, name)
+    fmt = stat.S_IFMT(mode) if mode is not None else stat.S_IFREG
+    if fmt in (0, stat.S_IFDIR):  # a host file is never a guest directory
+        fmt = stat.S_IFREG
+    return (int(QidType.SYMLINK) if fmt == stat.S_IFLNK else 0), fmt >> _MODE_TO_DIRENT_SHIFT

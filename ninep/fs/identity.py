@@ -17,6 +17,7 @@ import pwd
 from functools import lru_cache
 from typing import Callable, TypeVar
 
+from ..protocol.constants import NONUNAME
 from . import hostsys
 from .backend import Credentials
 
@@ -99,3 +100,21 @@ def _restore_server_identity(saved_caps) -> None:
             failure = failure or exc
     if failure is not None:
         raise failure
+
+
+def credentials_for(uname: str, n_uname: int) -> Credentials:
+    """Tattach identity from the host's user database (the server's default; the
+    server core itself never reads it): n_uname names a uid (primary gid and groups
+    from pwd); NONUNAME (the kernel's access=client attach, uname "nobody") means the
+    server's own identity, left to the backend as uid None."""
+    if n_uname == NONUNAME:
+        return Credentials(uid=None, gid=None)
+    try:
+        entry = pwd.getpwuid(n_uname)
+    except KeyError:
+        return Credentials(uid=n_uname, gid=n_uname)
+    try:
+        groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
+    except OSError:
+        groups = ()
+    return Credentials(uid=n_uname, gid=entry.pw_gid, groups=groups)

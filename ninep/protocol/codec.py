@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections import deque
 from typing import Iterable
 
 from construct import ConstructError, ExplicitError, StreamError, TerminatedError
@@ -150,43 +151,123 @@ def encode_bytes(msg: Message) -> bytes:
 class FrameReader:
     """Reassemble whole frames from bytes as they arrive.
 
-    ``feed(data)`` appends; ``next_frame()`` returns one whole frame (bytes, size field
-    included) or None if more bytes are needed. A size field below 7 or above ``msize``
-    raises ProtocolError as soon as its 4 bytes are in, without waiting for the body
-    (a hostile peer must not make us buffer 4 GiB). After an error the stream is out of
-    step for good, so every later call raises the same error.
+    ``feed(data)`` takes bytes (it copies what it keeps, so ``data`` may be a view of
+    a buffer the caller reuses at once); ``next_frame()`` returns one whole frame
+    (size field included) or None if more bytes are needed. A size field below 7 or
+    above ``msize`` raises ProtocolError as soon as its 4 bytes are in, without waiting
+    for the body (a hostile peer must not make us buffer 4 GiB); frames before it are
+    still returned first. After an error the stream is out of step for good, so every
+    later call raises the same error.
+
+    A frame of ``big_frame`` bytes or more (a 1 MiB Twrite) gets a buffer of its own,
+    sized to it, and is returned as a memoryview of that buffer, which becomes the
+    message's payload without another copy. While such a frame is incomplete,
+    ``receive_buffer()`` names the part of it still missing, so that a reader can
+    ``recv_into`` it directly and report with ``received(n)``; otherwise it is None and
+    bytes come through ``feed``. Smaller frames are returned as ``bytes``.
+
+    Memory held is what is in flight: the tail of a frame begun, nothing when idle.
     """
 
-    def __init__(self, msize: int):
+    def __init__(self, msize: int, big_frame: int = 128 * 1024):
         self.msize = msize
-        self._buffer = bytearray()
+        self.big_frame = big_frame
+        self._buffer = bytearray()  # the start of a frame that is not complete yet
+        self._ready: deque = deque()  # whole frames not yet returned, oldest first
+        self._big: bytearray | None = None  # a big frame being filled ...
+        self._big_filled = 0  # ... with this many bytes so far
         self._error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held that are not yet part of a returned frame."""
-        return len(self._buffer)
+        ready = sum(map(len, self._ready))
+        return len(self._buffer) + ready + (self._big_filled if self._big is not None else 0)
+
+    def receive_buffer(self) -> memoryview | None:
+        """Where the rest of a big frame begun should go (for ``recv_into``), or None."""
+        if self._big is None:
+            return None
+        return memoryview(self._big)[self._big_filled:]
+
+    def received(self, count: int) -> None:
+        """``count`` bytes were written into ``receive_buffer()``."""
+        self._big_filled += count
+        if self._big_filled == len(self._big):
+            self._ready.append(memoryview(self._big))
+            self._big = None
 
     def feed(self, data) -> None:
-        self._buffer += data
+        if self._error is not None:
+            return
+        if self._big is not None:
+            target = self.receive_buffer()
+            take = min(len(target), len(data))
+            target[:take] = data[:take]
+            self.received(take)
+            if take == len(data):
+                return
+            data = memoryview(data)[take:]
+        if self._buffer:
+            self._buffer += data
+            with memoryview(self._buffer) as view:
+                rest = self._split(view)
+                tail = bytes(rest)
+                rest.release()
+            self._buffer = bytearray(tail)
+        else:
+            with memoryview(data) as view:
+                rest = self._split(view)
+                if len(rest):
+                    self._buffer = bytearray(rest)
+                rest.release()
 
-    def next_frame(self) -> bytes | None:
+    def _split(self, view: memoryview) -> memoryview:
+        """Take the whole frames at the start of ``view``; return what is left (the
+        start of a big frame goes to a buffer of its own)."""
+        ready = self._ready
+        start, end = 0, len(view)
+        while end - start >= 4:
+            size = int.from_bytes(view[start:start + 4], "little")
+            if size < HEADER_SIZE or size > self.msize:
+                self._error = ProtocolError(
+                    f"size field {size} outside 7..msize ({self.msize})")
+                return view[end:]
+            if size >= self.big_frame:
+                self._big = bytearray(size)
+                take = min(size, end - start)
+                self._big[:take] = view[start:start + take]
+                self._big_filled = take
+                start += take
+                if take < size:
+                    return view[start:]
+                ready.append(memoryview(self._big))
+                self._big = None
+                continue
+            if end - start < size:
+                break
+            ready.append(bytes(view[start:start + size]))
+            start += size
+        return view[start:]
+
+    def next_frame(self):
+        if self._ready:
+            frame = self._ready.popleft()
+            if len(frame) > self.msize:  # msize went down (Tversion) after it came in
+                self._error = ProtocolError(
+                    f"size field {len(frame)} outside 7..msize ({self.msize})")
+                raise self._error
+            return frame
         if self._error is not None:
             raise self._error
         buffer = self._buffer
-        if len(buffer) < 4:
-            return None
-        (size,) = _SIZE.unpack_from(buffer)
-        if size < HEADER_SIZE or size > self.msize:
-            self._error = ProtocolError(
-                f"size field {size} outside 7..msize ({self.msize})")
-            raise self._error
-        if len(buffer) < size:
-            return None
-        with memoryview(buffer) as view, view[:size] as whole_frame:
-            frame = bytes(whole_frame)  # the one copy (slicing the bytearray would be two)
-        del buffer[:size]  # cheap: bytearray drops a prefix by moving its start
-        return frame
+        if len(buffer) >= 4:  # a size field judged again under a changed msize
+            size = int.from_bytes(buffer[:4], "little")
+            if size > self.msize:
+                self._error = ProtocolError(
+                    f"size field {size} outside 7..msize ({self.msize})")
+                raise self._error
+        return None
 
     def __iter__(self):
         """Iterate over the whole frames available now."""

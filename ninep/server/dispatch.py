@@ -15,7 +15,7 @@ import errno
 import logging
 from typing import Awaitable, Callable, Hashable, Protocol
 
-from ..fs.backend import File, SetAttr, errno_error
+from ..fs.backend import Credentials, File, SetAttr, errno_error
 from ..protocol import messages as m
 from ..protocol.constants import (
     ACCMODE,
@@ -32,8 +32,8 @@ from ..protocol.constants import (
     SetattrMask,
     host_errno_to_wire,
 )
-from .locks import LockOwner, LockTable
-from .session import Fid, FidKind, Session, check_new_name, credentials_for, walk_name_ok
+from .locks import LockLimitError, LockOwner, LockTable
+from .session import Fid, FidKind, Session, check_new_name, walk_name_ok
 
 log = logging.getLogger("ninep.server")
 
@@ -65,8 +65,12 @@ class LockWaiter(Protocol):
 class Dispatcher:
     """Answers requests for one session (one connection)."""
 
-    def __init__(self, session: Session, locks: LockWaiter, pack_dirents: Callable) -> None:
+    def __init__(self, session: Session, locks: LockWaiter, pack_dirents: Callable,
+                 credentials_for: Callable[[str, int], Credentials]) -> None:
+        """``credentials_for(uname, n_uname)``: who a Tattach without ``squash`` is
+        (the shell passes ``fs.identity.credentials_for``, the host's user database)."""
         self.session = session
+        self._credentials_for = credentials_for
         self.locks = locks
         self._pack_dirents = pack_dirents
         self._handlers: dict[type, Callable[[m.Message], Awaitable[m.Message]]] = {
@@ -120,6 +124,8 @@ class Dispatcher:
         commit's error (reported on Rclunk)."""
         fid.closed = True
         error: OSError | None = None
+        if fid.xattr_held:
+            self.session.drop_xattr(fid)
         try:
             if fid.kind is FidKind.XATTR_WRITE and fid.file is not None:
                 error = await self._commit_xattr(fid)
@@ -170,11 +176,11 @@ class Dispatcher:
         if msg.afid != NOFID:
             raise errno_error(errno.EBADF, "no auth fids on this server")
         session = self.session
-        export = session.export_for(msg.aname)
-        creds = export.squash or credentials_for(msg.uname, msg.n_uname)
+        export, sub_aname = session.export_for(msg.aname)
+        creds = export.squash or self._credentials_for(msg.uname, msg.n_uname)
         session.reserve(msg.fid)
         try:
-            root = await export.filesystem.attach("", creds)
+            root = await export.filesystem.attach(sub_aname, creds)
             for old in session.bind(Fid(msg.fid, root, export, creds)):
                 await self.close_fid(old)
         finally:
@@ -485,8 +491,10 @@ class Dispatcher:
                     value = bytes(await fid.file.xattr_get(msg.name))
                 if len(value) > XATTR_SIZE_MAX:
                     raise errno_error(errno.E2BIG, "xattr larger than 64 KiB")
-                holder = Fid(msg.newfid, None, fid.export, fid.creds,
-                             kind=FidKind.XATTR_READ, xattr_name=msg.name, xattr_value=value)
+                # getxattr(2) may fail as stat(2) does, ENOMEM included
+                self.session.hold_xattr(len(value), errno.ENOMEM)
+                holder = Fid(msg.newfid, None, fid.export, fid.creds, kind=FidKind.XATTR_READ,
+                             xattr_name=msg.name, xattr_value=value, xattr_held=len(value))
                 for old in self.session.bind(holder):
                     await self.close_fid(old)
             finally:
@@ -506,6 +514,10 @@ class Dispatcher:
             if fid.opened or fid.opening:
                 raise errno_error(errno.EINVAL, "xattrcreate on an opened fid")
             self._check_writable(fid)
+            # The announced size is what the client may make us hold until the clunk.
+            # EDQUOT (a setxattr(2) error): a quota of this client's, not a full disk.
+            self.session.hold_xattr(msg.attr_size, errno.EDQUOT)
+            fid.xattr_held = msg.attr_size
             fid.kind = FidKind.XATTR_WRITE
             fid.xattr_name = msg.name
             fid.xattr_size = msg.attr_size
@@ -524,12 +536,16 @@ class Dispatcher:
             owner = LockOwner(self.session.connection_id, msg.client_id, msg.proc_id)
             table = self.locks.table
             while True:
-                granted, released = table.set(fid.lock_key, owner, msg.type, msg.start, msg.length)
+                try:
+                    granted, released = table.set(fid.lock_key, owner, msg.type, msg.start,
+                                                  msg.length, self.session.limits.max_locks)
+                except LockLimitError as exc:
+                    raise self.session.refuse(errno.ENOLCK, "lock limit", str(exc)) from None
                 if released:
                     self.locks.released(released)
                 if granted:
                     if msg.type != LockType.UNLCK:
-                        fid.lock_owners.add(owner)
+                        self._remember_owner(table, fid, owner)
                     return m.Rlock(msg.tag, LockStatus.SUCCESS)
                 if not msg.flags & LockFlags.BLOCK:
                     return m.Rlock(msg.tag, LockStatus.BLOCKED)
@@ -538,6 +554,18 @@ class Dispatcher:
                     raise errno_error(errno.EBADF, "fid clunked while waiting for a lock")
         finally:
             await self._let_go(fid)
+
+    @staticmethod
+    def _remember_owner(table: LockTable, fid: Fid, owner: LockOwner) -> None:
+        """Note an owner that locked through ``fid`` (its close unlocks them). Owners
+        that since unlocked everything are dropped whenever the set doubles past 64:
+        a client locking and unlocking under ever new proc_ids must not grow it."""
+        owners = fid.lock_owners
+        if owner in owners:
+            return
+        owners.add(owner)
+        if len(owners) >= 64 and len(owners) & (len(owners) - 1) == 0:
+            owners &= table.holding(fid.lock_key, owners)
 
     async def _wait_for_lock(self, table: LockTable, key: Hashable, owner: LockOwner,
                              msg: m.Tlock) -> None:

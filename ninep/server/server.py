@@ -17,7 +17,7 @@ import contextvars
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Union
 
 import trio
@@ -25,7 +25,7 @@ import trio
 from ..fs.backend import Filesystem
 from .connection import Connection, LockManager
 from .listeners import Endpoint, accept, close_listeners, open_all, peer_name
-from .session import Export, Limits
+from .session import PROCESS_FIDS, Export, Limits
 
 log = logging.getLogger("ninep.server")
 
@@ -170,6 +170,25 @@ class Server:
             self.shutdown()
 
 
+def use_fd_limit(reserve: int = 256) -> int | None:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (the soft one is often
+    1024, far below what a guest's dentry cache holds in fids), and bound the fids of
+    all its connections (``session.PROCESS_FIDS``) so that they leave ``reserve`` fds
+    for accept() and I/O: a fid holds one fd, an opened one two, hence half of what
+    is left. Returns the budget (None if the limit is unbounded)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # an unlimited hard limit is above nr_open
+            log.debug("open files limit stays at %d: %s", soft, exc)
+    PROCESS_FIDS.limit = None if soft == resource.RLIM_INFINITY else max(64, (soft - reserve) // 2)
+    return PROCESS_FIDS.limit
+
+
 async def serve(filesystem_or_exports: Exportable, urls: str | Iterable[str] = DEFAULT_LISTEN, *,
                 task_status=trio.TASK_STATUS_IGNORED, trace: bool = False,
                 msize: int | None = None, limits: Limits | None = None,
@@ -185,8 +204,7 @@ async def serve(filesystem_or_exports: Exportable, urls: str | Iterable[str] = D
         urls = [urls]
     limits = limits or Limits()
     if msize is not None:
-        limits = Limits(max_msize=msize, max_fids=limits.max_fids,
-                        max_in_flight=limits.max_in_flight, max_buffered=limits.max_buffered)
+        limits = replace(limits, max_msize=msize)  # the other limits as they were
     server = Server(filesystem_or_exports, limits=limits, trace=trace, grace_period=grace_period)
     if handle_signals is None:
         handle_signals = _is_main_task()

@@ -11,8 +11,8 @@ them runs, so two concurrent Twalks cannot both create newfid 7.
 from __future__ import annotations
 
 import errno
-import pwd
-import os
+import logging
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Hashable, Mapping
@@ -21,11 +21,13 @@ from ..fs.backend import Credentials, File, Filesystem, errno_error
 from ..protocol.constants import (
     ACCMODE,
     MIN_MSIZE,
-    NONUNAME,
     VERSION_9P2000L,
     VERSION_UNKNOWN,
     OpenFlags,
 )
+from .ratelimit import LogLimiter
+
+log = logging.getLogger("ninep.server")
 
 DEFAULT_MAX_MSIZE = 1 << 20
 NAME_MAX = 255
@@ -36,13 +38,25 @@ class Limits:
     """Per-connection limits: what one client may make the server hold."""
 
     max_msize: int = DEFAULT_MAX_MSIZE
-    max_fids: int = 65536
+    max_fids: int = 65536  # fids, then EMFILE
     max_in_flight: int = 256  # tags in flight before the reader stops reading
     max_buffered: int = 8 << 20  # reply bytes queued before the reader stops reading
+    # Lock ranges held (locks.LockTable counts them), then ENOLCK. ~110 bytes each.
+    max_locks: int = 32768
+    # Bytes of xattr values held in fids: announced by Txattrcreate (then EDQUOT) or
+    # read by Txattrwalk (then ENOMEM). Sixteen of the largest values at once.
+    max_xattr_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.max_msize < MIN_MSIZE:
             raise ValueError(f"msize {self.max_msize} is below the minimum {MIN_MSIZE}")
+        for name in LIMIT_NAMES:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+# The limits a config file or ``--limit`` may set (msize has its own key and option).
+LIMIT_NAMES = ("max_fids", "max_in_flight", "max_buffered", "max_locks", "max_xattr_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,34 @@ class Export:
     filesystem: Filesystem
     squash: Credentials | None = None
     read_only: bool = False
+
+
+class FidBudget:
+    """The fids of every connection of one process.
+
+    A host export's fid holds an fd (an opened one two), and the fd table is the
+    process's: without this, one client under its own ``max_fids`` could take every fd,
+    and then accept() and every other client's walks fail with EMFILE. Past ``limit``
+    new fids are refused with ENFILE (the "system" table is full, not this client's
+    share). The last quarter is kept for light connections (fewer than ``light``
+    fids: a client that just attached, a guest that is booting), so that one heavy
+    client cannot lock every other one out. ``limit`` None: no bound (the default;
+    ``ninepd`` sets it from RLIMIT_NOFILE, see ``server.use_fd_limit``)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def refuses(self, held: int) -> bool:
+        """Whether a connection holding ``held`` fids may not take one more."""
+        if self.limit is None:
+            return False
+        room = self.limit - self.used
+        light = min(256, self.limit // 16)
+        return room <= 0 or (room <= self.limit // 4 and held >= light)
+
+
+PROCESS_FIDS = FidBudget()  # one fd table per process, so one budget per process
 
 
 class FidKind(Enum):
@@ -77,6 +119,7 @@ class Fid:
     xattr_value: bytes | bytearray = b""
     xattr_size: int = 0
     xattr_flags: int = 0
+    xattr_held: int = 0  # bytes counted in Session.xattr_bytes for this fid
     lock_owners: set = field(default_factory=set)  # owners that locked through this fid
     users: int = 0
     retired: bool = False  # out of the table; close when the last user lets go
@@ -123,23 +166,6 @@ def negotiate_version(requested_msize: int, version: str, max_msize: int) -> tup
     return msize, VERSION_UNKNOWN
 
 
-def credentials_for(uname: str, n_uname: int) -> Credentials:
-    """Tattach identity: n_uname names a uid (primary gid and groups from pwd);
-    NONUNAME (the kernel's access=client attach, uname "nobody") means the server's
-    own identity, left to the backend as uid None."""
-    if n_uname == NONUNAME:
-        return Credentials(uid=None, gid=None)
-    try:
-        entry = pwd.getpwuid(n_uname)
-    except KeyError:
-        return Credentials(uid=n_uname, gid=n_uname)
-    try:
-        groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid) if g != entry.pw_gid)
-    except OSError:
-        groups = ()
-    return Credentials(uid=n_uname, gid=entry.pw_gid, groups=groups)
-
-
 def check_new_name(name: str) -> None:
     """Names that create or move an entry: what Linux would refuse, refused first."""
     if name == "":
@@ -162,7 +188,7 @@ class Session:
     """The books of one connection (pure: the trio layer drives it)."""
 
     def __init__(self, exports: Mapping[str, Export], limits: Limits = Limits(),
-                 connection_id: Hashable = None) -> None:
+                 connection_id: Hashable = None, fid_budget: FidBudget = PROCESS_FIDS) -> None:
         if not exports:
             raise ValueError("a session needs at least one export")
         self.exports = dict(exports)
@@ -173,6 +199,37 @@ class Session:
         self.fids: dict[int, Fid] = {}
         self._reserved: set[int] = set()
         self._fids_per_key: dict[Hashable, int] = {}
+        self._fid_budget = fid_budget  # counts len(fids) + len(_reserved), as max_fids
+        self.xattr_bytes = 0  # held in xattr fids, against limits.max_xattr_bytes
+        self._log_limit = LogLimiter()
+
+    # --- limits --------------------------------------------------------------------
+    def refuse(self, code: int, cause: str, text: str) -> OSError:
+        """The error for a request over one of the limits, with a log line (the first
+        few of each cause, then one a minute saying how many more)."""
+        write, dropped = self._log_limit.admit(cause, time.monotonic())
+        name = self.connection_id
+        if isinstance(name, tuple):
+            name = " ".join(map(str, name))
+        if dropped:
+            log.warning("%s: %d more refusals (%s) in the last minute, not logged",
+                        name, dropped, cause)
+        if write:
+            log.warning("%s: refused (%s): %s", name, cause, text)
+        return errno_error(code, text)
+
+    def hold_xattr(self, nbytes: int, code: int) -> None:
+        """Count ``nbytes`` of xattr value held in a fid, or refuse with ``code``."""
+        if self.xattr_bytes + nbytes > self.limits.max_xattr_bytes:
+            raise self.refuse(code, "xattr limit",
+                              f"{self.xattr_bytes} + {nbytes} bytes of xattr values held "
+                              f"(max_xattr_bytes {self.limits.max_xattr_bytes})")
+        self.xattr_bytes += nbytes
+
+    def drop_xattr(self, fid: Fid) -> None:
+        """The xattr fid ``fid`` is closed: what it held is free."""
+        self.xattr_bytes -= fid.xattr_held
+        fid.xattr_held = 0
 
     # --- version -----------------------------------------------------------------
     def negotiate(self, requested_msize: int, version: str) -> tuple[int, str]:
@@ -181,14 +238,27 @@ class Session:
         self.version = agreed if agreed == VERSION_9P2000L else None
         return msize, agreed
 
-    def export_for(self, aname: str) -> Export:
-        """"" or "/" is the default (first) export; otherwise an exact aname, also
-        accepted with a leading "/" (mount -o aname=/name)."""
+    def export_for(self, aname: str) -> tuple[Export, str]:
+        """The export an attach names, and the aname the export's filesystem gets.
+
+        "" or "/" is the default (first) export; otherwise an exact export name, also
+        accepted with a leading "/" (mount -o aname=/name); both give the filesystem
+        aname "". A filesystem with ``sub_anames`` (copy-on-write: one upper per
+        guest) also takes "NAME/GUEST" (its export NAME gets "GUEST") and, when no
+        export is named so, a plain "GUEST" for the default export."""
         if aname in ("", "/"):
-            return next(iter(self.exports.values()))
-        for candidate in (aname, aname.lstrip("/")):
+            return next(iter(self.exports.values())), ""
+        stripped = aname.lstrip("/")
+        for candidate in (aname, stripped):
             if candidate in self.exports:
-                return self.exports[candidate]
+                return self.exports[candidate], ""
+        head, sep, rest = stripped.partition("/")
+        export = self.exports.get(head) if sep else None
+        if export is not None and getattr(export.filesystem, "sub_anames", False):
+            return export, rest
+        default = next(iter(self.exports.values()))
+        if getattr(default.filesystem, "sub_anames", False):
+            return default, stripped
         raise errno_error(errno.ENOENT, f"no export named {aname!r}")
 
     # --- fid table -----------------------------------------------------------------
@@ -212,21 +282,34 @@ class Session:
         if number in self.fids or number in self._reserved:
             raise errno_error(errno.EBADF, f"fid {number} already in use")
         if len(self.fids) + len(self._reserved) >= self.limits.max_fids:
-            raise errno_error(errno.EMFILE, "too many fids on this connection")
+            raise self.refuse(errno.EMFILE, "fid limit",
+                              f"more than {self.limits.max_fids} fids (max_fids)")
+        budget = self._fid_budget
+        if budget.limit is not None and budget.refuses(len(self.fids) + len(self._reserved)):
+            raise self.refuse(errno.ENFILE, "process fid limit",
+                              f"{self._fid_budget.used} of the process's {self._fid_budget.limit} "
+                              f"fids in use (its fd limit; the last quarter is for light "
+                              f"connections)")
         self._reserved.add(number)
+        budget.used += 1
 
     def unreserve(self, number: int) -> None:
-        self._reserved.discard(number)
+        if number in self._reserved:  # not bound after all
+            self._reserved.remove(number)
+            self._fid_budget.used -= 1
 
     def bind(self, fid: Fid) -> list[Fid]:
         """Put ``fid`` in the table (its number reserved, or replacing the same number).
         Returns the fids that left the table and must be closed now."""
+        reserved = fid.number in self._reserved
         self._reserved.discard(fid.number)
         if fid.file is not None and fid.kind is FidKind.FILE:
             fid.lock_key = (fid.export.filesystem, fid.file.lock_key)
             self._fids_per_key[fid.lock_key] = self._fids_per_key.get(fid.lock_key, 0) + 1
         old = self.fids.get(fid.number)
         self.fids[fid.number] = fid
+        if old is None and not reserved:
+            self._fid_budget.used += 1
         return self._retire(old) if old is not None else []
 
     def unbind(self, number: int) -> tuple[Fid, bool]:
@@ -234,6 +317,7 @@ class Session:
         fid = self.fids.pop(number, None)
         if fid is None:
             raise errno_error(errno.EBADF, f"unknown fid {number}")
+        self._fid_budget.used -= 1
         return fid, bool(self._retire(fid))
 
     def _retire(self, fid: Fid) -> list[Fid]:
@@ -256,6 +340,7 @@ class Session:
     def clear(self) -> list[Fid]:
         """Tversion or disconnect: every fid leaves the table; return those to close."""
         gone = list(self.fids.values())
+        self._fid_budget.used -= len(self.fids) + len(self._reserved)
         self.fids.clear()
         self._reserved.clear()
         to_close: list[Fid] = []

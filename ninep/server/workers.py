@@ -14,9 +14,11 @@ so, as gunicorn and nginx do, N worker processes each run their own ``Server``:
   lock code identical in both modes (nothing can run between a refused Tlock and the
   start of its wait, so no release can be missed). When a call frees a range, the
   supervisor tells the other workers on ctl, and their blocked Tlocks retry;
-* a **worker** is ``python -m ninep.cli <the same arguments> --worker-fds CTL,RPC``:
-  it builds the same exports and serves what ctl hands it. It leaves when ctl closes
-  (the supervisor is gone) and on SIGTERM, which the supervisor sends at shutdown.
+* a **worker** is a fresh Python running ``worker_main``: its first message on ctl is
+  a ``WorkerStart`` -- a function (pickled by reference) and the settings the
+  supervisor parsed once -- which builds its ``Server`` with the same exports; then it
+  serves what ctl hands it. It leaves when ctl closes (the supervisor is gone) and on
+  SIGTERM, which the supervisor sends at shutdown.
 
 Only host exports can be split so: their state is the host's. A synthetic tree lives
 in one process's memory, so ``--workers`` refuses ``--synthetic``.
@@ -29,20 +31,22 @@ from __future__ import annotations
 
 import array
 import logging
+import signal as signals_module
 import os
 import pickle
 import signal
 import socket as stdsocket
 import sys
 from dataclasses import dataclass, field
-from typing import Hashable, Mapping
+from typing import Callable, Hashable, Mapping
 
 import trio
 
 from .connection import LockManager
 from .listeners import Endpoint, ListenError, accept, close_listeners, open_all, peer_name
 from ..protocol.constants import LockType
-from .locks import LockOwner, LockTable
+from .locks import LockLimitError, LockOwner, LockTable
+from .server import use_fd_limit
 from .session import Export
 
 log = logging.getLogger("ninep.workers")
@@ -55,7 +59,7 @@ _RESPAWN_DELAY = 0.5
 _LOCK_RECHECK_SECONDS = 1.0
 # LockTable methods a worker may call, and whether they can free ranges.
 _RPC_METHODS = {"set": True, "release": True, "release_connection": True,
-                "conflict": False, "begin_wait": False, "end_wait": False}
+                "conflict": False, "begin_wait": False, "end_wait": False, "holding": False}
 
 
 # --- the worker side ----------------------------------------------------------------------
@@ -77,6 +81,8 @@ class RemoteLockTable:
     def _call(self, method: str, *args):
         self._rpc.sendall(pickle.dumps((method, args)))
         status, value = pickle.loads(self._rpc.recv(_MAX_MESSAGE))
+        if status == "limit":
+            raise LockLimitError(value)
         if status != "ok":
             raise OSError(5, f"lock table: {value}")
         return value
@@ -89,13 +95,18 @@ class RemoteLockTable:
         return {(self._filesystems[name], file_key) for name, file_key in keys
                 if name in self._filesystems}
 
-    def set(self, key, owner: LockOwner, type_: int, start: int, length: int):
+    def set(self, key, owner: LockOwner, type_: int, start: int, length: int,
+            limit: int | None = None):
         if type_ != LockType.UNLCK:
             self._maybe_held.setdefault(owner.connection, set()).add(key)
         elif key not in self._maybe_held.get(owner.connection, ()):
             return True, set()  # nothing of this connection's there to unlock
-        granted, released = self._call("set", self.wire_key(key), owner, type_, start, length)
+        granted, released = self._call("set", self.wire_key(key), owner, type_, start, length,
+                                       limit)
         return granted, self.local_keys(released)
+
+    def holding(self, key, owners) -> set[LockOwner]:
+        return self._call("holding", self.wire_key(key), list(owners))
 
     def conflict(self, key, owner: LockOwner, type_: int, start: int, length: int):
         return self._call("conflict", self.wire_key(key), owner, type_, start, length)
@@ -189,6 +200,55 @@ async def run_worker(server, ctl_fd: int, rpc_fd: int) -> None:
     await server.run([], handoff=handoff)
 
 
+@dataclass(frozen=True)
+class WorkerStart:
+    """How a worker builds its ``Server``: ``build(*args)``. ``build`` is pickled by
+    reference (a module-level function); ``args`` are the settings, parsed once by
+    the supervisor's caller and pickled. A build that raises ends the worker with
+    status 2, which stops the supervisor (the next worker would fail the same way)."""
+
+    build: Callable
+    args: tuple = ()
+    log_level: str = "INFO"
+
+
+_WORKER_COMMAND = "from ninep.server.workers import worker_main; worker_main()"
+
+
+def worker_main(argv: list[str] | None = None) -> None:
+    """A worker process: ``python -c "<_WORKER_COMMAND>" CTL_FD RPC_FD``."""
+    ctl_fd, rpc_fd = (int(x) for x in (argv or sys.argv[1:])[:2])
+    ctl = stdsocket.socket(fileno=ctl_fd)
+    try:
+        start: WorkerStart = pickle.loads(ctl.recv(_MAX_MESSAGE))
+        ctl.detach()  # run_worker wraps the same fd again
+        logging.basicConfig(level=start.log_level, stream=sys.stderr,
+                            format=f"%(asctime)s ninepd[worker {os.getpid()}] %(levelname)s %(message)s")
+        server = start.build(*start.args)
+        use_fd_limit()  # each worker holds its own connections' fids
+    except Exception as exc:  # e.g. the build function cannot be imported here
+        print(f"ninepd worker: {exc}", file=sys.stderr)
+        sys.exit(2)
+    trio.run(_serve_until_signalled, server, ctl_fd, rpc_fd)
+    sys.exit(0)
+
+
+async def _serve_until_signalled(server, ctl_fd: int, rpc_fd: int) -> None:
+    """SIGTERM or SIGINT: graceful shutdown; a second one: stop now."""
+    with trio.open_signal_receiver(signals_module.SIGINT, signals_module.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                async for _ in signals:
+                    if server.shutting_down:
+                        nursery.cancel_scope.cancel()
+                        return
+                    server.shutdown()
+
+            nursery.start_soon(watch)
+            await run_worker(server, ctl_fd, rpc_fd)
+            nursery.cancel_scope.cancel()
+
+
 # --- the supervisor side ------------------------------------------------------------------
 @dataclass(eq=False)
 class _Worker:
@@ -213,13 +273,14 @@ class Supervisor:
     """``Server``'s interface for the CLI (run, shutdown, shutting_down,
     grace_period), with ``count`` worker processes doing the serving."""
 
-    def __init__(self, worker_argv: list[str], count: int, *, grace_period: float = 10.0) -> None:
-        self.worker_argv = worker_argv
+    def __init__(self, start: WorkerStart, count: int, *, grace_period: float = 10.0) -> None:
+        self.start = start
         self.count = count
         self.grace_period = grace_period
         self.table = LockTable()
         self.addresses: list[str] = []
         self.workers: list[_Worker] = []
+        self._replaced: list[_Worker] = []
         self._shutdown = trio.Event()
         self._failed: str | None = None
 
@@ -262,6 +323,9 @@ class Supervisor:
                     if worker.process.returncode is None:
                         worker.process.kill()
                         await worker.process.wait()
+                for worker in self.workers + self._replaced:
+                    worker.ctl.close()
+                    worker.rpc.close()
         if self._failed:
             raise ListenError(self._failed)
 
@@ -269,9 +333,9 @@ class Supervisor:
         ctl_parent, ctl_child = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
         rpc_parent, rpc_child = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
         fds = (ctl_child.fileno(), rpc_child.fileno())
-        argv = [sys.executable, "-m", "ninep.cli", *self.worker_argv,
-                "--worker-fds", f"{fds[0]},{fds[1]}"]
+        argv = [sys.executable, "-c", _WORKER_COMMAND, str(fds[0]), str(fds[1])]
         try:
+            _send_message(ctl_parent, self.start)  # read first thing by worker_main
             # Its own process group: a terminal's ^C reaches the supervisor only, which
             # then asks each worker once, so none takes it for an impatient second ^C.
             process = await trio.lowlevel.open_process(argv, pass_fds=fds, process_group=0)
@@ -281,6 +345,7 @@ class Supervisor:
         worker = _Worker(index, process, trio.socket.from_stdlib_socket(ctl_parent),
                          trio.socket.from_stdlib_socket(rpc_parent))
         if index < len(self.workers):
+            self._replaced.append(self.workers[index])  # its sockets are closed at the end
             self.workers[index] = worker
         else:
             self.workers.append(worker)
@@ -296,7 +361,7 @@ class Supervisor:
         if self.shutting_down:
             return
         if status == 2:  # the worker refused its arguments: so will the next one
-            self._failed = f"worker {worker.index} exited with status 2 (bad arguments)"
+            self._failed = f"worker {worker.index} exited with status 2 (could not build its server)"
             self.shutdown()
             return
         log.error("worker %d (pid %d) exited with status %s; starting another",
@@ -363,6 +428,8 @@ class Supervisor:
                     raise ValueError(f"no lock call {method!r}")
                 result = getattr(self.table, method)(*args)
                 reply = ("ok", result)
+            except LockLimitError as exc:  # the connection's answer is ENOLCK
+                reply, result = ("limit", exc.limit), None
             except Exception as exc:  # a bad call costs that call, not the table
                 log.exception("worker %d: lock call failed", worker.index)
                 reply, result = ("error", str(exc)), None
@@ -370,7 +437,7 @@ class Supervisor:
                 await worker.rpc.send(pickle.dumps(reply))
             except OSError:
                 return  # it died waiting; _watch forgets its locks
-            if _RPC_METHODS.get(method):
+            if _RPC_METHODS.get(method) and result is not None:
                 released = result[1] if method == "set" else result
                 if released:
                     self._broadcast(released, source=worker)

@@ -1,8 +1,9 @@
 """The `ninep` command: build an initramfs, build a root tree, boot a VM on a 9P root.
 
     ninep initramfs [--kernel-release R | --modules-dir DIR | --no-modules] [--module M] -o FILE
-    ninep rootfs busybox|debian DIR
-    ninep vm ROOTFS [--kernel PATH] [--modules-dir DIR] [--transport T] [--server ninepd|diod]
+    ninep rootfs busybox|debian DIR [--mapped]
+    ninep rootfs import ROOT.tar[.gz|.xz|.bz2|.zst] DIR      (a mapped tree, no root needed)
+    ninep vm ROOTFS|IMAGE.tar[.gz|.xz|.zst] [--cow] [--upper DIR] [--kernel PATH] [--modules-dir DIR] [--transport T] [--server ninepd|diod]
                     [--cmd "..."] [--overlay] [--memory MIB] [--smp N] [--accel auto|kvm|tcg]
                     [--cache MODE] [--msize N] [--timeout S] [--disk-image IMG]
                     [--append ARG ...] [--verbose]
@@ -19,6 +20,7 @@ import functools
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import trio
@@ -28,6 +30,7 @@ from ninep.vm.initramfs import BuildError, DEFAULT_MODULES, build_initramfs, mod
 from ninep.vm.preflight import RootProblem, check_root, panic_reason
 from ninep.vm.qemu import SERVERS, TRANSPORTS, LaunchError, VmConfig, run_vm
 from ninep.vm.rootfs import build_busybox_rootfs, build_debian_rootfs
+from ninep.vm.tarimport import import_tarball
 
 #: Console lines that only say the machine stopped; hidden when showing a command's output.
 POWER_OFF_NOISE = ("ninep-init: run: exit status", "reboot: Power down")
@@ -39,7 +42,11 @@ busybox: a static busybox with every applet, busybox init, users root and guest
 (about 2 MB, built in seconds; needs busybox-static). debian: Debian bookworm (minbase
 with systemd and udev, serial-console autologin as root); the first run debootstraps it
 from deb.debian.org, about 258 MB downloaded, and keeps a tarball in ~/.cache/ninep
-(XDG_CACHE_HOME), so later runs only extract it (needs debootstrap, and root)."""
+(XDG_CACHE_HOME), so later runs only extract it (making it needs debootstrap and root).
+import: unpack any root tarball (debootstrap or mmdebstrap output, a stage3, an image
+layer) with owners, modes, devices and hard links from its headers. Run as root, trees
+get real owners (ninepd --identity passthrough); otherwise, or with --mapped, owners
+and modes go into user.virtfs.* xattrs (ninepd --identity mapped), so no root is needed."""
 
 VM_HELP = """\
 Serve ROOTFS with ninepd (or diod), build or reuse the guest initramfs, and boot QEMU
@@ -67,19 +74,32 @@ def _parser() -> argparse.ArgumentParser:
                            help="also include this module (repeatable)")
     initramfs.add_argument("-o", "--output", type=Path, required=True)
 
-    rootfs = commands.add_parser("rootfs", help="build a root tree to export (busybox or debian)",
+    rootfs = commands.add_parser("rootfs", help="build a root tree to export (busybox, debian or import)",
                                  description="Build a root tree to boot with `ninep vm` "
                                              "or to export with ninepd. " + ROOTFS_HELP)
-    rootfs.add_argument("kind", choices=("busybox", "debian"),
+    rootfs.add_argument("kind", choices=("busybox", "debian", "import"),
                         help="busybox: a 2 MB demo root; debian: bookworm with systemd "
-                             "(first run downloads about 258 MB)")
-    rootfs.add_argument("dest", type=Path, help="directory to fill (created if missing)")
+                             "(first run downloads about 258 MB); import: unpack a root "
+                             "tarball into a mapped tree")
+    rootfs.add_argument("dest", type=Path,
+                        help="directory to fill, created if missing (import: the tarball)")
+    rootfs.add_argument("import_dest", type=Path, nargs="?", metavar="DIR",
+                        help="import: the directory to fill")
+    rootfs.add_argument("--mapped", action=argparse.BooleanOptionalAction, default=None,
+                        help="owners and modes in user.virtfs.* xattrs (ninepd --identity "
+                             "mapped, QEMU mapped-xattr); default when not root")
 
     vm = commands.add_parser("vm", help="boot a guest whose root is ROOTFS over 9P",
                              description=VM_HELP)
     d = " (default: %(default)s)"
     vm.add_argument("rootfs", type=Path, metavar="ROOTFS",
-                    help="the host directory that becomes the guest's /")
+                    help="the host directory that becomes the guest's /, or a root tarball "
+                         "(served in place, implies --cow)")
+    vm.add_argument("--cow", action="store_true",
+                    help="ROOTFS stays untouched: the guest's writes go to a per-guest upper "
+                         "directory, temporary unless --upper (docs/cow.md; default: off)")
+    vm.add_argument("--upper", type=Path, metavar="DIR",
+                    help="with --cow: keep the guest's changes here (default: a temporary one)")
     vm.add_argument("--kernel", type=Path, metavar="PATH",
                     help="guest kernel (default: the newest /boot/vmlinuz-* with modules)")
     vm.add_argument("--modules-dir", type=Path, metavar="DIR",
@@ -112,11 +132,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cow_server_args(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """ninepd arguments for a copy-on-write root, None for a plain one."""
+    from ninep.fs.tarbase import is_tarball
+
+    if not (args.cow or args.upper or is_tarball(str(args.rootfs))):
+        return None
+    if args.upper:
+        return ("--upper", str(args.upper.resolve()))
+    return ("--throwaway-upper",)
+
+
 def _vm(args: argparse.Namespace) -> int:
-    if not args.rootfs.is_dir() and args.transport != "disk":
+    cow = _cow_server_args(args)
+    if cow is not None and (args.server != "ninepd" or args.transport in ("virtio", "disk")):
+        print("ninep vm: --cow and tarball roots need --server ninepd over virtio-serial, "
+              "tcp or vsock", file=sys.stderr)
+        return 2
+    if not args.rootfs.is_dir() and args.transport != "disk" and cow is None:
         print(f"ninep vm: {args.rootfs} is not a directory", file=sys.stderr)
         return 2
-    if args.transport != "disk":
+    if args.transport != "disk" and args.rootfs.is_dir():  # a tarball is read by ninepd
         try:
             check_root(args.rootfs, args.cmd, tuple(args.append))
         except RootProblem as problem:
@@ -138,7 +174,7 @@ def _vm(args: argparse.Namespace) -> int:
         accel=args.accel, cache=args.cache, msize=args.msize,
         timeout=args.timeout if args.cmd else 10 ** 9, quiet=bool(args.cmd) and not args.verbose,
         interactive=args.cmd is None, disk_image=args.disk_image,
-        extra_append=tuple(args.append))
+        extra_append=tuple(args.append), server_args=cow or ())
 
     def show(line: str) -> None:
         if config.quiet and re.sub(r"^\[[ \d.]+\] ", "", line).startswith(POWER_OFF_NOISE):
@@ -175,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if group.split(KeyboardInterrupt)[1] is not None:
             raise
         return EXIT_INTERRUPTED
-    except (BuildError, LaunchError, KvmUnavailable, OSError) as error:
+    except (BuildError, LaunchError, KvmUnavailable, OSError, tarfile.TarError) as error:
         # One line; a build step's captured output (a compiler's errors) stays below it,
         # its last line (debootstrap's "E: ...") joins the first.
         first, *detail = [line for line in str(error).splitlines() if line.strip()] or [""]
@@ -204,8 +240,15 @@ def _main(args: argparse.Namespace) -> int:
         print(args.output)
         return 0
     if args.command == "rootfs":
+        if args.kind == "import":
+            if args.import_dest is None:
+                print("ninep rootfs import: give ROOT.tar and DIR", file=sys.stderr)
+                return 2
+            report = import_tarball(args.dest, args.import_dest)
+            print(f"{args.import_dest}: {report.summary()}")
+            return 0
         builder = build_busybox_rootfs if args.kind == "busybox" else build_debian_rootfs
-        print(builder(args.dest))
+        print(builder(args.dest, mapped=args.mapped))
         return 0
     return _vm(args)
 

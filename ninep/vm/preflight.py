@@ -12,6 +12,8 @@ import re
 import stat
 from pathlib import Path
 
+from ninep.fs.hostmodel import XATTR_MODE
+
 MAX_SYMLINKS = 40  # as Linux's path walk
 
 #: The guest init says why it gives up just before PID 1 exits; the kernel's own
@@ -22,6 +24,23 @@ _KERNEL_PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
 
 class RootProblem(Exception):
     """The root cannot boot as asked; the message says what is missing."""
+
+
+def guest_mode(path: Path) -> int:
+    """The file's mode as the guest sees it: in a mapped tree (ninepd --identity mapped,
+    QEMU mapped-xattr) type and permissions live in ``user.virtfs.mode`` and the host
+    file is a plain 0600 file, a symlink a file holding its target."""
+    try:
+        raw = os.getxattr(path, XATTR_MODE, follow_symlinks=False)
+    except OSError:
+        raw = b""
+    return int.from_bytes(raw, "little") if len(raw) == 4 else os.lstat(path).st_mode
+
+
+def _link_target(path: Path) -> str:
+    if os.path.islink(path):
+        return os.readlink(path)
+    return path.read_bytes().decode(errors="surrogateescape")  # a mapped symlink
 
 
 def resolve_in_root(root: Path, path: str) -> Path | None:
@@ -38,7 +57,7 @@ def resolve_in_root(root: Path, path: str) -> Path | None:
             continue
         here = root.joinpath(*resolved, name)
         try:
-            mode = os.lstat(here).st_mode
+            mode = guest_mode(here)
         except OSError:
             return None
         if not stat.S_ISLNK(mode):
@@ -47,7 +66,7 @@ def resolve_in_root(root: Path, path: str) -> Path | None:
         hops += 1
         if hops > MAX_SYMLINKS:
             return None
-        target = os.readlink(here)
+        target = _link_target(here)
         if target.startswith("/"):
             resolved = []
         pending = [p for p in target.split("/") if p not in ("", ".")] + pending
@@ -60,12 +79,12 @@ def _executable(root: Path, path: str) -> str | None:
     if found is None:
         return "does not exist"
     try:
-        st = os.stat(found)
+        mode = guest_mode(found)
     except OSError as exc:
         return exc.strerror or str(exc)
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(mode):
         return "is not a regular file"
-    if not st.st_mode & 0o111:
+    if not mode & 0o111:
         return "is not executable"
     return None
 

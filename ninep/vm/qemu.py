@@ -12,7 +12,8 @@ Transports and what serves them:
   vsock          vhost-vsock-pci + ninep.vm.relay --listen-vsock where /dev/vhost-vsock
                  works; everywhere else ninepd itself is the device (vhost-user-vsock-pci,
                  guest RAM shared by memfd), unprivileged and with no relay.
-  virtio         QEMU's own 9P server (virtio-9p-pci, security_model=passthrough).
+  virtio         QEMU's own 9P server (virtio-9p-pci, security_model=passthrough, or
+                 mapped-xattr with virtio_security_model).
   virtiofs       no 9P: Debian's virtiofsd behind vhost-user-fs-pci (the benchmark's
                  comparison with what VM users pick instead of 9P; needs root).
   disk           no 9P: an ext4 image on virtio-blk (the benchmark's baseline).
@@ -78,6 +79,7 @@ class VmConfig:
     server_argv: tuple[str, ...] | None = None  # override the server command entirely
     server_args: tuple[str, ...] = ()     # more ninepd arguments ("--workers", "2")
     qemu_args: tuple[str, ...] = ()       # more QEMU arguments ("-monitor", "unix:...")
+    virtio_security_model: str = "passthrough"  # transport virtio: or mapped-xattr
 
 
 @dataclass
@@ -209,7 +211,7 @@ def plan_vm(config: VmConfig, workdir: Path, initrd: Path, accel: str) -> VmPlan
                  "-device", "vhost-user-fs-pci,chardev=fs0,tag=rootfs"]
     elif config.transport == "virtio":
         argv += ["-fsdev", f"local,id=fs0,path={_qemu_escape(str(config.rootfs))},"
-                 "security_model=passthrough",
+                 f"security_model={config.virtio_security_model}",
                  "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=ninep"]
         append.append("ninep.src=virtio://ninep")
     if config.transport == "disk":
@@ -326,7 +328,8 @@ async def run_vm(config: VmConfig, *, watch: tuple[str, ...] = (),
         initrd = prepare_initrd(config, workdir)
         plan = plan_vm(config, workdir, initrd, accel)
         server_log = workdir / "server.log"
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
         lines: list[str] = []
         seen: dict[str, float] = {}
         processes: list[trio.Process] = []

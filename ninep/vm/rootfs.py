@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import shutil
 import subprocess
 from pathlib import Path
 
+from ninep.fs.hostmodel import write_mapped
 from ninep.vm.initramfs import BuildError, cache_dir
 from ninep.vm.progress import note, run_showing_progress
 
@@ -55,29 +57,61 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def build_busybox_rootfs(dest: Path) -> Path:
-    """A static busybox with every applet linked, busybox init, root and guest users."""
+def build_busybox_rootfs(dest: Path, mapped: bool | None = None) -> Path:
+    """A static busybox with every applet linked, busybox init, root and guest users.
+
+    ``mapped`` (default: when not root) builds the tree for ninepd's mapped identity
+    model without root: owners and modes in user.virtfs.* xattrs, symlinks as files
+    holding their target (QEMU's mapped-xattr layout, so QEMU can serve it too)."""
+    if mapped is None:
+        mapped = os.geteuid() != 0
     busybox = busybox_binary()
     dest.mkdir(parents=True, exist_ok=True)
     for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "proc", "sys",
                       "dev", "tmp", "run", "root", "home/guest", "var/tmp"):
         (dest / directory).mkdir(parents=True, exist_ok=True)
-    (dest / "tmp").chmod(0o1777)
-    os.chown(dest / "home/guest", 1000, 1000)
     shutil.copy2(busybox, dest / "bin/busybox")
     applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
                              check=True).stdout.split()
+    links: list[tuple[Path, str]] = []
     for applet in applets:
         link = dest / applet
         if applet == "bin/busybox" or link.exists() or link.is_symlink():
             continue
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(dest / "bin/busybox", link.parent))
+        target = os.path.relpath(dest / "bin/busybox", link.parent)
+        if mapped:
+            link.write_text(target)
+            links.append((link, target))
+        else:
+            link.symlink_to(target)
     _write(dest / "etc/inittab", BUSYBOX_INITTAB)
     _write(dest / "etc/init.d/rcS", BUSYBOX_RCS, 0o755)
     _write(dest / "etc/passwd", PASSWD)
     _write(dest / "etc/group", GROUP)
+    if mapped:
+        _map_ownership(dest, {dest / "home/guest": (1000, 1000)},
+                       {dest / "tmp": stat.S_IFDIR | 0o1777}, links)
+    else:
+        (dest / "tmp").chmod(0o1777)
+        os.chown(dest / "home/guest", 1000, 1000)
     return dest
+
+
+def _map_ownership(root: Path, owners: dict[Path, tuple[int, int]], modes: dict[Path, int],
+                   links: list[tuple[Path, str]]) -> None:
+    """Give every entry of a tree built without root its guest owner and mode in
+    mapped xattrs (root:root and the host mode unless said otherwise)."""
+    link_paths = {path for path, _ in links}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        if path in link_paths:
+            mode = stat.S_IFLNK | 0o777
+        else:
+            mode = modes.get(path, st.st_mode)
+            path.chmod(stat.S_IMODE(st.st_mode) | (0o700 if path.is_dir() else 0o600))
+        uid, gid = owners.get(path, (0, 0))
+        write_mapped(str(path), uid=uid, gid=gid, mode=mode)
 
 
 def cached_busybox_rootfs() -> Path:
@@ -143,8 +177,36 @@ def debian_tarball() -> Path:
     return cache_dir() / f"rootfs-debian-{DEBIAN_SUITE}.tar"
 
 
-def build_debian_rootfs(dest: Path, mirror: str = DEBIAN_MIRROR) -> Path:
-    """Extract the cached Debian tree into dest; debootstrap it first if not cached."""
+def build_debian_rootfs(dest: Path, mirror: str = DEBIAN_MIRROR,
+                        mapped: bool | None = None) -> Path:
+    """Extract the cached Debian tree into dest; debootstrap it first if not cached.
+
+    ``mapped`` (default: when not root) imports the tarball as a mapped tree
+    (ninep.vm.tarimport), which needs no root; making the tarball does (debootstrap)."""
+    if mapped is None:
+        mapped = os.geteuid() != 0
+    if mapped:
+        from ninep.vm.tarimport import import_tarball
+        tarball = debian_tarball()
+        if not tarball.exists():
+            if os.geteuid() != 0:
+                raise BuildError(
+                    f"no Debian tarball cached at {tarball}, and making one needs root "
+                    f"(debootstrap): run `ninep rootfs debian` once as root with the same "
+                    f"XDG_CACHE_HOME, or `ninep rootfs import` any root tarball")
+            tarball = cached_debian_tarball(mirror)
+        import_tarball(tarball, dest)
+        return dest
+    tarball = cached_debian_tarball(mirror)
+    dest.mkdir(parents=True, exist_ok=True)
+    note(f"extracting {tarball} into {dest}")
+    subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(dest), "-xpf",
+                    str(tarball)], check=True)
+    return dest
+
+
+def cached_debian_tarball(mirror: str = DEBIAN_MIRROR) -> Path:
+    """The debootstrapped, configured Debian root as a tarball (made once, as root)."""
     tarball = debian_tarball()
     if not tarball.exists():
         if shutil.which("debootstrap") is None:
@@ -163,8 +225,4 @@ def build_debian_rootfs(dest: Path, mirror: str = DEBIAN_MIRROR) -> Path:
                         str(partial), "."], check=True)
         partial.rename(tarball)
         shutil.rmtree(staging, ignore_errors=True)
-    dest.mkdir(parents=True, exist_ok=True)
-    note(f"extracting {tarball} into {dest}")
-    subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(dest), "-xpf",
-                    str(tarball)], check=True)
-    return dest
+    return tarball

@@ -79,3 +79,38 @@ async def boot_script(rootfs: Path, script: str | None, *, transport: str = "vir
                       or default_kernel(), transport=transport, server=server or default_server(),
                       script=script, accel="tcg", timeout=timeout, **options)
     return await run_vm(config, watch=watch, stop_when=stop_when)
+
+
+#: An unprivileged identity no host user database knows, for tests that drop root.
+UNPRIVILEGED = (4711, 4711)
+
+
+@functools.cache
+def unprivileged_python(uid: int = UNPRIVILEGED[0], gid: int = UNPRIVILEGED[1]
+                        ) -> tuple[list[str], dict[str, str]] | None:
+    """(argv prefix, environment) that runs this checkout's Python as uid:gid through
+    setpriv, or None where that cannot work (not root, no setpriv, no Python that
+    user may execute). The venv's interpreter may live under a home directory the user
+    cannot enter (pyenv in /root); then the system python3 of the same version runs
+    with the venv's packages on its path."""
+    import shutil
+    import sys
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return None
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    repo = str(Path(__file__).resolve().parents[2])
+    site = [p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, *site]), HOME="/nonexistent")
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, shutil.which(version) or "", "/usr/bin/" + version):
+        if not python:
+            continue
+        # It must also be able to start itself again (ninepd, the relay): exec of a
+        # path through a directory it cannot search fails only then.
+        probe = subprocess.run([*drop, python, "-c", "import subprocess, sys, trio, yaml, "
+                                "construct, ninep; subprocess.run([sys.executable, '-c', "
+                                "'import trio'], check=True)"],
+                               env=env, capture_output=True)
+        if probe.returncode == 0:
+            return [*drop, python], env
+    return None

@@ -86,6 +86,15 @@ def host_backend(scratch: Path) -> Backend:
         xattrs=_xattrs_supported(scratch), chown=os.geteuid() == 0))
 
 
+@register("host-mapped")
+def host_mapped_backend(scratch: Path) -> Backend:
+    """Ownership in user.virtfs.* xattrs: chown to any id works without host root."""
+    write_seed(scratch)
+    xattrs = _xattrs_supported(scratch)
+    return Backend("host-mapped", HostFilesystem(str(scratch), identity="mapped"),
+                   Capabilities(xattrs=xattrs, chown=xattrs))
+
+
 @register("host-readonly")
 def host_readonly_backend(scratch: Path) -> Backend:
     write_seed(scratch)
@@ -142,3 +151,36 @@ def union_backend(scratch: Path) -> Backend:
     base = HostFilesystem(str(scratch))
     return Backend("union", UnionFilesystem(base, {"dir/sub/mnt": Directory({"x": b"x"})}), Capabilities(
         xattrs=_xattrs_supported(scratch), chown=os.geteuid() == 0))
+
+
+# --- copy-on-write (issue 12) ----------------------------------------------------------
+def _cow(scratch: Path, base_of) -> Backend:
+    """The seed is the *base*; the upper starts empty, so every write the suite makes
+    goes through copy-up, whiteouts or opaque directories."""
+    from ninep.fs.cow import CowFilesystem
+
+    layers = scratch.parent / (scratch.name + "-layers")
+    seed = layers / "seed"
+    seed.mkdir(parents=True)
+    write_seed(seed)
+    upper = layers / "upper"
+    upper.mkdir()
+    return Backend("cow", CowFilesystem(base_of(seed, layers), str(upper)), Capabilities(
+        xattrs=_xattrs_supported(upper), chown=os.geteuid() == 0))
+
+
+@register("cow-dir")
+def cow_dir_backend(scratch: Path) -> Backend:
+    return _cow(scratch, lambda seed, layers: str(seed))
+
+
+@register("cow-tar")
+def cow_tar_backend(scratch: Path) -> Backend:
+    import tarfile
+
+    def tarball(seed: Path, layers: Path) -> str:
+        path = layers / "base.tar"
+        with tarfile.open(path, "w") as tar:
+            tar.add(seed, arcname=".")
+        return str(path)
+    return _cow(scratch, tarball)

@@ -1,5 +1,6 @@
-"""As root, each operation runs as the attaching user: ownership and permission
-decisions are the host kernel's own, and the server's identity always comes back."""
+"""The per-user model as root: each operation runs as the attaching user, ownership
+and permission decisions are the host kernel's own, and the server's identity always
+comes back."""
 
 import errno
 import os
@@ -22,7 +23,8 @@ USER = Credentials(1000, 1000, ())
 @pytest.fixture(params=["worker", "inline"])
 async def hostfs(request, export):
     """Both ways of switching identity: in a worker thread, or on the loop thread."""
-    fs = HostFilesystem(str(export), identity_inline=request.param == "inline")
+    fs = HostFilesystem(str(export), identity="per-user",
+                        identity_inline=request.param == "inline")
     yield fs
     await fs.aclose()
     # Whichever thread did the work, the event loop's thread is the server again.

@@ -110,3 +110,33 @@ def test_minimum_frame():
     reader = FrameReader(4096)
     reader.feed(FRAMES[2])
     assert reader.next_frame() == FRAMES[2]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=3000), min_size=1, max_size=8),
+       st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=50),
+       st.booleans())
+def test_big_frames_in_their_own_buffers_under_any_chunking(bodies, cuts, direct):
+    """Frames of big_frame bytes or more come out whole, however the bytes arrive,
+    whether they are fed or received straight into receive_buffer()."""
+    frames_in = [codec.encode_bytes(codec.decode(FRAMES[3])) if n == 0 else
+                 (7 + 4 + 8 + 4 + n).to_bytes(4, "little") + bytes([118]) + b"\x01\x00"
+                 + (1).to_bytes(4, "little") + (0).to_bytes(8, "little") + n.to_bytes(4, "little")
+                 + bytes([n % 251]) * n for n in bodies]
+    stream = b"".join(frames_in)
+    reader = FrameReader(1 << 20, big_frame=1000)
+    out, position, i = [], 0, 0
+    while position < len(stream):
+        cut = cuts[i % len(cuts)]
+        i += 1
+        target = reader.receive_buffer() if direct else None
+        if target is not None:
+            take = min(cut, len(target), len(stream) - position)
+            target[:take] = stream[position:position + take]
+            reader.received(take)
+        else:
+            take = min(cut, len(stream) - position)
+            reader.feed(stream[position:position + take])
+        position += take
+        out += [bytes(frame) for frame in reader]
+    assert out == frames_in
+    assert reader.buffered == 0

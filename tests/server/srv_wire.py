@@ -56,20 +56,35 @@ class Peer:
         assert isinstance(reply, m.Rattach), reply
 
 
+def stream_pair(kind: str) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    """(client, server): a real socketpair (the server's SocketTransport, as in
+    production) or trio's memory streams (its StreamTransport, as for fd pairs)."""
+    if kind == "memory":
+        return trio.testing.memory_stream_pair()
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
 @asynccontextmanager
 async def served(exports, *, limits: Limits = Limits(), locks: LockManager | None = None,
-                 connections: int = 1):
-    """Run ``connections`` server connections over memory streams; yield their Peers."""
+                 connections: int = 1, streams: str = "socket"):
+    """Run ``connections`` server connections over a socketpair each (``streams=
+    "memory"``: memory streams); yield their Peers."""
     if not isinstance(exports, dict):
         exports = {"": Export(exports)}
     locks = locks or LockManager()
     peers, conns = [], []
     async with trio.open_nursery() as nursery:
         for _ in range(connections):
-            client, server = trio.testing.memory_stream_pair()
+            client, server = stream_pair(streams)
             conn = Connection(server, exports, locks, limits=limits)
             conns.append(conn)
             nursery.start_soon(conn.run)
             peers.append(Peer(client))
-        yield peers, conns
-        nursery.cancel_scope.cancel()
+        try:
+            yield peers, conns
+        finally:
+            nursery.cancel_scope.cancel()
+            for peer in peers:
+                with trio.CancelScope(shield=True):
+                    await peer.stream.aclose()

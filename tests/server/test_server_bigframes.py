@@ -1,8 +1,8 @@
-"""Frames bigger than the receive buffer (1 MiB Twrites) land in pooled buffers.
+"""Big frames (1 MiB Twrites) land in buffers of their own, filled by the socket.
 
-A pooled buffer is handed out again only when nothing refers to it any more, so a
-backend that keeps the payload it was given never sees it overwritten, and pipelined
-big writes to a host file arrive intact.
+Each big frame gets a fresh buffer sized to it, which becomes the Twrite's payload:
+a backend that keeps the payload it was given never sees it overwritten, and
+pipelined big writes to a host file arrive intact.
 """
 
 import os
@@ -15,7 +15,7 @@ from ninep.fs.host import HostFilesystem
 from ninep.protocol import messages as m
 from ninep.protocol.constants import OpenFlags
 from ninep.protocol.messages import Qid
-from ninep.server.connection import _FramePool
+from ninep.protocol.codec import FrameReader, encode_bytes
 
 from srv_wire import Peer
 
@@ -23,19 +23,25 @@ MSIZE = 1 << 20
 CHUNK = 600 * 1024  # more than the 256 KiB receive buffer
 
 
-def test_pool_reuses_only_buffers_nobody_holds():
-    pool = _FramePool()
-    first = pool.take(100, 1000)
-    second = pool.take(100, 1000)
-    assert first.obj is not second.obj and len(first) == 1000
-    kept = first[:10]  # a payload a backend kept
-    first_buffer = id(first.obj)  # (holding the object itself would pin it)
-    del first
-    third = pool.take(100, 1000)
-    assert id(third.obj) != first_buffer
-    del kept, second, third
-    assert id(pool.take(100, 1000).obj) == first_buffer
-    assert len(pool.take(5000, 1000)) == 5000  # bigger than the pooled ones: a new one
+def test_a_big_frame_gets_its_own_buffer_and_the_socket_fills_it():
+    frames = FrameReader(MSIZE, big_frame=1000)
+    small = encode_bytes(m.Tclunk(1, 7))
+    big = encode_bytes(m.Twrite(2, 1, 0, b"w" * 5000))
+    frames.feed(small + big[:100])
+    assert frames.next_frame() == small
+    assert frames.next_frame() is None
+    target = frames.receive_buffer()  # the rest of the big frame, for recv_into
+    assert len(target) == len(big) - 100
+    target[:] = big[100:]
+    frames.received(len(target))
+    frame = frames.next_frame()
+    assert bytes(frame) == big and isinstance(frame, memoryview)
+    assert frames.receive_buffer() is None and frames.buffered == 0
+    second = frames.next_frame()
+    assert second is None
+    frames.feed(big)  # another one: a new buffer, the first stays as it was
+    again = frames.next_frame()
+    assert again.obj is not frame.obj and bytes(frame) == big
 
 
 class KeepingFile(File):

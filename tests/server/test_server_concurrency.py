@@ -248,7 +248,7 @@ async def test_in_flight_limit_stops_reading(autojump_clock):
         await open_file(peer, 1, "slow")
         await peer.send(*(m.Tread(10 + i, 1, 0, 10) for i in range(4)))
         await trio.sleep(1)
-        assert len(conns[0]._requests) == 2  # the rest wait unread
+        assert len(conns[0].rules.in_flight) == 2  # the rest wait unread
         replies = {(await peer.recv()).tag for _ in range(4)}
         assert replies == {10, 11, 12, 13}
         assert trio.current_time() >= 20  # two rounds of 10 s

@@ -69,3 +69,48 @@ def test_sizes_and_squash():
     for bad in ("1000", "a:b", "-1:0"):
         with pytest.raises(ValueError):
             parse_squash(bad)
+
+
+def test_identity_and_mapped_owner():
+    config = parse_config("""
+exports:
+  vm: {path: /a, identity: mapped, mapped_owner: "0:0"}
+  share: {path: /b, identity: per-user}
+  plain: {path: /c}
+""")
+    assert [(e.identity, e.mapped_owner) for e in config.exports] == [
+        ("mapped", (0, 0)), ("per-user", (0, 0)), (None, (0, 0))]
+    assert parse_config('exports: {a: {path: /, mapped_owner: "1000:100"}}').exports[0] \
+        .mapped_owner == (1000, 100)
+    for text, where in (
+            ("exports:\n  a:\n    path: /\n    identity: mine\n",
+             "f.yaml:4: exports.a.identity: identity must be one of passthrough, mapped"),
+            ("exports:\n  a:\n    path: /\n    mapped_owner: root\n",
+             "f.yaml:4: exports.a.mapped_owner: mapped_owner must be UID:GID")):
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, "f.yaml")
+        assert str(info.value).startswith(where), str(info.value)
+
+
+def test_identity_flows_from_command_line_and_config_to_the_export(tmp_path):
+    from ninep.cli import build_exports, build_parser
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config = parse_config(f"exports: {{b: {{path: {tmp_path / 'b'}, identity: mapped, "
+                          f"mapped_owner: '5:6'}}}}")
+    args = build_parser().parse_args(["--export", str(tmp_path / "a"), "--identity", "mapped",
+                                      "--mapped-owner", "7:8"])
+    exports = build_exports(args, config)
+    a, b = exports[""].filesystem, exports["b"].filesystem
+    assert (a.identity, a.mapped_owner) == ("mapped", (7, 8))
+    assert (b.identity, b.mapped_owner) == ("mapped", (5, 6))
+    default = build_exports(build_parser().parse_args(["--export", str(tmp_path / "a")]), None)
+    import os
+    assert default[""].filesystem.identity == ("passthrough" if os.geteuid() == 0 else "mapped")
+    squashed = build_exports(build_parser().parse_args(
+        ["--export", str(tmp_path / "a"), "--squash", "1:1"]), None)
+    assert squashed[""].filesystem.identity == "squash"
+    with pytest.raises(ValueError, match="squash needs"):
+        build_exports(build_parser().parse_args(
+            ["--export", str(tmp_path / "a"), "--identity", "squash"]), None)

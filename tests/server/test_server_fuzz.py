@@ -490,7 +490,7 @@ def test_a_client_that_never_reads_is_bounded_and_others_are_served(fresh_trees,
         honest_check(server)
         assert time.monotonic() - start < 5.0, "the honest client waited on the greedy one"
         served, queued = server.in_loop(lambda: next(
-            (c.requests_served, c._out_bytes + c._promised) for c in server.server.connections
+            (c.requests_served, c.rules.buffered + c.rules.promised) for c in server.server.connections
             if c.requests_served > 3))
         grown = rss_bytes() - rss_before
         # Kernel socket buffers take some replies; the server holds max_buffered at most.
@@ -518,7 +518,7 @@ def test_disconnect_with_100_requests_in_flight(fresh_trees, records):
         client.send(*(m.Tlock(tag, 2, wrlck, block, 0, 0, 1000 + tag, "waiter")
                       for tag in range(100, 200)))
         deadline = time.monotonic() + SETTLE_SECONDS
-        while server.in_loop(lambda: sum(len(c._requests) for c in server.server.connections)) < 100:
+        while server.in_loop(lambda: sum(len(c.rules.in_flight) for c in server.server.connections)) < 100:
             assert time.monotonic() < deadline, "the blocking locks never arrived"
             time.sleep(0.01)
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

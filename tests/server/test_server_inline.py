@@ -1,6 +1,7 @@
 """Requests answered in the connection's reader (no worker task) for ``prompt``
 filesystems when nothing else is in flight -- and never one that may wait."""
 
+import pytest
 import trio
 
 from ninep.fs.host import HostFilesystem
@@ -71,3 +72,77 @@ async def test_a_request_held_for_the_reader_meets_tflush_and_tversion(tmp_path)
         with trio.fail_after(5):
             while (reply := await peer.recv()) != m.Rversion(0xFFFF, 65536, "9P2000.L"):
                 assert reply.tag == 7, reply
+
+
+async def test_a_lone_client_in_another_thread_is_waited_for_outside_the_scheduler(tmp_path):
+    """One connection, a client that is not a task of this loop (here a thread; in
+    production another process): the reader waits for its next request in select(),
+    not through trio -- and a timer of this loop still fires on time meanwhile."""
+    import socket
+    import threading
+
+    from ninep.protocol.codec import FrameReader, decode, encode_bytes
+    from ninep.server.connection import Connection, LockManager
+    from ninep.server.session import Export
+
+    (tmp_path / "f").write_bytes(b"x")
+    ours, theirs = socket.socketpair()
+    conn = Connection(trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
+                      {"": Export(HostFilesystem(str(tmp_path)))}, LockManager())
+    rounds = 400
+    replies = []
+
+    def client() -> None:
+        frames = FrameReader(1 << 20)
+
+        def rpc(msg):
+            theirs.sendall(encode_bytes(msg))
+            while (frame := frames.next_frame()) is None:
+                frames.feed(theirs.recv(65536))
+            return decode(frame)
+
+        rpc(m.Tversion(0xFFFF, 65536, "9P2000.L"))
+        rpc(m.Tattach(1, 0, 0xFFFFFFFF, "nobody", "", 0xFFFFFFFF))
+        replies.extend(rpc(m.Tgetattr(2, 0, 0x7FF)) for _ in range(rounds))
+        theirs.close()
+
+    ticks = []
+
+    async def timer():
+        while True:
+            start = trio.current_time()
+            await trio.sleep(0.005)
+            ticks.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer)
+        thread = threading.Thread(target=client)
+        thread.start()
+        with trio.fail_after(30):
+            await conn.run()
+        await trio.to_thread.run_sync(thread.join)
+        nursery.cancel_scope.cancel()
+    assert len(replies) == rounds and all(isinstance(r, m.Rgetattr) for r in replies)
+    assert conn.lone_waits > rounds // 2
+    assert ticks and max(ticks) < 0.1  # the loop was never held for long
+
+
+@pytest.mark.parametrize("streams", ["socket", "memory"])
+async def test_the_pump_over_a_socket_and_over_any_stream(tmp_path, streams):
+    """The same reader and writer serve a socket (recv_into/sendmsg) and any trio
+    stream (receive_some/send_all): pipelined requests, a big frame in its own
+    buffer, and a Tflush of a request already answered."""
+    (tmp_path / "f").write_bytes(b"")
+    big = bytes(range(256)) * 1200  # 300 KiB: a frame of its own buffer
+    async with served(HostFilesystem(str(tmp_path)), streams=streams) as ([peer], [conn]):
+        await peer.start(msize=1 << 20)
+        assert isinstance(await peer.rpc(m.Twalk(2, 0, 1, ("f",))), m.Rwalk)
+        assert isinstance(await peer.rpc(m.Tlopen(3, 1, 2)), m.Rlopen)
+        await peer.send(m.Twrite(4, 1, 0, big), *(m.Tgetattr(tag, 1, 0x7FF) for tag in range(5, 20)),
+                        m.Tflush(20, 19))
+        replies = [await peer.recv() for _ in range(17)]
+        assert replies[0] == m.Rwrite(4, len(big))
+        assert sorted(r.tag for r in replies[1:16]) == list(range(5, 20))
+        assert replies[16] == m.Rflush(20)
+        assert await peer.rpc(m.Tread(21, 1, 0, len(big))) == m.Rread(21, big)
+        assert conn.requests_inline >= 18

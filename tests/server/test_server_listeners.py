@@ -187,7 +187,7 @@ async def test_client_that_stops_reading_does_not_block_others():
                 assert isinstance(await other.rpc(m.Tgetattr(tag, 0, 0x7FF)), m.Rgetattr)
         [hog_conn] = [c for c in server.connections if len(c.session.fids) == 2]
         # Bounded: the hog's queue stops growing near max_buffered (+ one batch).
-        assert hog_conn._out_bytes <= (2 << 20) + (2 << 20)
+        assert hog_conn.rules.buffered <= (2 << 20) + (2 << 20)
         nursery.cancel_scope.cancel()
 
 

@@ -198,3 +198,61 @@ async def test_a_64k_client_id_crosses_the_lock_channel(tmp_path):
             await peer.stream.aclose()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+async def test_lock_limit_holds_across_workers(tmp_path):
+    """The supervisor's table counts a connection's ranges; its ENOLCK reaches the
+    worker as ENOLCK (not EIO), and leaves both the table and the other client fine."""
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "f").write_bytes(b"x")
+    log_path = tmp_path / "log"
+    process, port = start_workers(tmp_path / "export", log_path, "--limit", "max_locks=2")
+    with reaped(process):
+        a, b = await two_clients_with_f_open(process, port, log_path)
+        for tag, start in ((4, 0), (5, 10)):
+            assert await a.rpc(m.Tlock(tag, 1, WR, 0, start, 1, 1, "a")) == m.Rlock(tag, LockStatus.SUCCESS)
+        assert await a.rpc(m.Tlock(6, 1, WR, 0, 20, 1, 1, "a")) == m.Rlerror(6, Errno.ENOLCK)
+        assert await b.rpc(m.Tlock(4, 1, WR, 0, 20, 1, 2, "b")) == m.Rlock(4, LockStatus.SUCCESS)
+        assert await b.rpc(m.Tgetlock(5, 1, WR, 0, 0, 2, "b")) == m.Rgetlock(5, WR, 0, 1, 1, "a")
+        assert await a.rpc(m.Tlock(7, 1, UN, 0, 0, 1, 1, "a")) == m.Rlock(7, LockStatus.SUCCESS)
+        assert await a.rpc(m.Tlock(8, 1, WR, 0, 30, 1, 1, "a")) == m.Rlock(8, LockStatus.SUCCESS)
+        await a.stream.aclose()
+        await b.stream.aclose()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    text = log_path.read_text()
+    assert "refused (lock limit)" in text and "Traceback" not in text, text
+
+
+async def test_workers_start_from_a_function_with_settings_parsed_once(tmp_path):
+    """No CLI argv: the supervisor hands each worker a WorkerStart (a function and
+    its pickled settings); a build that fails stops the supervisor with a clear error."""
+    import argparse
+
+    import pytest
+
+    from ninep.cli import build_parser, build_server
+    from ninep.server.listeners import ListenError
+    from ninep.server.workers import Supervisor, WorkerStart
+
+    from srv_wire import Peer
+
+    (tmp_path / "f").write_bytes(b"hello")
+    args: argparse.Namespace = build_parser().parse_args(["--export", str(tmp_path)])
+    async with trio.open_nursery() as nursery:
+        supervisor = await nursery.start(
+            Supervisor(WorkerStart(build_server, (args, None), "WARNING"), 2).run,
+            ["tcp://127.0.0.1:0"])
+        port = int(supervisor.addresses[0].rsplit(":", 1)[1])
+        peer = Peer(await trio.open_tcp_stream("127.0.0.1", port))
+        await peer.start()
+        assert isinstance(await peer.rpc(m.Twalk(2, 0, 1, ("f",))), m.Rwalk)
+        assert isinstance(await peer.rpc(m.Tlopen(3, 1, 0)), m.Rlopen)
+        assert await peer.rpc(m.Tread(4, 1, 0, 10)) == m.Rread(4, b"hello")
+        await peer.stream.aclose()
+        supervisor.shutdown()
+
+    gone = build_parser().parse_args(["--export", str(tmp_path / "gone")])
+    failing = Supervisor(WorkerStart(build_server, (gone, None), "CRITICAL"), 1)
+    with pytest.raises(ListenError, match="could not build its server"), trio.fail_after(30):
+        await failing.run(["tcp://127.0.0.1:0"])

@@ -3,6 +3,8 @@
  *   fsops flock-hold FILE SECONDS | flock-try FILE
  *   fsops lock-hold FILE SECONDS  | lock-try FILE        (fcntl F_SETLK write locks)
  *   fsops setxattr FILE NAME VALUE | getxattr FILE NAME
+ *   fsops chown-keep FILE     chown(FILE, -1, -1): prints ctime-moved or ctime-same
+ *   fsops mksock FILE         bind a Unix socket there (a socket node)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -10,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -24,6 +29,32 @@ int main(int argc, char **argv)
 	int fd;
 	if (argc < 3)
 		return 2;
+	if (!strcmp(argv[1], "chown-keep")) {
+		struct stat before, after;
+		if (stat(argv[2], &before) < 0)
+			return 1;
+		usleep(20000);
+		if (chown(argv[2], (uid_t)-1, (gid_t)-1) < 0) {
+			printf("chown-failed:%s\n", strerror(errno));
+			return 1;
+		}
+		if (stat(argv[2], &after) < 0)
+			return 1;
+		puts(after.st_ctim.tv_sec != before.st_ctim.tv_sec ||
+		     after.st_ctim.tv_nsec != before.st_ctim.tv_nsec ? "ctime-moved" : "ctime-same");
+		return 0;
+	}
+	if (!strcmp(argv[1], "mksock")) {
+		struct sockaddr_un addr = { .sun_family = AF_UNIX };
+		int s = socket(AF_UNIX, SOCK_STREAM, 0);
+		strncpy(addr.sun_path, argv[2], sizeof(addr.sun_path) - 1);
+		if (s < 0 || bind(s, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+			printf("mksock-failed:%s\n", strerror(errno));
+			return 1;
+		}
+		puts("socket");
+		return 0;
+	}
 	if (!strcmp(argv[1], "setxattr") && argc == 5) {
 		if (setxattr(argv[2], argv[3], argv[4], strlen(argv[4]), 0) < 0) {
 			printf("setxattr-failed:%s\n", strerror(errno));

@@ -95,6 +95,31 @@ def test_check_root_follows_symlinks_inside_the_root(tmp_path: Path):
         check_root(tmp_path, None)
 
 
+def test_check_root_reads_a_mapped_tree(tmp_path: Path):
+    """In a mapped tree (`ninep rootfs busybox` without root) symlinks are files holding
+    their target and modes live in user.virtfs.mode: /bin/sh -> busybox is executable
+    there though every host file is 0600."""
+    from ninep.fs.hostmodel import has_user_xattrs, write_mapped
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not has_user_xattrs(fd):
+            pytest.skip("no user xattrs on this filesystem")
+    finally:
+        os.close(fd)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/busybox").write_bytes(b"\x7fELF")
+    (tmp_path / "bin/sh").write_text("busybox")
+    for name in ("bin/busybox", "bin/sh"):
+        os.chmod(tmp_path / name, 0o600)
+    write_mapped(str(tmp_path / "bin/busybox"), uid=0, gid=0, mode=0o100755)
+    write_mapped(str(tmp_path / "bin/sh"), uid=0, gid=0, mode=0o120777)
+    check_root(tmp_path, "echo hi")
+    write_mapped(str(tmp_path / "bin/busybox"), mode=0o100644)
+    with pytest.raises(RootProblem, match="/bin/sh is not executable"):
+        check_root(tmp_path, "echo hi")
+
+
 def test_panic_reason_is_one_line():
     console = ("[    1.0] ninep-init: mounting 9p\n"
                "[    1.2] ninep-init: panic: exec /sbin/init: No such file or directory\n"

@@ -1,0 +1,187 @@
+"""The request rules of one connection: messages in, decisions and replies out.
+
+Pure (no trio, no sockets), like h11: the trio pump (``connection.py``) reads frames,
+asks ``receive`` what to do with each message, runs requests where it is told, and
+hands every finished request back to ``finished``, which says what to send, in order.
+Tested with tables of messages in and out (tests/server/test_server_rules.py).
+
+The rules:
+
+* **Tags.** A tag is in flight from its request until its reply is queued. A request
+  reusing a tag in flight gets Rlerror(EINVAL) and is not run.
+* **Inline or task.** A request on a fid of a ``prompt`` filesystem (one that never
+  waits for anything but the host) is answered *inline*: by the reader, at once,
+  before it reads the next frame; its reply joins the batch the reader sends when it
+  has nothing more to read. Everything that may wait (Tlock, which may block until
+  another client unlocks; Tfsync; Tattach; any request of a synthetic tree) runs in a
+  task of its own, so that the reader goes on reading and a Tflush can reach it.
+* **Tflush.** Flushing a tag not in flight is answered Rflush at once. Otherwise the
+  target is cancelled, and Rflush is sent only when the target has finished: after the
+  target's reply if it completed anyway (the client then learns the effect of an
+  operation that did happen), alone if it was cancelled. Several flushes of one tag
+  are answered in the order they came.
+* **Tversion** aborts everything in flight: the reader stops reading, every request
+  in flight is cancelled, and only when all have finished is the session reset and
+  Rversion sent, after any reply they still produced.
+* **Backpressure.** The reader stops reading while ``max_in_flight`` tags run or
+  ``max_buffered`` reply bytes are queued or promised (a Tread's or Treaddir's count
+  counts from the moment it is asked for: 64 pipelined 1 MiB Treads must not queue
+  64 MiB).
+* **Reply size.** A reply of msize bytes or more becomes Rlerror(ERANGE) (Linux drops
+  the whole mount on one), one that cannot be encoded Rlerror(EIO).
+* **Bad frames.** A frame well delimited but with a bad body gets Rlerror (EILSEQ for a
+  string that is not UTF-8, EINVAL otherwise) and the connection goes on; broken framing
+  (no tag to answer) ends it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Callable
+
+from ..protocol import messages as m
+from ..protocol.codec import ProtocolError, encode
+from ..protocol.constants import Errno, host_errno_to_wire
+from ..protocol.errors import NOT_UTF8
+from .session import Limits
+
+log = logging.getLogger("ninep.server")
+
+# What ``receive`` decides (the first item of its answer).
+REPLY = "reply"  # send this reply now; nothing runs
+INLINE = "inline"  # run it in the reader, now
+TASK = "task"  # run it in a task of its own
+FLUSH = "flush"  # cancel the request with this tag; Rflush comes from ``finished``
+VERSION = "version"  # cancel these tags; when ``idle``, reset and call ``versioned``
+
+# Requests that may be answered inline, and the field naming the fid whose filesystem
+# must be prompt. Not Tlock (a blocking one waits for another client: it must stay
+# flushable, and only the reader can read the Tflush), nor Tfsync, Tattach, Tflush, Tversion.
+INLINE_FID_FIELD = {
+    m.Tgetattr: "fid", m.Twalk: "fid", m.Tclunk: "fid", m.Tlopen: "fid", m.Tread: "fid",
+    m.Twrite: "fid", m.Treaddir: "fid", m.Tstatfs: "fid", m.Treadlink: "fid",
+    m.Txattrwalk: "fid", m.Txattrcreate: "fid", m.Tlcreate: "fid", m.Tsetattr: "fid",
+    m.Tunlinkat: "dirfid", m.Tmkdir: "dfid", m.Tsymlink: "fid", m.Trenameat: "olddirfid",
+    m.Tremove: "fid", m.Tlink: "dfid", m.Tmknod: "dfid", m.Trename: "fid",
+    m.Tgetlock: "fid",
+}
+
+
+class _InFlight:
+    __slots__ = ("promised", "flushes")
+
+    def __init__(self, promised: int) -> None:
+        self.promised = promised  # reply bytes it may add to the output
+        self.flushes: list[int] = []  # tags of Tflushes waiting for it, in order
+
+
+class RequestRules:
+    """The rules for one connection. ``prompt(fid_number)`` says whether that fid's
+    filesystem is prompt (False for an unknown fid)."""
+
+    def __init__(self, limits: Limits, prompt: Callable[[int], bool]) -> None:
+        self.limits = limits
+        self.msize = limits.max_msize
+        self._prompt = prompt
+        self.in_flight: dict[int, _InFlight] = {}
+        self.promised = 0  # bulk reply bytes of requests still running
+        self.buffered = 0  # reply bytes queued and not yet sent
+        self.versioning = False  # a Tversion waits for what is in flight
+
+    # --- requests in ---------------------------------------------------------------
+    def receive(self, msg: m.Message) -> tuple:
+        """What to do with ``msg``: (REPLY, reply), (INLINE, None), (TASK, None),
+        (FLUSH, target tag) or (VERSION, tags to cancel)."""
+        kind = type(msg)
+        field = INLINE_FID_FIELD.get(kind)
+        tag = msg.tag
+        in_flight = self.in_flight
+        if tag in in_flight:
+            return REPLY, m.Rlerror(tag, Errno.EINVAL)  # a tag may not be reused while in flight
+        if field is not None and self._prompt(getattr(msg, field)):
+            return INLINE, None
+        if kind is m.Tversion:
+            self.versioning = True
+            return VERSION, list(in_flight)
+        if kind is m.Tflush:
+            target = in_flight.get(msg.oldtag)
+            if target is None:
+                return REPLY, m.Rflush(tag)
+            target.flushes.append(tag)
+            in_flight[tag] = _InFlight(0)
+            return FLUSH, msg.oldtag
+        promised = min(msg.count, self.msize) if kind is m.Tread or kind is m.Treaddir else 0
+        in_flight[tag] = _InFlight(promised)
+        self.promised += promised
+        return TASK, None
+
+    def finished(self, tag: int, reply: m.Message | None) -> list[m.Message]:
+        """The request ``tag`` (run as a task) is done, with ``reply`` or cancelled
+        (None): the replies to send now, in this order."""
+        out = [] if reply is None else [reply]
+        pending = [tag]
+        while pending:  # a flush waiting on a flush is answered after it
+            request = self.in_flight.pop(pending.pop(0))
+            self.promised -= request.promised
+            for flush in request.flushes:
+                out.append(m.Rflush(flush))
+                pending.append(flush)
+        return out
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight
+
+    def may_read(self) -> bool:
+        """Whether the reader may read the next request (see Backpressure)."""
+        limits = self.limits
+        if self.versioning:
+            return False
+        return (len(self.in_flight) < limits.max_in_flight
+                and self.buffered + self.promised < limits.max_buffered)
+
+    def versioned(self, msg: m.Tversion, msize: int, version: str) -> m.Message:
+        """The session was reset for ``msg``: its reply."""
+        self.versioning = False
+        self.msize = msize
+        return m.Rversion(msg.tag, msize, version)
+
+    # --- replies out ---------------------------------------------------------------
+    def encode_reply(self, reply: m.Message, name: str = "") -> tuple[list, int]:
+        """``reply`` as buffers for sendmsg, and their size, after the size rule;
+        counted as buffered until ``sent``."""
+        try:
+            buffers = encode(reply)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A backend handed back something the wire cannot carry (a name with NUL,
+            # a field out of range): that request fails, the connection goes on.
+            log.error("%s: cannot encode %s: %s", name, type(reply).__name__, exc)
+            buffers = encode(m.Rlerror(reply.tag, Errno.EIO))
+        size = sum(map(len, buffers)) if len(buffers) > 1 else len(buffers[0])
+        if size >= self.msize:
+            # Linux's fd/tcp transport drops the whole mount (EIO) on a reply whose size
+            # is >= msize, not only > msize. Only variable replies without a count (a
+            # huge Rreadlink) can get here.
+            log.warning("%s: %s of %d bytes exceeds msize", name, type(reply).__name__, size)
+            buffers = encode(m.Rlerror(reply.tag, Errno.ERANGE))
+            size = len(buffers[0])
+        self.buffered += size
+        return buffers, size
+
+    def sent(self, size: int) -> None:
+        self.buffered -= size
+
+
+def bad_frame_reply(exc: ProtocolError) -> m.Message | None:
+    """A frame that did not decode: the Rlerror that answers it, or None to hang up.
+
+    The codec sets ``exc.tag`` when the frame was well delimited and only its body is
+    bad (a name that is not UTF-8, a NUL in a name, 17 walk elements, a body cut short
+    inside its frame): the stream is still in step, so that request alone fails --
+    EILSEQ for bad UTF-8 (what Linux says for unencodable names), EINVAL otherwise.
+    Without a tag the framing itself is broken."""
+    if exc.tag is None:
+        return None
+    code = errno.EILSEQ if NOT_UTF8 in str(exc) else errno.EINVAL
+    return m.Rlerror(exc.tag, host_errno_to_wire(code))

@@ -1,0 +1,175 @@
+"""The request rules, pure: tables of messages in, decisions and replies out (h11 style).
+
+No trio, no socket: ``RequestRules`` is driven by hand, as the pump drives it.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+
+import pytest
+
+from ninep.protocol import messages as m
+from ninep.protocol.codec import ProtocolError, decode
+from ninep.protocol.constants import Errno
+from ninep.server.rules import (FLUSH, INLINE, REPLY, TASK, VERSION, RequestRules,
+                                bad_frame_reply)
+from ninep.server.session import Limits
+
+PROMPT_FID = 1  # a fid of a prompt filesystem (a host export)
+OTHER_FID = 2  # a fid of a synthetic tree
+
+
+def rules(**limits) -> RequestRules:
+    return RequestRules(Limits(**limits), lambda fid: fid == PROMPT_FID)
+
+
+# (message in, decision) for a fresh connection.
+DECISIONS = [
+    (m.Tgetattr(5, PROMPT_FID, 0x7FF), (INLINE, None)),
+    (m.Twalk(5, PROMPT_FID, 9, ("a",)), (INLINE, None)),
+    (m.Tread(5, PROMPT_FID, 0, 100), (INLINE, None)),
+    (m.Tunlinkat(5, PROMPT_FID, "a", 0), (INLINE, None)),
+    (m.Tgetattr(5, OTHER_FID, 0x7FF), (TASK, None)),
+    (m.Tgetattr(5, 77, 0x7FF), (TASK, None)),  # unknown fid: the dispatcher says EBADF
+    (m.Tlock(5, PROMPT_FID, 1, 1, 0, 0, 1, "c"), (TASK, None)),  # may block: flushable
+    (m.Tfsync(5, PROMPT_FID, 0), (TASK, None)),
+    (m.Tattach(5, 0, 0xFFFFFFFF, "u", "", 0), (TASK, None)),
+    (m.Tflush(5, 9), (REPLY, m.Rflush(5))),  # nothing in flight under tag 9
+    (m.Tversion(0xFFFF, 8192, "9P2000.L"), (VERSION, [])),
+]
+
+
+@pytest.mark.parametrize("msg, decision", DECISIONS, ids=lambda x: type(x).__name__)
+def test_where_each_request_runs(msg, decision):
+    assert rules().receive(msg) == decision
+
+
+def test_a_tag_in_flight_cannot_be_reused():
+    r = rules()
+    assert r.receive(m.Tgetattr(5, OTHER_FID, 0)) == (TASK, None)
+    assert r.receive(m.Tgetattr(5, PROMPT_FID, 0)) == (REPLY, m.Rlerror(5, Errno.EINVAL))
+    assert r.finished(5, m.Rlerror(5, Errno.EIO)) == [m.Rlerror(5, Errno.EIO)]
+    assert r.receive(m.Tgetattr(5, PROMPT_FID, 0)) == (INLINE, None)  # free again
+
+
+RCLUNK = m.Rclunk(5)
+
+# Tflush: (steps, replies). A step is ("in", msg, decision) or ("done", tag, reply, out).
+FLUSH_TABLE = {
+    "cancelled target: only Rflush": [
+        ("in", m.Tclunk(5, OTHER_FID), (TASK, None)),
+        ("in", m.Tflush(6, 5), (FLUSH, 5)),
+        ("done", 5, None, [m.Rflush(6)]),
+    ],
+    "target completed anyway: its reply, then Rflush": [
+        ("in", m.Tclunk(5, OTHER_FID), (TASK, None)),
+        ("in", m.Tflush(6, 5), (FLUSH, 5)),
+        ("done", 5, RCLUNK, [RCLUNK, m.Rflush(6)]),
+    ],
+    "two flushes of one tag: answered in order": [
+        ("in", m.Tclunk(5, OTHER_FID), (TASK, None)),
+        ("in", m.Tflush(6, 5), (FLUSH, 5)),
+        ("in", m.Tflush(7, 5), (FLUSH, 5)),
+        ("done", 5, None, [m.Rflush(6), m.Rflush(7)]),
+    ],
+    "a flush of a flush: after the first Rflush": [
+        ("in", m.Tclunk(5, OTHER_FID), (TASK, None)),
+        ("in", m.Tflush(6, 5), (FLUSH, 5)),
+        ("in", m.Tflush(7, 6), (FLUSH, 6)),
+        ("done", 5, RCLUNK, [RCLUNK, m.Rflush(6), m.Rflush(7)]),
+    ],
+    "flush of a finished tag: Rflush at once": [
+        ("in", m.Tclunk(5, OTHER_FID), (TASK, None)),
+        ("done", 5, RCLUNK, [RCLUNK]),
+        ("in", m.Tflush(6, 5), (REPLY, m.Rflush(6))),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", FLUSH_TABLE)
+def test_flush_order(name):
+    r = rules()
+    for step in FLUSH_TABLE[name]:
+        if step[0] == "in":
+            assert r.receive(step[1]) == step[2], step
+        else:
+            assert r.finished(step[1], step[2]) == step[3], step
+    assert r.idle
+
+
+def test_version_waits_for_everything_in_flight():
+    r = rules()
+    r.receive(m.Tclunk(5, OTHER_FID))
+    r.receive(m.Tflush(6, 5))
+    r.receive(m.Tclunk(7, OTHER_FID))
+    assert r.receive(m.Tversion(0xFFFF, 8192, "9P2000.L")) == (VERSION, [5, 6, 7])
+    assert not r.may_read()  # nothing more is read until Rversion
+    assert r.finished(7, None) == []
+    assert r.finished(5, None) == [m.Rflush(6)]
+    assert r.idle
+    reply = r.versioned(m.Tversion(0xFFFF, 8192, "9P2000.L"), 8192, "9P2000.L")
+    assert reply == m.Rversion(0xFFFF, 8192, "9P2000.L")
+    assert r.may_read() and r.msize == 8192
+
+
+def test_backpressure_counts_tags_and_promised_bytes():
+    r = rules(max_in_flight=3, max_buffered=1 << 20)
+    r.receive(m.Tclunk(1, OTHER_FID))
+    r.receive(m.Tclunk(2, OTHER_FID))
+    assert r.may_read()
+    r.receive(m.Tclunk(3, OTHER_FID))
+    assert not r.may_read()  # three tags in flight
+    r.finished(3, m.Rclunk(3))
+    assert r.may_read()
+    r.receive(m.Tread(4, OTHER_FID, 0, 1 << 20))  # its reply may be 1 MiB: counted now
+    assert not r.may_read()
+    r.finished(4, None)
+    assert r.may_read()
+
+
+def test_buffered_reply_bytes_stop_reading_until_sent():
+    r = rules(max_buffered=100)
+    buffers, size = r.encode_reply(m.Rread(1, b"x" * 90))
+    assert size == 7 + 4 + 90 and b"".join(bytes(b) for b in buffers)[7 + 4:] == b"x" * 90
+    assert not r.may_read()
+    r.sent(size)
+    assert r.may_read()
+
+
+def test_reply_of_msize_or_more_becomes_erange_and_unencodable_eio():
+    r = rules(max_msize=4096)
+    buffers, _ = r.encode_reply(m.Rreadlink(3, "x" * 5000))
+    assert decode(b"".join(buffers)) == m.Rlerror(3, Errno.ERANGE)
+    buffers, _ = r.encode_reply(m.Rreadlink(3, "a\0b"))
+    assert decode(b"".join(buffers)) == m.Rlerror(3, Errno.EIO)
+
+
+BAD_FRAMES = [
+    # a name that is not UTF-8: EILSEQ
+    (bytes.fromhex("140000006e0400" "00000000" "01000000" "0100") + b"\x01\x00\xff", errno.EILSEQ),
+    # a walk of 17 names: EINVAL
+    (bytes.fromhex("110000006e0400" "00000000" "01000000" "1100"), errno.EINVAL),
+    # an unknown type inside an intact frame: EINVAL
+    (bytes.fromhex("070000000d0400"), errno.EINVAL),
+]
+
+
+@pytest.mark.parametrize("frame, code", BAD_FRAMES)
+def test_a_bad_body_gets_rlerror(frame, code):
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame)
+    assert bad_frame_reply(caught.value) == m.Rlerror(4, code)
+
+
+def test_broken_framing_has_no_reply():
+    assert bad_frame_reply(ProtocolError("size field 3 outside 7..msize (8192)")) is None
+
+
+def test_the_rules_load_no_trio_socket_or_pwd():
+    code = ("import sys; import ninep.server.rules; "
+            "bad = {'trio', 'socket', 'pwd'} & set(sys.modules); assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
