@@ -23,7 +23,7 @@ import struct
 import trio
 
 from ninep.vhost.device import RX_QUEUE, TX_QUEUE, VsockDevice
-from ninep.vhost.memory import GuestMemory, GuestMemoryFault, Region
+from ninep.vhost.memory import GuestMemory, Region
 from ninep.vhost.virtqueue import SplitQueue
 from ninep.vhost.vsock import MAX_CONNECTIONS
 

@@ -263,7 +263,6 @@ class Connection:
     async def _read_loop(self) -> None:
         transport = self.transport
         frames = self.frames
-        rules = self.rules
         scratch = _receive_buffer()
         peek = False  # after a big frame, read just the head of the next one
         drained = False  # the last read took less than it could: likely nothing more yet

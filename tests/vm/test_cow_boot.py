@@ -107,8 +107,8 @@ async def test_debian_boots_from_a_tarball_with_a_persistent_upper(tmp_path):
     seed = upper / "var" / "lib" / "systemd" / "random-seed"
     assert seed.is_file(), sorted(str(p.relative_to(upper)) for p in upper.rglob("*"))[:80]
     seed_md5 = hashlib.md5(seed.read_bytes()).hexdigest()
-    second = await boot_script(tarball, f"md5sum /var/lib/systemd/random-seed; "
-                                        f"echo booted-twice > /root/second; exit 4",
+    second = await boot_script(tarball, "md5sum /var/lib/systemd/random-seed; "
+                                        "echo booted-twice > /root/second; exit 4",
                                server="ninepd", timeout=300, server_args=("--upper", str(upper)))
     assert second.exit_status == 4, second.console[-3000:]
     assert f"{seed_md5}  /var/lib/systemd/random-seed" in second.console
