@@ -27,7 +27,7 @@ import trio
 
 from ninep.vm.accel import KvmUnavailable, default_kernel, kvm_problem
 from ninep.vm.initramfs import BuildError, DEFAULT_MODULES, build_initramfs, modules_dir_for
-from ninep.vm.preflight import RootProblem, check_root, panic_reason
+from ninep.vm.preflight import RootProblem, check_root, is_mapped_tree, panic_reason
 from ninep.vm.qemu import SERVERS, TRANSPORTS, LaunchError, VmConfig, run_vm
 from ninep.vm.rootfs import build_busybox_rootfs, build_debian_rootfs
 from ninep.vm.tarimport import import_tarball
@@ -44,9 +44,10 @@ with systemd and udev, serial-console autologin as root); the first run debootst
 from deb.debian.org, about 258 MB downloaded, and keeps a tarball in ~/.cache/ninep
 (XDG_CACHE_HOME), so later runs only extract it (making it needs debootstrap and root).
 import: unpack any root tarball (debootstrap or mmdebstrap output, a stage3, an image
-layer) with owners, modes, devices and hard links from its headers. Run as root, trees
-get real owners (ninepd --identity passthrough); otherwise, or with --mapped, owners
-and modes go into user.virtfs.* xattrs (ninepd --identity mapped), so no root is needed."""
+layer) into a mapped tree, owners, modes, devices and hard links from its headers.
+A mapped tree keeps owners and modes in user.virtfs.* xattrs (ninepd --identity mapped,
+QEMU mapped-xattr), so no root is needed to make or serve it; busybox and debian make
+one when not run as root, or with --mapped. `ninep vm` serves a mapped tree mapped."""
 
 VM_HELP = """\
 Serve ROOTFS with ninepd (or diod), build or reuse the guest initramfs, and boot QEMU
@@ -158,6 +159,15 @@ def _vm(args: argparse.Namespace) -> int:
         except RootProblem as problem:
             print(f"ninep vm: {problem}", file=sys.stderr)
             return 2
+    # A mapped tree (rootfs import, or busybox/debian made without root) must be served
+    # mapped whoever boots it: as root ninepd would default to passthrough and show
+    # 0600 files and symlinks as plain files.
+    mapped = args.rootfs.is_dir() and is_mapped_tree(args.rootfs)
+    if mapped and args.server == "diod":
+        print(f"ninep vm: {args.rootfs} is a mapped tree (owners in user.virtfs.* xattrs), "
+              "which diod cannot serve: use --server ninepd", file=sys.stderr)
+        return 2
+    server_args = (*(cow or ()), *(("--identity", "mapped") if mapped else ()))
     kernel = args.kernel or default_kernel()
     if not kernel.is_file():
         print(f"ninep vm: --kernel {kernel}: no such file", file=sys.stderr)
@@ -174,7 +184,8 @@ def _vm(args: argparse.Namespace) -> int:
         accel=args.accel, cache=args.cache, msize=args.msize,
         timeout=args.timeout if args.cmd else 10 ** 9, quiet=bool(args.cmd) and not args.verbose,
         interactive=args.cmd is None, disk_image=args.disk_image,
-        extra_append=tuple(args.append), server_args=cow or ())
+        extra_append=tuple(args.append), server_args=server_args,
+        virtio_security_model="mapped-xattr" if mapped else "passthrough")
 
     def show(line: str) -> None:
         if config.quiet and re.sub(r"^\[[ \d.]+\] ", "", line).startswith(POWER_OFF_NOISE):

@@ -37,6 +37,14 @@ def guest_mode(path: Path) -> int:
     return int.from_bytes(raw, "little") if len(raw) == 4 else os.lstat(path).st_mode
 
 
+def is_mapped_tree(root: Path) -> bool:
+    """Whether ``root`` was made as a mapped tree: its top directory carries the mode."""
+    try:
+        return len(os.getxattr(root, XATTR_MODE)) == 4
+    except OSError:
+        return False
+
+
 def _link_target(path: Path) -> str:
     if os.path.islink(path):
         return os.readlink(path)

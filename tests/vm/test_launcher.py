@@ -125,3 +125,35 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert cli.main(["initramfs", "--modules-dir", str(tmp_path), "-o",
                      str(tmp_path / "x")]) == 1
     assert "modules.dep not found" in capsys.readouterr().err
+
+
+def test_a_mapped_tree_is_served_mapped_whoever_boots_it(tmp_path, monkeypatch, capsys):
+    """Root booting a tree made by `rootfs import` (or without root) must not get
+    passthrough's view of it: 0600 files and symlinks stored as files."""
+    from ninep.fs.hostmodel import write_mapped
+
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/sh").write_text("")
+    (root / "bin/sh").chmod(0o755)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_text("")
+    try:
+        write_mapped(str(root), uid=0, gid=0, mode=0o40755)
+    except OSError:
+        pytest.skip("no user xattrs on this filesystem")
+    seen = []
+
+    def fake_run_vm(config, **_):
+        seen.append(config)
+        raise LaunchError("stop here")
+
+    monkeypatch.setattr(cli, "run_vm", fake_run_vm)
+    monkeypatch.setattr(cli, "kvm_problem", lambda kernel: None)
+    assert cli.main(["vm", str(root), "--cmd", "true", "--kernel", str(kernel),
+                     "--accel", "tcg"]) == 1
+    assert "stop here" in capsys.readouterr().err
+    assert seen[0].server_args[-2:] == ("--identity", "mapped")
+    assert seen[0].virtio_security_model == "mapped-xattr"
+    assert cli.main(["vm", str(root), "--cmd", "true", "--server", "diod"]) == 2
+    assert "mapped tree" in capsys.readouterr().err
