@@ -16,7 +16,6 @@ connection or usage problem, or a timeout.
 from __future__ import annotations
 
 import argparse
-import errno
 import stat as stat_module
 import sys
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import BinaryIO, Sequence, TextIO
 
 import trio
 
+from .. import pathwalk
 from ..protocol.constants import DirentType
 from .connect import DEFAULT_TIMEOUT, open_client, open_stream
 from .errors import ConnectionLost, VersionError
@@ -47,33 +47,17 @@ async def _ls(root: RemoteFile, path: str, io: Streams) -> None:
             print(entry.name + _DIRENT_MARK.get(entry.type, ""), file=io.out)
 
 
-MAX_SYMLINKS = 40  # as Linux's path walk
-
-
 async def _follow_symlinks(root: RemoteFile, path: str) -> str:
     """``path`` with every symlink in it replaced by its target, one component at a
     time (the server walks symlinks as names, it never follows them)."""
-    pending = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while pending:
-        name = pending.pop(0)
-        if name == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = "/".join([*resolved, name])
-        if not stat_module.S_ISLNK((await root.stat(candidate)).mode):
-            resolved.append(name)
-            continue
-        hops += 1
-        if hops > MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
-        target = await root.readlink(candidate)
-        if target.startswith("/"):
-            resolved = []  # absolute: from the attach point, the guest's /
-        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-    return "/".join(resolved)
+    walk = pathwalk.follow(path)
+    try:
+        candidate = next(walk)
+        while True:
+            link = stat_module.S_ISLNK((await root.stat(candidate)).mode)
+            candidate = walk.send(await root.readlink(candidate) if link else None)
+    except StopIteration as done:
+        return done.value
 
 
 async def _cat(root: RemoteFile, path: str, io: Streams) -> None:

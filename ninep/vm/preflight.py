@@ -12,9 +12,9 @@ import re
 import stat
 from pathlib import Path
 
+from ninep import pathwalk
 from ninep.fs.hostmodel import XATTR_MODE
 
-MAX_SYMLINKS = 40  # as Linux's path walk
 
 #: The guest init says why it gives up just before PID 1 exits; the kernel's own
 #: line comes after it.
@@ -54,31 +54,14 @@ def _link_target(path: Path) -> str:
 def resolve_in_root(root: Path, path: str) -> Path | None:
     """``path`` as the guest would see it with ``root`` as /: symlinks followed inside
     the root (an absolute target starts again at ``root``).  None if it does not exist."""
-    pending = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while pending:
-        name = pending.pop(0)
-        if name == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        here = root.joinpath(*resolved, name)
-        try:
-            mode = guest_mode(here)
-        except OSError:
-            return None
-        if not stat.S_ISLNK(mode):
-            resolved.append(name)
-            continue
-        hops += 1
-        if hops > MAX_SYMLINKS:
-            return None
-        target = _link_target(here)
-        if target.startswith("/"):
-            resolved = []
-        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-    return root.joinpath(*resolved)
+    def target_of(candidate: str) -> str | None:
+        here = root / candidate
+        return _link_target(here) if stat.S_ISLNK(guest_mode(here)) else None
+
+    try:
+        return root / pathwalk.resolve(path, target_of)
+    except OSError:
+        return None
 
 
 def _executable(root: Path, path: str) -> str | None:
