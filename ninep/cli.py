@@ -25,6 +25,7 @@ from .config import (
 from .fs.backend import Credentials, Filesystem
 from .server import DEFAULT_LISTEN, Export, Limits, Server
 from .server.listeners import ListenError, check_url, systemd_activated
+from .server.polling import MAX_WINDOW as MAX_POLL_WINDOW
 from .server.server import use_fd_limit
 from .server.session import LIMIT_NAMES
 from .server.workers import Supervisor, WorkerStart
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes serving connections, each on its own core (default 1; "
                         "host exports only; locks hold across them)")
+    p.add_argument("--poll-us", type=int, metavar="N",
+                   help="how long a lone connection (a VM's root) may poll for its next request "
+                        "before it sleeps, at most; adapts to the client (default 100; 0: never)")
     p.add_argument("--limit", metavar="NAME=N", action="append", default=[],
                    help=f"a per-connection limit ({', '.join(LIMIT_NAMES)}; "
                         f"sizes as 1M; repeatable; overrides --config)")
@@ -181,8 +185,12 @@ def build_limits(args: argparse.Namespace, config: ServerConfig | None) -> Limit
 def build_server(args: argparse.Namespace, config: ServerConfig | None) -> Server:
     """The Server that serves these settings in this process (``--workers`` runs it in
     each worker: the supervisor hands this function and the settings over)."""
+    poll_us = args.poll_us if args.poll_us is not None else (config.poll_us if config else None)
+    if poll_us is not None and poll_us < 0:
+        raise ValueError(f"--poll-us must be 0 or more, not {poll_us}")
     return Server(build_exports(args, config), limits=build_limits(args, config),
-                  trace=args.trace, grace_period=args.grace)
+                  trace=args.trace, grace_period=args.grace,
+                  poll_window=MAX_POLL_WINDOW if poll_us is None else poll_us / 1e6)
 
 
 async def _run(server, urls: list[str], exports: dict[str, Export] | None = None) -> None:

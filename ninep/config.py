@@ -5,6 +5,8 @@
       - unix:///run/ninep.sock
     msize: 1M                     # optional; 4096 .. (default 1 MiB)
     workers: 2                    # optional; processes serving connections (default 1)
+    poll_us: 100                  # optional; how long a lone connection may poll for its
+                                  #   next request, in µs (0: never; docs/performance.md)
     max_locks: 32768              # optional per-connection limits: any of the names in
     max_xattr_bytes: 1M           #   server.session.LIMIT_NAMES (docs/server.md)
     exports:                      # aname -> export; the first one is the default
@@ -42,7 +44,7 @@ from .fs.hostmodel import MODELS
 from .protocol.constants import MIN_MSIZE
 from .server.session import LIMIT_NAMES
 
-_TOP_KEYS = {"listen", "msize", "exports", "workers", *LIMIT_NAMES}
+_TOP_KEYS = {"listen", "msize", "exports", "workers", "poll_us", *LIMIT_NAMES}
 _EXPORT_KEYS = {"path", "read_only", "squash", "statfs_passthru", "identity_inline",
                 "listing_cache", "identity", "mapped_owner", "base", "upper", "throwaway"}
 _EXPORT_FLAGS = ("read_only", "statfs_passthru", "identity_inline", "listing_cache",
@@ -78,6 +80,7 @@ class ServerConfig:
     msize: int | None = None
     limits: dict[str, int] = field(default_factory=dict)  # LIMIT_NAMES -> value
     workers: int | None = None
+    poll_us: int | None = None
 
 
 def parse_squash(text: str, what: str = "squash") -> tuple[int, int]:
@@ -190,6 +193,8 @@ def parse_config(text: str, filename: str = "<config>") -> ServerConfig:
             config.limits[key] = check.count(value, key)
         elif key == "workers":
             config.workers = check.count(value, key, 1)
+        elif key == "poll_us":
+            config.poll_us = check.count(value, key, 0)
         elif key == "exports":
             config.exports = _exports(check, value)
     if "exports" not in seen or not config.exports:

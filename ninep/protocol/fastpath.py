@@ -26,7 +26,7 @@ from construct import FormatField, Renamed
 
 from . import errors, schema
 from .errors import ProtocolError
-from .messages import MESSAGE_CLASSES
+from .messages import MESSAGE_CLASSES, PLAIN_INIT_FILE
 
 SOURCE: dict[str, str] = {}
 """Generated function name -> its Python source."""
@@ -72,7 +72,8 @@ def _constructor(cls):
     init_code = getattr(cls.__init__, "__code__", None)
     plain = (dataclasses.is_dataclass(cls) and hasattr(cls, "__slots__")
              and not hasattr(cls, "__post_init__")
-             and init_code is not None and init_code.co_filename == "<string>")
+             and init_code is not None
+             and init_code.co_filename in ("<string>", PLAIN_INIT_FILE))
     if not plain:
         return cls
     names = [field.name for field in dataclasses.fields(cls)]

@@ -30,6 +30,7 @@ import itertools
 import logging
 import select
 import threading
+import time
 from typing import Hashable, Mapping
 
 import trio
@@ -39,6 +40,8 @@ from ..protocol import messages as m
 from ..protocol.codec import FrameReader, ProtocolError, decode, pack_dirents
 from .dispatch import Dispatcher
 from .locks import LockTable
+from .polling import MAX_WINDOW as MAX_POLL_WINDOW
+from .polling import PollWindow
 from .ratelimit import LogLimiter
 from .rules import FLUSH, INLINE, REPLY, TASK, VERSION, RequestRules, bad_frame_reply
 from .session import Export, Limits, Session
@@ -58,6 +61,8 @@ _live_connections = 0  # Connections running in this process
 _LONE_WAIT = 0.0005  # seconds a lone connection may wait outside the scheduler
 _LONE_STREAK = 64  # requests served so in a row, then one wait through trio
 _LONE_BACKOFF_MAX = 4096  # requests without lone waits after timeouts in a row
+_LONE_CHECK_MASK = 7  # look at trio's other tasks every 8 lone waits
+_clock = time.perf_counter
 # One receive buffer for every connection of a thread (of a trio loop): the
 # FrameReader copies out what it keeps before anything can await, so an idle
 # connection holds no buffer. Per thread, as two loops in two threads would
@@ -167,7 +172,7 @@ class Connection:
 
     def __init__(self, stream: trio.abc.Stream, exports: Mapping[str, Export],
                  locks: LockManager, *, limits: Limits = Limits(), trace: bool = False,
-                 name: str = "") -> None:
+                 name: str = "", poll_window: float = MAX_POLL_WINDOW) -> None:
         self.stream = stream
         self.transport = transport_for(stream)
         self.number = next(_connection_numbers)
@@ -189,6 +194,10 @@ class Connection:
         # See _lone_wait; select() takes descriptors below FD_SETSIZE only.
         sock = getattr(self.transport, "sock", None)
         self._lone_fd = [sock] if sock is not None and sock.fileno() < 1024 else None
+        self._poll = PollWindow(poll_window)
+        self._poller = select.poll()
+        if self._lone_fd is not None:
+            self._poller.register(sock, select.POLLIN)
         self._lone_streak = 0
         self._lone_skip = 0
         self._lone_backoff = 1
@@ -199,6 +208,7 @@ class Connection:
         self.requests_served = 0
         self.requests_inline = 0  # of those, answered in the reader
         self.lone_waits = 0  # requests waited for outside the scheduler (_lone_wait)
+        self.lone_polls = 0  # of those, found by polling (no sleep)
         self._log_limit = LogLimiter()  # a client must not write our log at line rate
 
     def _prompt(self, number: int) -> bool:
@@ -313,7 +323,9 @@ class Connection:
         near. Then a ping-pong client (a VM's root: one request in flight) costs no trip
         through trio per request. True if data came.
 
-        The wait blocks the loop for at most ``_LONE_WAIT``; after every
+        First the reader polls the socket for the window ``PollWindow`` keeps (see
+        polling.py: a client that answers within microseconds is not made to wake us
+        up), then it sleeps in ``select`` for at most ``_LONE_WAIT``. After every
         ``_LONE_STREAK`` requests served so, trio waits instead, so that listeners,
         signals and timers are served within milliseconds. A wait that times out (the
         client is idle, or is a task of this very loop that cannot run while we block)
@@ -328,13 +340,34 @@ class Connection:
         if self._lone_streak >= _LONE_STREAK:
             self._lone_streak = 0
             return False
-        statistics = trio.lowlevel.current_statistics()
-        if statistics.tasks_runnable or statistics.seconds_to_next_deadline < 2 * _LONE_WAIT:
+        if not self.rules.idle:  # a task of ours is running: let it
             return False
+        if not self._lone_streak & _LONE_CHECK_MASK:
+            # Other tasks of this loop (listeners, timers, the workers' supervisor
+            # link): checked every few requests, as the check costs ~2 µs.
+            statistics = trio.lowlevel.current_statistics()
+            if (statistics.tasks_runnable
+                    or statistics.seconds_to_next_deadline < 2 * _LONE_WAIT):
+                return False
+        start = _clock()
+        poll = self._poll
+        if poll.window:
+            ready = self._poller.poll
+            deadline = start + poll.window
+            while not ready(0):
+                if _clock() >= deadline:
+                    break
+            else:
+                poll.polled()
+                self.lone_waits += 1
+                self.lone_polls += 1
+                return True
         if select.select(self._lone_fd, (), (), _LONE_WAIT)[0]:
+            poll.slept(_clock() - start)
             self._lone_backoff = 1
             self.lone_waits += 1
             return True
+        poll.slept(None)
         self._lone_backoff = min(self._lone_backoff * 2, _LONE_BACKOFF_MAX)
         self._lone_skip = self._lone_backoff
         return False

@@ -25,6 +25,7 @@ import trio
 from ..fs.backend import Filesystem
 from .connection import Connection, LockManager
 from .listeners import Endpoint, accept, close_listeners, open_all, peer_name
+from .polling import MAX_WINDOW as MAX_POLL_WINDOW
 from .session import PROCESS_FIDS, Export, Limits
 
 log = logging.getLogger("ninep.server")
@@ -74,10 +75,11 @@ def as_exports(what: Exportable) -> dict[str, Export]:
 
 class Server:
     def __init__(self, exports: Exportable, *, limits: Limits = Limits(), trace: bool = False,
-                 grace_period: float = 10.0) -> None:
+                 grace_period: float = 10.0, poll_window: float = MAX_POLL_WINDOW) -> None:
         self.exports = as_exports(exports)
         self.limits = limits
         self.trace = trace
+        self.poll_window = poll_window  # seconds; see polling.py
         self.grace_period = grace_period
         self.locks = LockManager()
         self.addresses: list[str] = []
@@ -145,7 +147,7 @@ class Server:
 
     async def _handle(self, stream: trio.abc.Stream, name: str, endpoint: str) -> None:
         connection = Connection(stream, self.exports, self.locks, limits=self.limits,
-                                trace=self.trace, name=name)
+                                trace=self.trace, name=name, poll_window=self.poll_window)
         # This task is the connection's reader and starts its request tasks: they all
         # inherit this value, and no other connection's task ever sees it.
         current_connection.set(ConnectionInfo(connection.number, name, endpoint))
