@@ -28,10 +28,12 @@ from ninep.vm.accel import default_kernel
 from ninep.vm.qemu import VmConfig, run_vm
 from ninep.vm.rootfs import BOOT_MARKER, build_debian_rootfs
 
-#: name -> (transport, server); "disk" boots an ext4 image of the same tree.
+#: name -> (transport, server[, more server arguments]); "disk" boots an ext4 image of
+#: the same tree.
 CONFIGURATIONS = {
     "ninepd/virtio-serial": ("virtio-serial", "ninepd"),
     "ninepd/tcp": ("tcp", "ninepd"),
+    "ninepd/tcp/no-poll": ("tcp", "ninepd", ("--poll-us", "0")),  # what polling buys
     "ninepd/vsock": ("vsock", "ninepd"),
     "diod/tcp": ("tcp", "diod"),
     "diod/virtio-serial": ("virtio-serial", "diod"),
@@ -50,10 +52,10 @@ def make_ext4_image(tree: Path, image: Path) -> Path:
 
 async def boot_once(name: str, root: Path, image: Path | None, accel: str,
                     cache: str, smp: int) -> dict:
-    transport, server = CONFIGURATIONS[name]
+    transport, server, *more = CONFIGURATIONS[name]
     config = VmConfig(rootfs=root, kernel=default_kernel(), transport=transport, server=server,
                       accel=accel, cache=cache, smp=smp, timeout=300, disk_image=image,
-                      extra_append=("ninep.marker=1",))
+                      extra_append=("ninep.marker=1",), server_args=more[0] if more else ())
     result = await run_vm(config, watch=(INIT_LINE, re.escape(BOOT_MARKER)),
                           stop_when=re.escape(BOOT_MARKER))
     marker = result.seen.get(re.escape(BOOT_MARKER))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, replace
@@ -73,13 +74,21 @@ def as_exports(what: Exportable) -> dict[str, Export]:
     return exports
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class Server:
     def __init__(self, exports: Exportable, *, limits: Limits = Limits(), trace: bool = False,
                  grace_period: float = 10.0, poll_window: float = MAX_POLL_WINDOW) -> None:
         self.exports = as_exports(exports)
         self.limits = limits
         self.trace = trace
-        self.poll_window = poll_window  # seconds; see polling.py
+        # Seconds; see polling.py. With one CPU the client cannot run while we poll.
+        self.poll_window = poll_window if _usable_cpus() > 1 else 0.0
         self.grace_period = grace_period
         self.locks = LockManager()
         self.addresses: list[str] = []
@@ -159,7 +168,10 @@ class Server:
             log.exception("%s: connection failed", name)
         finally:
             self.connections.discard(connection)
-            log.debug("%s: closed after %d requests", name, connection.requests_served)
+            log.debug("%s: closed after %d requests (%d in the reader; %d waited for "
+                      "outside the scheduler, %d of them found by polling)", name,
+                      connection.requests_served, connection.requests_inline,
+                      connection.lone_waits, connection.lone_polls)
             if self.on_connection_closed is not None:
                 self.on_connection_closed()
 
