@@ -13,7 +13,8 @@ import ctypes
 import os
 import platform
 import struct
-from typing import NamedTuple, Sequence
+import threading
+from typing import Sequence
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -47,44 +48,24 @@ def _check(result: int, what: str) -> int:
 _STATX = struct.Struct("<IIQIIIHxxQQQQ" + "qIi" * 4 + "IIII")
 _STATX_BUFSIZE = 256
 _statx_fn = getattr(_libc, "statx", None)
+_statx_buffers = threading.local()
 
 
-class StatxResult(NamedTuple):
-    """The fields of struct statx the host export uses; times are (sec, nsec).
-    A NamedTuple: getattr is hot, and tuples build several times faster than
-    frozen dataclasses."""
-
-    mask: int
-    blksize: int
-    nlink: int
-    uid: int
-    gid: int
-    mode: int
-    ino: int
-    size: int
-    blocks: int
-    atime: tuple[int, int]
-    btime: tuple[int, int]
-    ctime: tuple[int, int]
-    mtime: tuple[int, int]
-    rdev: int
-    dev: int
-
-
-def statx_fd(fd: int) -> StatxResult | None:
-    """statx(fd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW): the file the (O_PATH) fd is,
-    with its birth time. None when the C library has no statx (caller uses fstat)."""
+def statx_fields(fd: int) -> tuple | None:
+    """statx(fd, "", AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW) of the (O_PATH) fd, with its
+    birth time: struct statx up to stx_dev_minor as one flat tuple in ``_STATX``'s
+    order (hostattr.attributes_of names the fields), or None when the C library has
+    no statx. No object per call: getattr is the hottest request. The buffer is per
+    thread, as getattr may run in a worker thread under a guest's identity."""
     if _statx_fn is None:
         return None
-    buf = ctypes.create_string_buffer(_STATX_BUFSIZE)
-    _check(_statx_fn(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
-                     STATX_BASIC_STATS | STATX_BTIME, buf), "statx")
-    (mask, blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks, _amask,
-     a_s, a_ns, _r1, b_s, b_ns, _r2, c_s, c_ns, _r3, m_s, m_ns, _r4,
-     rdev_major, rdev_minor, dev_major, dev_minor) = _STATX.unpack_from(buf.raw)
-    return StatxResult(mask, blksize, nlink, uid, gid, mode, ino, size, blocks,
-                       (a_s, a_ns), (b_s, b_ns), (c_s, c_ns), (m_s, m_ns),
-                       os.makedev(rdev_major, rdev_minor), os.makedev(dev_major, dev_minor))
+    buf = getattr(_statx_buffers, "buf", None)
+    if buf is None:
+        buf = _statx_buffers.buf = ctypes.create_string_buffer(_STATX_BUFSIZE)
+    if _statx_fn(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
+                 STATX_BASIC_STATS | STATX_BTIME, buf) < 0:
+        _check(-1, "statx")
+    return _STATX.unpack_from(buf)
 
 
 # --- getdents64 --------------------------------------------------------------------
