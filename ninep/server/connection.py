@@ -40,7 +40,7 @@ from ..protocol.codec import FrameReader, ProtocolError, decode, pack_dirents
 from .dispatch import Dispatcher
 from .locks import LockTable
 from .ratelimit import LogLimiter
-from .rules import FLUSH, INLINE, REPLY, TASK, VERSION, RequestRules, bad_frame_reply
+from .rules import FLUSH, INLINE, REPLY, TASK, VERSION, ByteBudget, RequestRules, bad_frame_reply
 from .session import Export, Limits, Session
 from .trace import describe
 
@@ -167,7 +167,9 @@ class Connection:
 
     def __init__(self, stream: trio.abc.Stream, exports: Mapping[str, Export],
                  locks: LockManager, *, limits: Limits = Limits(), trace: bool = False,
-                 name: str = "") -> None:
+                 name: str = "", budget: ByteBudget | None = None) -> None:
+        """``budget``: the bulk bytes of the process (``Server.bulk``), else this
+        connection's own."""
         self.stream = stream
         self.transport = transport_for(stream)
         self.number = next(_connection_numbers)
@@ -177,7 +179,7 @@ class Connection:
         self.session = Session(exports, limits, connection_id=locks.connection_id(self.number))
         self.locks = locks
         self.dispatcher = Dispatcher(self.session, locks, pack_dirents, credentials_for)
-        self.rules = RequestRules(limits, self._prompt)
+        self.rules = RequestRules(limits, self._prompt, budget)
         self.frames = FrameReader(limits.max_msize)
         self._scopes: dict[int, trio.CancelScope] = {}  # tag -> its task's scope
         self._nursery: trio.Nursery | None = None
@@ -232,6 +234,9 @@ class Connection:
                     outer.cancel_scope.deadline = trio.current_time() + _DRAIN_SECONDS
         finally:
             _live_connections -= 1
+            self._out.clear()
+            self.rules.forget_buffered()  # what was never sent is the process's again
+            self._budget_freed()
             for cause, count in self._log_limit.pending().items():
                 log.warning("%s: %d more %ss, not logged", self.name, count, cause)
             with trio.CancelScope(shield=True):
@@ -342,10 +347,21 @@ class Connection:
     async def _wait_for_room(self) -> None:
         self._room = trio.Event()
         self._reader_waiting = True
+        waiting = self.rules.budget.waiting
+        if self.rules.held_back_by_budget():  # other connections' sends make room
+            waiting.add(self)
         try:
             await self._room.wait()
         finally:
             self._reader_waiting = False
+            waiting.discard(self)
+
+    def _budget_freed(self) -> None:
+        """Bytes of the process's budget came back: wake the connections it stopped."""
+        budget = self.rules.budget
+        if budget.waiting and not budget.spent:
+            for connection in budget.waiting:
+                connection._room.set()
 
     async def _take_frames(self) -> bool:
         """Act on every whole frame read; False to hang up."""
@@ -416,6 +432,7 @@ class Connection:
             msg = None  # the message may hold a big frame's buffer
             del self._scopes[tag]
             replies = self.rules.finished(tag, reply)
+            self._budget_freed()
             self.requests_served += 1
             if not self._closing:
                 for each in replies:
@@ -476,6 +493,8 @@ class Connection:
             out[0] = memoryview(out[0])[sent:]
         if self._reader_waiting:
             self._room.set()
+        if self.rules.budget.waiting:
+            self._budget_freed()
 
     async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
         transport = self.transport
@@ -496,6 +515,7 @@ class Connection:
                         await transport.send_all(buffers)
                         self.rules.sent(sum(map(len, buffers)))
                         self._room.set()
+                        self._budget_freed()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("%s: send failed: %s", self.name, exc)
                 connection_scope.cancel()

@@ -14,7 +14,7 @@ import pytest
 from ninep.protocol import messages as m
 from ninep.protocol.codec import ProtocolError, decode
 from ninep.protocol.constants import Errno
-from ninep.server.rules import (FLUSH, INLINE, REPLY, TASK, VERSION, RequestRules,
+from ninep.server.rules import (FLUSH, INLINE, REPLY, TASK, VERSION, ByteBudget, RequestRules,
                                 bad_frame_reply)
 from ninep.server.session import Limits
 
@@ -137,6 +137,41 @@ def test_buffered_reply_bytes_stop_reading_until_sent():
     assert not r.may_read()
     r.sent(size)
     assert r.may_read()
+
+
+def test_twrite_frames_of_running_tasks_count_as_held_bytes():
+    r = rules(max_buffered=100_000)
+    r.receive(m.Twrite(1, OTHER_FID, 0, b"x" * 60_000))
+    assert r.may_read()
+    r.receive(m.Twrite(2, OTHER_FID, 0, b"x" * 60_000))  # two frames held: 120,000 bytes
+    assert not r.may_read() and r.budget.used == 120_000
+    r.finished(1, m.Rwrite(1, 60_000))
+    assert r.may_read() and r.budget.used == 60_000
+
+
+def test_the_process_budget_stops_connections_holding_bytes_not_idle_ones():
+    budget = ByteBudget(limit=1000)
+    a = RequestRules(Limits(max_buffered=800), lambda fid: True, budget)
+    b = RequestRules(Limits(max_buffered=800), lambda fid: True, budget)
+    c = RequestRules(Limits(max_buffered=800), lambda fid: True, budget)
+    _, size_a = a.encode_reply(m.Rread(1, b"a" * 600))
+    assert a.may_read() and budget.used == size_a  # under both limits
+    _, size_b = b.encode_reply(m.Rread(1, b"b" * 500))
+    assert budget.spent
+    # Both hold bytes, each under its own max_buffered: only the process's budget stops them.
+    assert not a.may_read() and a.held_back_by_budget()
+    assert not b.may_read() and b.held_back_by_budget()
+    assert c.may_read()  # holds nothing: may always take one request
+    _, size_c = c.encode_reply(m.Rread(1, b"c" * 100))
+    assert not c.may_read()
+    a.sent(size_a)
+    assert not budget.spent and a.may_read() and b.may_read() and c.may_read()
+    a.encode_reply(m.Rread(2, b"a" * 10))
+    a.forget_buffered()  # a connection gone with replies unsent gives them back
+    assert budget.used == size_b + size_c
+    b.sent(size_b)
+    c.sent(size_c)
+    assert budget.used == 0
 
 
 def test_reply_of_msize_or_more_becomes_erange_and_unencodable_eio():
