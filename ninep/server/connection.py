@@ -30,7 +30,7 @@ import itertools
 import logging
 import select
 import threading
-from typing import Hashable, Mapping
+from typing import Mapping
 
 import trio
 
@@ -38,7 +38,7 @@ from ..fs.identity import credentials_for
 from ..protocol import messages as m
 from ..protocol.codec import FrameReader, ProtocolError, decode, pack_dirents
 from .dispatch import Dispatcher
-from .locks import LockTable
+from .lockservice import LockManager  # noqa: F401  (also imported from here)
 from .ratelimit import LogLimiter
 from .rules import FLUSH, INLINE, REPLY, TASK, VERSION, ByteBudget, RequestRules, bad_frame_reply
 from .session import Export, Limits, Session
@@ -70,30 +70,6 @@ def _receive_buffer() -> memoryview:
     if scratch is None:
         scratch = _per_thread.scratch = memoryview(bytearray(_RECEIVE_SIZE))
     return scratch
-
-
-class LockManager:
-    """The server-wide lock table plus the trio side of waiting on it."""
-
-    def __init__(self, table: LockTable | None = None) -> None:
-        self.table = table if table is not None else LockTable()
-        self._released: dict[Hashable, trio.Event] = {}
-
-    def connection_id(self, number: int) -> Hashable:
-        """How lock owners name connection ``number`` of this process."""
-        return ("connection", number)
-
-    async def wait_for_release(self, key: Hashable) -> None:
-        event = self._released.get(key)
-        if event is None:
-            event = self._released[key] = trio.Event()
-        await event.wait()
-
-    def released(self, keys: set[Hashable]) -> None:
-        for key in keys:
-            event = self._released.pop(key, None)
-            if event is not None:
-                event.set()
 
 
 class SocketTransport:
@@ -251,7 +227,11 @@ class Connection:
     async def _forget_everything(self) -> None:
         for fid in self.session.clear():
             await self.dispatcher.close_fid(fid)
-        released = self.locks.table.release_connection(self.session.connection_id)
+        try:
+            released = await self.locks.release_connection(self.session.connection_id)
+        except OSError as exc:  # a worker's supervisor gone: it drops them itself
+            log.warning("%s: dropping its locks failed: %s", self.name, exc)
+            return
         self.locks.released(released)
 
     def _warn(self, cause: str, text: str, *args) -> None:
