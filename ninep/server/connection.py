@@ -304,8 +304,8 @@ class Connection:
         client is idle, or is a task of this very loop that cannot run while we block)
         turns lone waits off for a number of requests that doubles with each timeout
         in a row."""
-        if _live_connections != 1 or self._lone_fd is None:
-            return False
+        if _live_connections != 1 or self._lone_fd is None or not self.rules.idle:
+            return False  # (a task in flight may be waiting on another fd: a lock call)
         if self._lone_skip:
             self._lone_skip -= 1
             return False

@@ -11,9 +11,10 @@ so, as gunicorn and nginx do, N worker processes each run their own ``Server``:
   one connection must stop another, whichever process serves it. A worker's table is
   a ``RemoteLockTable`` whose calls are round trips on a second socketpair (the "rpc"
   channel), awaited: the request that asked waits, the worker's other connections go
-  on (a supervisor slow to answer stalls no getattr). Calls are numbered and one is
-  on the channel at a time; a call that times out (``_RPC_TIMEOUT``) fails with EIO,
-  and its late answer is skipped by the next. A call once sent is finished even if
+  on (a supervisor slow to answer stalls no getattr). Calls are numbered and
+  pipelined (the supervisor answers them in order, one waiting caller reads the
+  answers for all); a call that times out (``_RPC_TIMEOUT``) fails with EIO, and its
+  late answer is skipped. A call once sent is finished even if
   its request is cancelled (the table changes either way). A blocked Tlock watches
   its key before asking (lockservice.py), so a release while the answer is on its way
   is not missed. When a call frees a range, the supervisor tells the other workers on
@@ -69,6 +70,19 @@ _RPC_METHODS = {"set": True, "release": True, "release_connection": True,
 
 
 # --- the worker side ----------------------------------------------------------------------
+class _Call:
+    __slots__ = ("status", "value", "wake")
+
+    def __init__(self) -> None:
+        self.status: str | None = None  # "ok", "limit", "error"; None until answered
+        self.value = None
+        self.wake = trio.Event()  # answered, or it is this call's turn to read
+
+    def answer(self, status: str, value) -> None:
+        self.status, self.value = status, value
+        self.wake.set()
+
+
 class RemoteLockTable:
     """``LockTable``'s interface, as awaitables answered by the supervisor's table.
 
@@ -83,30 +97,59 @@ class RemoteLockTable:
         # Every clunk of a file's last fid releases the connection's locks there; with
         # this, only files it ever locked cost a round trip.
         self._maybe_held: dict[Hashable, set[Hashable]] = {}
-        self._turn = trio.Lock()  # one call on the channel at a time
         self._numbers = itertools.count(1)
+        self._sending = trio.Lock()
+        self._calls: dict[int, _Call] = {}  # calls sent and not answered, by number
+        self._reading = False  # one caller at a time reads answers for all
 
     async def _call(self, method: str, *args):
         # Shielded: a call sent is a call made (the table changed), so its request
-        # being cancelled must not leave its answer to be read as the next call's.
+        # being cancelled must not drop it half way.
+        number = next(self._numbers)
+        call = self._calls[number] = _Call()
         with trio.CancelScope(shield=True):
             with trio.move_on_after(_RPC_TIMEOUT):
-                async with self._turn:
-                    number = next(self._numbers)
-                    await self._rpc.send(pickle.dumps((number, method, args)))
-                    while True:
-                        data = await self._rpc.recv(_MAX_MESSAGE)
-                        if not data:
-                            raise OSError(errno.EIO, "lock table: the supervisor is gone")
-                        answered, status, value = pickle.loads(data)
-                        if answered == number:
-                            break  # else the late answer of a call that timed out
-                if status == "limit":
-                    raise LockLimitError(value)
-                if status != "ok":
-                    raise OSError(errno.EIO, f"lock table: {value}")
-                return value
-        raise OSError(errno.EIO, f"lock table: no answer to {method} in {_RPC_TIMEOUT} s")
+                try:
+                    async with self._sending:
+                        await self._rpc.send(pickle.dumps((number, method, args)))
+                    await self._answer_of(call)
+                finally:
+                    self._calls.pop(number, None)  # a late answer is then skipped
+        if call.status is None:
+            raise OSError(errno.EIO, f"lock table: no answer to {method} in {_RPC_TIMEOUT} s")
+        if call.status == "limit":
+            raise LockLimitError(call.value)
+        if call.status != "ok":
+            raise OSError(errno.EIO, f"lock table: {call.value}")
+        return call.value
+
+    async def _answer_of(self, call: "_Call") -> None:
+        """Until ``call`` is answered. Calls are pipelined: one waiting caller reads
+        the channel and hands each answer to its call, until its own comes; then the
+        next waiting caller takes over."""
+        while call.status is None:
+            if self._reading:
+                await call.wake.wait()
+                call.wake = trio.Event()
+                continue
+            self._reading = True
+            try:
+                while call.status is None:
+                    data = await self._rpc.recv(_MAX_MESSAGE)
+                    if not data:
+                        for each in self._calls.values():
+                            each.answer("gone", "the supervisor is gone")
+                        break
+                    number, status, value = pickle.loads(data)
+                    answered = self._calls.get(number)
+                    if answered is not None:
+                        answered.answer(status, value)
+            finally:
+                self._reading = False
+                for other in self._calls.values():  # the next reader
+                    if other.status is None:
+                        other.wake.set()
+                        break
 
     def wire_key(self, key: Hashable) -> Hashable:
         filesystem, file_key = key

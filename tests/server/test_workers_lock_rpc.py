@@ -64,6 +64,19 @@ async def test_lock_calls_to_the_supervisor_stall_only_the_request_that_asked(tm
         with trio.fail_after(5):
             assert await a.recv() == m.Rlock(10, LockStatus.SUCCESS)
 
+        # Calls of two requests are on the channel at once, each answer goes to its own.
+        await a.send(m.Tgetlock(14, 1, WR, 0, 10, 1, "a"))
+        await b.send(m.Tgetlock(15, 1, WR, 0, 10, 2, "b"))
+        first, _, args_first = pickle.loads(await rpc.recv(1 << 18))
+        second, _, args_second = pickle.loads(await rpc.recv(1 << 18))
+        assert {args_first[1].client_id, args_second[1].client_id} == {"a", "b"}
+        for number, args in ((second, args_second), (first, args_first)):  # out of order
+            other = LockOwner(("connection", 1, 1), "x" + args[1].client_id, 9)
+            await rpc.send(pickle.dumps((number, "ok", HeldLock(other, WR, 0, 10))))
+        with trio.fail_after(5):
+            assert await a.recv() == m.Rgetlock(14, WR, 0, 10, 9, "xa")
+            assert await b.recv() == m.Rgetlock(15, WR, 0, 10, 9, "xb")
+
         # A release that comes while a refused call's answer is on its way still
         # wakes the blocked Tlock (it watched the key before asking): the retry comes
         # at once, not after the 1 s recheck for lost notices.
