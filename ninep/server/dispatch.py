@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Awaitable, Callable, Hashable, Protocol
+from typing import Awaitable, Callable, Hashable
 
 from ..fs.backend import Credentials, File, SetAttr, errno_error
 from ..protocol import messages as m
@@ -33,7 +33,7 @@ from ..protocol.constants import (
     SetattrMask,
     host_errno_to_wire,
 )
-from .locks import LockLimitError, LockOwner
+from .locks import LockLimitError, LockOwner, LockService
 from .session import Fid, FidKind, Session, check_new_name, walk_name_ok
 
 log = logging.getLogger("ninep.server")
@@ -50,34 +50,6 @@ _CLASSIC_REQUESTS = (m.Topen, m.Tcreate, m.Tstat, m.Twstat)
 # Tlopen flags that change the file: refused on a read-only export, as open(2) on a
 # read-only mount refuses them (O_RDONLY|O_TRUNC included).
 _WRITE_ACCESS = (OpenFlags.WRONLY, OpenFlags.RDWR)
-
-
-class LockService(Protocol):
-    """What lock requests need from the I/O layer (lockservice.LockManager): the
-    table's operations as awaitables, a ticket taken before asking (``watch``) that a
-    release of the key sets, a way to sleep on it, and a way to wake such sleepers."""
-
-    async def set(self, key: Hashable, owner: LockOwner, type_: int, start: int, length: int,
-                  limit: int | None = None) -> tuple[bool, set[Hashable]]: ...
-
-    async def conflict(self, key: Hashable, owner: LockOwner, type_: int, start: int,
-                       length: int): ...
-
-    async def holding(self, key: Hashable, owners) -> set[LockOwner]: ...
-
-    async def release(self, key: Hashable, connection: Hashable) -> set[Hashable]: ...
-
-    async def begin_wait(self, owner: LockOwner, request: tuple) -> bool: ...
-
-    async def end_wait(self, owner: LockOwner, request: tuple) -> None: ...
-
-    def watch(self, key: Hashable) -> object: ...
-
-    def unwatch(self, key: Hashable, ticket: object) -> None: ...
-
-    async def wait_for_release(self, key: Hashable, ticket: object = None) -> None: ...
-
-    def released(self, keys: set[Hashable]) -> None: ...
 
 
 class Dispatcher:
