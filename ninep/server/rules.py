@@ -28,10 +28,11 @@ The rules:
   count counts from the moment it is asked for: 64 pipelined 1 MiB Treads must not
   queue 64 MiB), and the frames of Twrites running in tasks. The same bytes of every
   connection of the process count against one ``ByteBudget`` (``max_buffered_process``):
-  while it is spent, a connection holding any such bytes stops reading, and one holding
-  none may still take one request (so each connection always progresses, and a client
-  that stops reading its replies cannot stall the others). A process then holds at most
-  the budget plus one msize per connection, not connections x ``max_buffered``.
+  while it is spent, a connection holding ``SMALL_HOLDING`` (64 KiB) or more stops
+  reading, and one holding less may still take requests (so each connection always
+  progresses, a client that stops reading its replies cannot stall the others, and
+  metadata replies still go out in batches). A process then holds at most the budget
+  plus 64 KiB and one msize per connection, not connections x ``max_buffered``.
 * **Reply size.** A reply of msize bytes or more becomes Rlerror(ERANGE) (Linux drops
   the whole mount on one), one that cannot be encoded Rlerror(EIO).
 * **Bad frames.** A frame well delimited but with a bad body gets Rlerror (EILSEQ for a
@@ -71,6 +72,9 @@ INLINE_FID_FIELD = {
     m.Tremove: "fid", m.Tlink: "dfid", m.Tmknod: "dfid", m.Trename: "fid",
     m.Tgetlock: "fid",
 }
+
+
+SMALL_HOLDING = 64 * 1024  # a connection holding less reads on past the process budget
 
 
 class ByteBudget:
@@ -171,14 +175,14 @@ class RequestRules:
             return False
         held = self.buffered + self.promised
         return (len(self.in_flight) < limits.max_in_flight and held < limits.max_buffered
-                and not (held and self.budget.spent))
+                and not (held >= SMALL_HOLDING and self.budget.spent))
 
     def held_back_by_budget(self) -> bool:
         """Whether only the process's budget keeps ``may_read`` False (another
         connection's progress, not this one's, will let it read)."""
+        held = self.buffered + self.promised
         return (not self.versioning and len(self.in_flight) < self.limits.max_in_flight
-                and self.buffered + self.promised < self.limits.max_buffered
-                and self.budget.spent)
+                and SMALL_HOLDING <= held < self.limits.max_buffered and self.budget.spent)
 
     def versioned(self, msg: m.Tversion, msize: int, version: str) -> m.Message:
         """The session was reset for ``msg``: its reply."""
