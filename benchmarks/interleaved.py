@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {mode} | {conns}x{depth} | {unit} | {statistics.median(ours):,.0f} | "
                       f"{statistics.median(theirs):,.0f} | {statistics.median(ratios):.2f} | "
                       f"{shown} |", flush=True)
-        rss = load.peak_rss_kib(servers["ninepd"][2].pid)
-        print(f"\nninepd peak RSS (VmHWM, all its processes) after all runs: {rss / 1024:.1f} MiB")
+        print(f"\nninepd peak RSS (VmHWM per process) after all runs: "
+              f"{load.describe_peaks(servers['ninepd'][2].pid)}")
         return 0
 
 

@@ -3,6 +3,7 @@
 slows the other clients.
 
     python benchmarks/locks.py [--levels 0,5000,10000,20000] [--probes 300] [--no-wire]
+                               [--workers N]
 
 Levels up to ~25,000 fit the default per-connection max_locks (32768) with the
 locks the last part adds.
@@ -149,14 +150,14 @@ def _other_client(port: int, what: str, first: int, count: int) -> None:
         client.round_trips_us([m.Tgetattr(5, 1, 0x7FF)], count)
 
 
-def start_ninepd(root: Path, tree: Path) -> tuple[subprocess.Popen, int]:
+def start_ninepd(root: Path, tree: Path, workers: int = 1) -> tuple[subprocess.Popen, int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(tree))
     process = subprocess.Popen(
         [sys.executable, "-m", "ninep.cli", "--export", str(root), "--listen",
-         f"tcp://127.0.0.1:{port}", "--log-level", "warning"],
+         f"tcp://127.0.0.1:{port}", "--log-level", "warning", "--workers", str(workers)],
         cwd=tree, env=env, stdin=subprocess.DEVNULL)
     for _ in range(200):
         try:
@@ -168,10 +169,10 @@ def start_ninepd(root: Path, tree: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("ninepd did not start")
 
 
-def wire(levels: list[int], probes: int, tree: Path) -> None:
+def wire(levels: list[int], probes: int, tree: Path, workers: int = 1) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "f").write_bytes(b"x")
-        process, port = start_ninepd(Path(tmp), tree)
+        process, port = start_ninepd(Path(tmp), tree, workers)
         try:
             a, b = RawClient(port), RawClient(port)
             getattr_ = [m.Tgetattr(7, 1, 0x7FF)]
@@ -227,6 +228,9 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=300)
     p.add_argument("--no-wire", action="store_true", help="only the in-process table")
     p.add_argument("--tree", type=Path, default=REPO, help="source tree of the ninepd to run")
+    p.add_argument("--workers", type=int, default=1,
+                   help="ninepd --workers: with 2, A and B are served by two processes and "
+                        "every lock call is a round trip to the supervisor's table")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     print("table (in process), median us per call:")
@@ -236,7 +240,7 @@ def main() -> None:
         print(f"{level:>10} " + " ".join(f"{v:>14.2f}" for v in costs.values()))
     if not args.no_wire:
         print("\nwire (ninepd on loopback TCP):")
-        wire(levels, args.probes, args.tree)
+        wire(levels, args.probes, args.tree, args.workers)
 
 
 if __name__ == "__main__":

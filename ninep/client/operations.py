@@ -31,8 +31,6 @@ from .errors import ConnectionLost, VersionError
 from .mux import Multiplexer
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
-
     from .remote_file import RemoteFile
 
 
@@ -41,13 +39,6 @@ class Client(Multiplexer):
 
     root: "RemoteFile | None" = None  # the attach fid, set by open_client
     default_gid: int = os.getgid()  # gid for new files, as the kernel sends the caller's
-
-    @staticmethod
-    def from_stream(stream: trio.abc.Stream, **options: object) -> "AbstractAsyncContextManager[Client]":
-        """``async with Client.from_stream(stream, aname=...) as client`` (= open_client)."""
-        from .connect import open_client  # connect builds on this module
-
-        return open_client(stream, **options)  # type: ignore[arg-type]
 
     # --- session ---------------------------------------------------------------------
     async def version(self, msize: int | None = None, version: str = VERSION_9P2000L) -> tuple[int, str]:

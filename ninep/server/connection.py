@@ -31,7 +31,7 @@ import logging
 import select
 import threading
 import time
-from typing import Hashable, Mapping
+from typing import Mapping
 
 import trio
 
@@ -39,11 +39,11 @@ from ..fs.identity import credentials_for
 from ..protocol import messages as m
 from ..protocol.codec import FrameReader, ProtocolError, decode, pack_dirents
 from .dispatch import Dispatcher
-from .locks import LockTable
+from .lockservice import LockManager  # noqa: F401  (also imported from here)
 from .polling import MAX_WINDOW as MAX_POLL_WINDOW
 from .polling import PollWindow
 from .ratelimit import LogLimiter
-from .rules import FLUSH, INLINE, REPLY, TASK, VERSION, RequestRules, bad_frame_reply
+from .rules import FLUSH, INLINE, REPLY, TASK, VERSION, ByteBudget, RequestRules, bad_frame_reply
 from .session import Export, Limits, Session
 from .trace import describe
 
@@ -75,30 +75,6 @@ def _receive_buffer() -> memoryview:
     if scratch is None:
         scratch = _per_thread.scratch = memoryview(bytearray(_RECEIVE_SIZE))
     return scratch
-
-
-class LockManager:
-    """The server-wide lock table plus the trio side of waiting on it."""
-
-    def __init__(self, table: LockTable | None = None) -> None:
-        self.table = table if table is not None else LockTable()
-        self._released: dict[Hashable, trio.Event] = {}
-
-    def connection_id(self, number: int) -> Hashable:
-        """How lock owners name connection ``number`` of this process."""
-        return ("connection", number)
-
-    async def wait_for_release(self, key: Hashable) -> None:
-        event = self._released.get(key)
-        if event is None:
-            event = self._released[key] = trio.Event()
-        await event.wait()
-
-    def released(self, keys: set[Hashable]) -> None:
-        for key in keys:
-            event = self._released.pop(key, None)
-            if event is not None:
-                event.set()
 
 
 class SocketTransport:
@@ -172,7 +148,10 @@ class Connection:
 
     def __init__(self, stream: trio.abc.Stream, exports: Mapping[str, Export],
                  locks: LockManager, *, limits: Limits = Limits(), trace: bool = False,
-                 name: str = "", poll_window: float = MAX_POLL_WINDOW) -> None:
+                 name: str = "", budget: ByteBudget | None = None,
+                 poll_window: float = MAX_POLL_WINDOW) -> None:
+        """``budget``: the bulk bytes of the process (``Server.bulk``), else this
+        connection's own. ``poll_window``: see polling.py."""
         self.stream = stream
         self.transport = transport_for(stream)
         self.number = next(_connection_numbers)
@@ -182,7 +161,7 @@ class Connection:
         self.session = Session(exports, limits, connection_id=locks.connection_id(self.number))
         self.locks = locks
         self.dispatcher = Dispatcher(self.session, locks, pack_dirents, credentials_for)
-        self.rules = RequestRules(limits, self._prompt)
+        self.rules = RequestRules(limits, self._prompt, budget)
         self.frames = FrameReader(limits.max_msize)
         self._scopes: dict[int, trio.CancelScope] = {}  # tag -> its task's scope
         self._nursery: trio.Nursery | None = None
@@ -242,6 +221,9 @@ class Connection:
                     outer.cancel_scope.deadline = trio.current_time() + _DRAIN_SECONDS
         finally:
             _live_connections -= 1
+            self._out.clear()
+            self.rules.forget_buffered()  # what was never sent is the process's again
+            self._budget_freed()
             for cause, count in self._log_limit.pending().items():
                 log.warning("%s: %d more %ss, not logged", self.name, count, cause)
             with trio.CancelScope(shield=True):
@@ -256,7 +238,11 @@ class Connection:
     async def _forget_everything(self) -> None:
         for fid in self.session.clear():
             await self.dispatcher.close_fid(fid)
-        released = self.locks.table.release_connection(self.session.connection_id)
+        try:
+            released = await self.locks.release_connection(self.session.connection_id)
+        except OSError as exc:  # a worker's supervisor gone: it drops them itself
+            log.warning("%s: dropping its locks failed: %s", self.name, exc)
+            return
         self.locks.released(released)
 
     def _warn(self, cause: str, text: str, *args) -> None:
@@ -331,16 +317,14 @@ class Connection:
         client is idle, or is a task of this very loop that cannot run while we block)
         turns lone waits off for a number of requests that doubles with each timeout
         in a row."""
-        if _live_connections != 1 or self._lone_fd is None:
-            return False
+        if _live_connections != 1 or self._lone_fd is None or not self.rules.idle:
+            return False  # (a task in flight may be waiting on another fd: a lock call)
         if self._lone_skip:
             self._lone_skip -= 1
             return False
         self._lone_streak += 1
         if self._lone_streak >= _LONE_STREAK:
             self._lone_streak = 0
-            return False
-        if not self.rules.idle:  # a task of ours is running: let it
             return False
         if not self._lone_streak & _LONE_CHECK_MASK:
             # Other tasks of this loop (listeners, timers, the workers' supervisor
@@ -375,10 +359,21 @@ class Connection:
     async def _wait_for_room(self) -> None:
         self._room = trio.Event()
         self._reader_waiting = True
+        waiting = self.rules.budget.waiting
+        if self.rules.held_back_by_budget():  # other connections' sends make room
+            waiting.add(self)
         try:
             await self._room.wait()
         finally:
             self._reader_waiting = False
+            waiting.discard(self)
+
+    def _budget_freed(self) -> None:
+        """Bytes of the process's budget came back: wake the connections it stopped."""
+        budget = self.rules.budget
+        if budget.waiting and not budget.spent:
+            for connection in budget.waiting:
+                connection._room.set()
 
     async def _take_frames(self) -> bool:
         """Act on every whole frame read; False to hang up."""
@@ -449,6 +444,7 @@ class Connection:
             msg = None  # the message may hold a big frame's buffer
             del self._scopes[tag]
             replies = self.rules.finished(tag, reply)
+            self._budget_freed()
             self.requests_served += 1
             if not self._closing:
                 for each in replies:
@@ -509,6 +505,8 @@ class Connection:
             out[0] = memoryview(out[0])[sent:]
         if self._reader_waiting:
             self._room.set()
+        if self.rules.budget.waiting:
+            self._budget_freed()
 
     async def _write_loop(self, connection_scope: trio.CancelScope) -> None:
         transport = self.transport
@@ -529,6 +527,7 @@ class Connection:
                         await transport.send_all(buffers)
                         self.rules.sent(sum(map(len, buffers)))
                         self._room.set()
+                        self._budget_freed()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("%s: send failed: %s", self.name, exc)
                 connection_scope.cancel()

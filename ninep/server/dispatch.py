@@ -1,8 +1,9 @@
 """One handler per 9P2000.L T-message: check, call the backend, keep the books.
 
 Pure in the sans-I/O sense: no sockets, no trio. Handlers are coroutines only because
-the backend's methods are; the one place that must *wait* (a blocking Tlock) waits on
-an object the trio layer passes in (``LockWaiter``).
+the backend's methods are; locks are asked of, and a blocking Tlock waits on, an
+object the trio layer passes in (``LockService``: a worker's table is in another
+process, so its calls are awaited).
 
 Every handler returns the reply message; an ``OSError`` from a check or from the
 backend becomes ``Rlerror(errno)``. Tversion and Tflush are not here: they act on the
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Awaitable, Callable, Hashable, Protocol
+from typing import Awaitable, Callable, Hashable
 
 from ..fs.backend import Credentials, File, SetAttr, errno_error
 from ..protocol import messages as m
@@ -32,7 +33,7 @@ from ..protocol.constants import (
     SetattrMask,
     host_errno_to_wire,
 )
-from .locks import LockLimitError, LockOwner, LockTable
+from .locks import LockLimitError, LockOwner, LockService
 from .session import Fid, FidKind, Session, check_new_name, walk_name_ok
 
 log = logging.getLogger("ninep.server")
@@ -51,21 +52,10 @@ _CLASSIC_REQUESTS = (m.Topen, m.Tcreate, m.Tstat, m.Twstat)
 _WRITE_ACCESS = (OpenFlags.WRONLY, OpenFlags.RDWR)
 
 
-class LockWaiter(Protocol):
-    """What a blocking Tlock needs from the I/O layer: the shared table, a way to
-    sleep until some lock on a key is released, and a way to wake such sleepers."""
-
-    table: LockTable
-
-    async def wait_for_release(self, key: Hashable) -> None: ...
-
-    def released(self, keys: set[Hashable]) -> None: ...
-
-
 class Dispatcher:
     """Answers requests for one session (one connection)."""
 
-    def __init__(self, session: Session, locks: LockWaiter, pack_dirents: Callable,
+    def __init__(self, session: Session, locks: LockService, pack_dirents: Callable,
                  credentials_for: Callable[[str, int], Credentials]) -> None:
         """``credentials_for(uname, n_uname)``: who a Tattach without ``squash`` is
         (the shell passes ``fs.identity.credentials_for``, the host's user database)."""
@@ -130,7 +120,10 @@ class Dispatcher:
             if fid.kind is FidKind.XATTR_WRITE and fid.file is not None:
                 error = await self._commit_xattr(fid)
         finally:
-            self._drop_locks(fid)
+            try:
+                await self._drop_locks(fid)
+            except OSError as exc:  # a worker's supervisor gone or not answering
+                log.warning("dropping the locks of fid %d failed: %s", fid.number, exc)
             if fid.file is not None:
                 try:
                     await fid.file.close()
@@ -138,19 +131,19 @@ class Dispatcher:
                     log.debug("close of fid %d failed: %s", fid.number, exc)
         return error
 
-    def _drop_locks(self, fid: Fid) -> None:
+    async def _drop_locks(self, fid: Fid) -> None:
         """Close semantics. flock(2) locks belong to the open file (this fid) and
         the kernel's unlock at last close may carry another pid than the locker's, so
         locks taken through this fid go with it; POSIX close drops all of a process's
         locks on the file anyway. And the connection's last fid on a file takes
         every lock the connection held there."""
-        table = self.locks.table
+        locks = self.locks
         released: set[Hashable] = set()
         if self.session.last_fid_on(fid):
-            released |= table.release(fid.lock_key, self.session.connection_id)
+            released |= await locks.release(fid.lock_key, self.session.connection_id)
         else:
-            for owner in fid.lock_owners:
-                released |= table.set(fid.lock_key, owner, LockType.UNLCK, 0, 0)[1]
+            for owner in list(fid.lock_owners):
+                released |= (await locks.set(fid.lock_key, owner, LockType.UNLCK, 0, 0))[1]
         fid.lock_owners.clear()
         if released:
             self.locks.released(released)
@@ -534,29 +527,37 @@ class Dispatcher:
         fid = self._file_fid(msg.fid)
         try:
             owner = LockOwner(self.session.connection_id, msg.client_id, msg.proc_id)
-            table = self.locks.table
+            locks, key = self.locks, fid.lock_key
+            blocking = msg.type != LockType.UNLCK and msg.flags & LockFlags.BLOCK
             while True:
+                # Watched before asking: a release while the answer is on its way (a
+                # worker asks another process) must still end the wait.
+                ticket = locks.watch(key) if blocking else None
                 try:
-                    granted, released = table.set(fid.lock_key, owner, msg.type, msg.start,
-                                                  msg.length, self.session.limits.max_locks)
-                except LockLimitError as exc:
-                    raise self.session.refuse(errno.ENOLCK, "lock limit", str(exc)) from None
-                if released:
-                    self.locks.released(released)
-                if granted:
-                    if msg.type != LockType.UNLCK:
-                        self._remember_owner(table, fid, owner)
-                    return m.Rlock(msg.tag, LockStatus.SUCCESS)
-                if not msg.flags & LockFlags.BLOCK:
-                    return m.Rlock(msg.tag, LockStatus.BLOCKED)
-                await self._wait_for_lock(table, fid.lock_key, owner, msg)
+                    try:
+                        granted, released = await locks.set(
+                            key, owner, msg.type, msg.start, msg.length,
+                            self.session.limits.max_locks)
+                    except LockLimitError as exc:
+                        raise self.session.refuse(errno.ENOLCK, "lock limit", str(exc)) from None
+                    if released:
+                        locks.released(released)
+                    if granted:
+                        if msg.type != LockType.UNLCK:
+                            await self._remember_owner(fid, owner)
+                        return m.Rlock(msg.tag, LockStatus.SUCCESS)
+                    if not blocking:
+                        return m.Rlock(msg.tag, LockStatus.BLOCKED)
+                    await self._wait_for_lock(key, owner, msg, ticket)
+                finally:
+                    if ticket is not None:
+                        locks.unwatch(key, ticket)
                 if fid.retired:  # closed while we waited: POSIX close ends the wait too
                     raise errno_error(errno.EBADF, "fid clunked while waiting for a lock")
         finally:
             await self._let_go(fid)
 
-    @staticmethod
-    def _remember_owner(table: LockTable, fid: Fid, owner: LockOwner) -> None:
+    async def _remember_owner(self, fid: Fid, owner: LockOwner) -> None:
         """Note an owner that locked through ``fid`` (its close unlocks them). Owners
         that since unlocked everything are dropped whenever the set doubles past 64:
         a client locking and unlocking under ever new proc_ids must not grow it."""
@@ -565,21 +566,22 @@ class Dispatcher:
             return
         owners.add(owner)
         if len(owners) >= 64 and len(owners) & (len(owners) - 1) == 0:
-            owners &= table.holding(fid.lock_key, owners)
+            owners &= await self.locks.holding(fid.lock_key, owners)
 
-    async def _wait_for_lock(self, table: LockTable, key: Hashable, owner: LockOwner,
-                             msg: m.Tlock) -> None:
+    async def _wait_for_lock(self, key: Hashable, owner: LockOwner, msg: m.Tlock,
+                             ticket: object) -> None:
         """Sleep until a lock on ``key`` is released, unless that can never happen:
         EDEADLK when the owner holding us up is (through other owners) waiting for
         us. POSIX lets F_SETLKW detect this; the kernel already does for processes
         of one guest, this catches cycles across guests and connections."""
         request = (key, msg.type, msg.start, msg.length)
-        if not table.begin_wait(owner, request):
+        locks = self.locks
+        if not await locks.begin_wait(owner, request):
             raise errno_error(errno.EDEADLK, "lock wait would deadlock")
         try:
-            await self.locks.wait_for_release(key)
+            await locks.wait_for_release(key, ticket)
         finally:
-            table.end_wait(owner, request)
+            await locks.end_wait(owner, request)  # runs even if cancelled (see LockService)
 
     async def _getlock(self, msg: m.Tgetlock) -> m.Message:
         fid = self._file_fid(msg.fid)
@@ -589,7 +591,7 @@ class Dispatcher:
             # l_type): read it as "is any lock of another owner in my way?", i.e. the
             # test a write lock makes, so that F_GETLK in a guest sees other guests' locks.
             query = LockType.WRLCK if msg.type == LockType.UNLCK else msg.type
-            held = self.locks.table.conflict(fid.lock_key, owner, query, msg.start, msg.length)
+            held = await self.locks.conflict(fid.lock_key, owner, query, msg.start, msg.length)
         finally:
             await self._let_go(fid)
         if held is None:

@@ -43,7 +43,7 @@ import errno
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
 from itertools import chain
-from typing import Hashable
+from typing import Hashable, Protocol
 
 from ..protocol.constants import LockType
 
@@ -432,3 +432,31 @@ class LockTable:
 
 
 _DEADLOCK_SEARCH_LIMIT = 64  # owners visited before giving up (and waiting) -- as Linux
+
+
+class LockService(Protocol):
+    """What lock requests need from the I/O layer (lockservice.LockManager): the
+    table's operations as awaitables, a ticket taken before asking (``watch``) that a
+    release of the key sets, a way to sleep on it, and a way to wake such sleepers."""
+
+    async def set(self, key: Hashable, owner: LockOwner, type_: int, start: int, length: int,
+                  limit: int | None = None) -> tuple[bool, set[Hashable]]: ...
+
+    async def conflict(self, key: Hashable, owner: LockOwner, type_: int, start: int,
+                       length: int): ...
+
+    async def holding(self, key: Hashable, owners) -> set[LockOwner]: ...
+
+    async def release(self, key: Hashable, connection: Hashable) -> set[Hashable]: ...
+
+    async def begin_wait(self, owner: LockOwner, request: tuple) -> bool: ...
+
+    async def end_wait(self, owner: LockOwner, request: tuple) -> None: ...
+
+    def watch(self, key: Hashable) -> object: ...
+
+    def unwatch(self, key: Hashable, ticket: object) -> None: ...
+
+    async def wait_for_release(self, key: Hashable, ticket: object = None) -> None: ...
+
+    def released(self, keys: set[Hashable]) -> None: ...

@@ -24,9 +24,15 @@ The rules:
   in flight is cancelled, and only when all have finished is the session reset and
   Rversion sent, after any reply they still produced.
 * **Backpressure.** The reader stops reading while ``max_in_flight`` tags run or
-  ``max_buffered`` reply bytes are queued or promised (a Tread's or Treaddir's count
-  counts from the moment it is asked for: 64 pipelined 1 MiB Treads must not queue
-  64 MiB).
+  ``max_buffered`` bytes are held: replies queued, Tread/Treaddir counts promised (a
+  count counts from the moment it is asked for: 64 pipelined 1 MiB Treads must not
+  queue 64 MiB), and the frames of Twrites running in tasks. The same bytes of every
+  connection of the process count against one ``ByteBudget`` (``max_buffered_process``):
+  while it is spent, a connection holding ``SMALL_HOLDING`` (64 KiB) or more stops
+  reading, and one holding less may still take requests (so each connection always
+  progresses, a client that stops reading its replies cannot stall the others, and
+  metadata replies still go out in batches). A process then holds at most the budget
+  plus 64 KiB and one msize per connection, not connections x ``max_buffered``.
 * **Reply size.** A reply of msize bytes or more becomes Rlerror(ERANGE) (Linux drops
   the whole mount on one), one that cannot be encoded Rlerror(EIO).
 * **Bad frames.** A frame well delimited but with a bad body gets Rlerror (EILSEQ for a
@@ -68,6 +74,24 @@ INLINE_FID_FIELD = {
 }
 
 
+SMALL_HOLDING = 64 * 1024  # a connection holding less reads on past the process budget
+
+
+class ByteBudget:
+    """Bulk bytes held by all connections of a process (see Backpressure): ``used``
+    against ``limit``. ``waiting`` is for the I/O layer: the connections stopped by the
+    budget, to wake when it has room again."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.waiting: set = set()
+
+    @property
+    def spent(self) -> bool:
+        return self.used >= self.limit
+
+
 class _InFlight:
     __slots__ = ("promised", "flushes")
 
@@ -80,12 +104,16 @@ class RequestRules:
     """The rules for one connection. ``prompt(fid_number)`` says whether that fid's
     filesystem is prompt (False for an unknown fid)."""
 
-    def __init__(self, limits: Limits, prompt: Callable[[int], bool]) -> None:
+    def __init__(self, limits: Limits, prompt: Callable[[int], bool],
+                 budget: ByteBudget | None = None) -> None:
+        """``budget``: the process's (shared by its connections); None: one of this
+        connection's own, of ``limits.max_buffered_process``."""
         self.limits = limits
         self.msize = limits.max_msize
         self._prompt = prompt
+        self.budget = budget if budget is not None else ByteBudget(limits.max_buffered_process)
         self.in_flight: dict[int, _InFlight] = {}
-        self.promised = 0  # bulk reply bytes of requests still running
+        self.promised = 0  # bulk reply bytes and Twrite frames of requests still running
         self.buffered = 0  # reply bytes queued and not yet sent
         self.versioning = False  # a Tversion waits for what is in flight
 
@@ -111,9 +139,15 @@ class RequestRules:
             target.flushes.append(tag)
             in_flight[tag] = _InFlight(0)
             return FLUSH, msg.oldtag
-        promised = min(msg.count, self.msize) if kind is m.Tread or kind is m.Treaddir else 0
+        if kind is m.Tread or kind is m.Treaddir:
+            promised = min(msg.count, self.msize)
+        elif kind is m.Twrite:
+            promised = len(msg.data)  # its frame is held until the task is done
+        else:
+            promised = 0
         in_flight[tag] = _InFlight(promised)
         self.promised += promised
+        self.budget.used += promised
         return TASK, None
 
     def finished(self, tag: int, reply: m.Message | None) -> list[m.Message]:
@@ -124,6 +158,7 @@ class RequestRules:
         while pending:  # a flush waiting on a flush is answered after it
             request = self.in_flight.pop(pending.pop(0))
             self.promised -= request.promised
+            self.budget.used -= request.promised
             for flush in request.flushes:
                 out.append(m.Rflush(flush))
                 pending.append(flush)
@@ -138,8 +173,16 @@ class RequestRules:
         limits = self.limits
         if self.versioning:
             return False
-        return (len(self.in_flight) < limits.max_in_flight
-                and self.buffered + self.promised < limits.max_buffered)
+        held = self.buffered + self.promised
+        return (len(self.in_flight) < limits.max_in_flight and held < limits.max_buffered
+                and not (held >= SMALL_HOLDING and self.budget.spent))
+
+    def held_back_by_budget(self) -> bool:
+        """Whether only the process's budget keeps ``may_read`` False (another
+        connection's progress, not this one's, will let it read)."""
+        held = self.buffered + self.promised
+        return (not self.versioning and len(self.in_flight) < self.limits.max_in_flight
+                and SMALL_HOLDING <= held < self.limits.max_buffered and self.budget.spent)
 
     def versioned(self, msg: m.Tversion, msize: int, version: str) -> m.Message:
         """The session was reset for ``msg``: its reply."""
@@ -167,10 +210,17 @@ class RequestRules:
             buffers = encode(m.Rlerror(reply.tag, Errno.ERANGE))
             size = len(buffers[0])
         self.buffered += size
+        self.budget.used += size
         return buffers, size
 
     def sent(self, size: int) -> None:
         self.buffered -= size
+        self.budget.used -= size
+
+    def forget_buffered(self) -> None:
+        """The connection is gone with replies unsent: give their bytes back."""
+        self.budget.used -= self.buffered
+        self.buffered = 0
 
 
 def bad_frame_reply(exc: ProtocolError) -> m.Message | None:

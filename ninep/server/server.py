@@ -27,6 +27,7 @@ from ..fs.backend import Filesystem
 from .connection import Connection, LockManager
 from .listeners import Endpoint, accept, close_listeners, open_all, peer_name
 from .polling import MAX_WINDOW as MAX_POLL_WINDOW
+from .rules import ByteBudget
 from .session import PROCESS_FIDS, Export, Limits
 
 log = logging.getLogger("ninep.server")
@@ -91,6 +92,7 @@ class Server:
         self.poll_window = poll_window if _usable_cpus() > 1 else 0.0
         self.grace_period = grace_period
         self.locks = LockManager()
+        self.bulk = ByteBudget(limits.max_buffered_process)  # shared by its connections
         self.addresses: list[str] = []
         self.connections: set[Connection] = set()
         self._shutdown = trio.Event()
@@ -156,7 +158,8 @@ class Server:
 
     async def _handle(self, stream: trio.abc.Stream, name: str, endpoint: str) -> None:
         connection = Connection(stream, self.exports, self.locks, limits=self.limits,
-                                trace=self.trace, name=name, poll_window=self.poll_window)
+                                trace=self.trace, name=name, budget=self.bulk,
+                                poll_window=self.poll_window)
         # This task is the connection's reader and starts its request tasks: they all
         # inherit this value, and no other connection's task ever sees it.
         current_connection.set(ConnectionInfo(connection.number, name, endpoint))

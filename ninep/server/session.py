@@ -35,12 +35,16 @@ NAME_MAX = 255
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-connection limits: what one client may make the server hold."""
+    """Per-connection limits: what one client may make the server hold (and one for
+    the whole process, ``max_buffered_process``)."""
 
     max_msize: int = DEFAULT_MAX_MSIZE
     max_fids: int = 65536  # fids, then EMFILE
     max_in_flight: int = 256  # tags in flight before the reader stops reading
     max_buffered: int = 8 << 20  # reply bytes queued before the reader stops reading
+    # The same, for all connections of the process together (rules.ByteBudget): past it
+    # a connection reads on only while it holds no such bytes at all.
+    max_buffered_process: int = 8 << 20
     # Lock ranges held (locks.LockTable counts them), then ENOLCK. ~110 bytes each.
     max_locks: int = 32768
     # Bytes of xattr values held in fids: announced by Txattrcreate (then EDQUOT) or
@@ -56,7 +60,8 @@ class Limits:
 
 
 # The limits a config file or ``--limit`` may set (msize has its own key and option).
-LIMIT_NAMES = ("max_fids", "max_in_flight", "max_buffered", "max_locks", "max_xattr_bytes")
+LIMIT_NAMES = ("max_fids", "max_in_flight", "max_buffered", "max_buffered_process", "max_locks",
+               "max_xattr_bytes")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,16 @@ so, as gunicorn and nginx do, N worker processes each run their own ``Server``:
   Unix socketpair, the "ctl" channel); it starts a new worker when one dies;
 * it also keeps the **one lock table** (``locks.LockTable``): POSIX locks taken over
   one connection must stop another, whichever process serves it. A worker's table is
-  a ``RemoteLockTable`` whose calls are synchronous round trips on a second socketpair
-  (the "rpc" channel): locking is rare, and a synchronous call keeps the dispatcher's
-  lock code identical in both modes (nothing can run between a refused Tlock and the
-  start of its wait, so no release can be missed). When a call frees a range, the
-  supervisor tells the other workers on ctl, and their blocked Tlocks retry;
+  a ``RemoteLockTable`` whose calls are round trips on a second socketpair (the "rpc"
+  channel), awaited: the request that asked waits, the worker's other connections go
+  on (a supervisor slow to answer stalls no getattr). Calls are numbered and
+  pipelined (the supervisor answers them in order, one waiting caller reads the
+  answers for all); a call that times out (``_RPC_TIMEOUT``) fails with EIO, and its
+  late answer is skipped. A call once sent is finished even if
+  its request is cancelled (the table changes either way). A blocked Tlock watches
+  its key before asking (lockservice.py), so a release while the answer is on its way
+  is not missed. When a call frees a range, the supervisor tells the other workers on
+  ctl, and their blocked Tlocks retry;
 * a **worker** is a fresh Python running ``worker_main``: its first message on ctl is
   a ``WorkerStart`` -- a function (pickled by reference) and the settings the
   supervisor parsed once -- which builds its ``Server`` with the same exports; then it
@@ -30,6 +35,8 @@ peers are this program's own processes, never a client.
 from __future__ import annotations
 
 import array
+import errno
+import itertools
 import logging
 import signal as signals_module
 import os
@@ -42,7 +49,7 @@ from typing import Callable, Hashable, Mapping
 
 import trio
 
-from .connection import LockManager
+from .lockservice import LockManager
 from .listeners import Endpoint, ListenError, accept, close_listeners, open_all, peer_name
 from ..protocol.constants import LockType
 from .locks import LockLimitError, LockOwner, LockTable
@@ -63,29 +70,86 @@ _RPC_METHODS = {"set": True, "release": True, "release_connection": True,
 
 
 # --- the worker side ----------------------------------------------------------------------
+class _Call:
+    __slots__ = ("status", "value", "wake")
+
+    def __init__(self) -> None:
+        self.status: str | None = None  # "ok", "limit", "error"; None until answered
+        self.value = None
+        self.wake = trio.Event()  # answered, or it is this call's turn to read
+
+    def answer(self, status: str, value) -> None:
+        self.status, self.value = status, value
+        self.wake.set()
+
+
 class RemoteLockTable:
-    """``LockTable``'s interface, answered by the supervisor's table.
+    """``LockTable``'s interface, as awaitables answered by the supervisor's table.
 
     Keys are (filesystem object, File.lock_key) in the dispatcher; on the wire the
     filesystem becomes its export's name, which every worker shares."""
 
-    def __init__(self, rpc: stdsocket.socket, exports: Mapping[str, Export]) -> None:
-        self._rpc = rpc
+    def __init__(self, rpc, exports: Mapping[str, Export]) -> None:
+        self._rpc = rpc  # a trio socket (SOCK_SEQPACKET)
         self._names = {id(export.filesystem): name for name, export in exports.items()}
         self._filesystems = {name: export.filesystem for name, export in exports.items()}
         # connection -> keys it may hold locks on (granted here, maybe unlocked since).
         # Every clunk of a file's last fid releases the connection's locks there; with
         # this, only files it ever locked cost a round trip.
         self._maybe_held: dict[Hashable, set[Hashable]] = {}
+        self._numbers = itertools.count(1)
+        self._sending = trio.Lock()
+        self._calls: dict[int, _Call] = {}  # calls sent and not answered, by number
+        self._reading = False  # one caller at a time reads answers for all
 
-    def _call(self, method: str, *args):
-        self._rpc.sendall(pickle.dumps((method, args)))
-        status, value = pickle.loads(self._rpc.recv(_MAX_MESSAGE))
-        if status == "limit":
-            raise LockLimitError(value)
-        if status != "ok":
-            raise OSError(5, f"lock table: {value}")
-        return value
+    async def _call(self, method: str, *args):
+        # Shielded: a call sent is a call made (the table changed), so its request
+        # being cancelled must not drop it half way.
+        number = next(self._numbers)
+        call = self._calls[number] = _Call()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(_RPC_TIMEOUT):
+                try:
+                    async with self._sending:
+                        await self._rpc.send(pickle.dumps((number, method, args)))
+                    await self._answer_of(call)
+                finally:
+                    self._calls.pop(number, None)  # a late answer is then skipped
+        if call.status is None:
+            raise OSError(errno.EIO, f"lock table: no answer to {method} in {_RPC_TIMEOUT} s")
+        if call.status == "limit":
+            raise LockLimitError(call.value)
+        if call.status != "ok":
+            raise OSError(errno.EIO, f"lock table: {call.value}")
+        return call.value
+
+    async def _answer_of(self, call: "_Call") -> None:
+        """Until ``call`` is answered. Calls are pipelined: one waiting caller reads
+        the channel and hands each answer to its call, until its own comes; then the
+        next waiting caller takes over."""
+        while call.status is None:
+            if self._reading:
+                await call.wake.wait()
+                call.wake = trio.Event()
+                continue
+            self._reading = True
+            try:
+                while call.status is None:
+                    data = await self._rpc.recv(_MAX_MESSAGE)
+                    if not data:
+                        for each in self._calls.values():
+                            each.answer("gone", "the supervisor is gone")
+                        break
+                    number, status, value = pickle.loads(data)
+                    answered = self._calls.get(number)
+                    if answered is not None:
+                        answered.answer(status, value)
+            finally:
+                self._reading = False
+                for other in self._calls.values():  # the next reader
+                    if other.status is None:
+                        other.wake.set()
+                        break
 
     def wire_key(self, key: Hashable) -> Hashable:
         filesystem, file_key = key
@@ -95,42 +159,44 @@ class RemoteLockTable:
         return {(self._filesystems[name], file_key) for name, file_key in keys
                 if name in self._filesystems}
 
-    def set(self, key, owner: LockOwner, type_: int, start: int, length: int,
-            limit: int | None = None):
+    async def set(self, key, owner: LockOwner, type_: int, start: int, length: int,
+                  limit: int | None = None):
         if type_ != LockType.UNLCK:
             self._maybe_held.setdefault(owner.connection, set()).add(key)
         elif key not in self._maybe_held.get(owner.connection, ()):
             return True, set()  # nothing of this connection's there to unlock
-        granted, released = self._call("set", self.wire_key(key), owner, type_, start, length,
-                                       limit)
+        granted, released = await self._call("set", self.wire_key(key), owner, type_, start,
+                                             length, limit)
         return granted, self.local_keys(released)
 
-    def holding(self, key, owners) -> set[LockOwner]:
-        return self._call("holding", self.wire_key(key), list(owners))
+    async def holding(self, key, owners) -> set[LockOwner]:
+        return await self._call("holding", self.wire_key(key), list(owners))
 
-    def conflict(self, key, owner: LockOwner, type_: int, start: int, length: int):
-        return self._call("conflict", self.wire_key(key), owner, type_, start, length)
+    async def conflict(self, key, owner: LockOwner, type_: int, start: int, length: int):
+        return await self._call("conflict", self.wire_key(key), owner, type_, start, length)
 
-    def release(self, key, connection: Hashable) -> set[Hashable]:
+    async def release(self, key, connection: Hashable) -> set[Hashable]:
         held = self._maybe_held.get(connection)
         if held is None or key not in held:
             return set()
         held.discard(key)
-        return self.local_keys(self._call("release", self.wire_key(key), connection))
+        return self.local_keys(await self._call("release", self.wire_key(key), connection))
 
-    def release_connection(self, connection: Hashable) -> set[Hashable]:
+    async def release_connection(self, connection: Hashable) -> set[Hashable]:
         if self._maybe_held.pop(connection, None) is None:
             return set()
-        return self.local_keys(self._call("release_connection", connection))
+        return self.local_keys(await self._call("release_connection", connection))
 
-    def begin_wait(self, owner: LockOwner, request: tuple) -> bool:
-        return self._call("begin_wait", owner, (self.wire_key(request[0]), *request[1:]))
+    async def begin_wait(self, owner: LockOwner, request: tuple) -> bool:
+        return await self._call("begin_wait", owner, (self.wire_key(request[0]), *request[1:]))
 
-    def end_wait(self, owner: LockOwner, request: tuple) -> None:
-        self._call("end_wait", owner, (self.wire_key(request[0]), *request[1:]))
+    async def end_wait(self, owner: LockOwner, request: tuple) -> None:
+        await self._call("end_wait", owner, (self.wire_key(request[0]), *request[1:]))
 
 
 class WorkerLockManager(LockManager):
+    """A worker's ``LockManager``: every table operation is a call to the supervisor."""
+
     def __init__(self, table: RemoteLockTable) -> None:
         super().__init__(table)
         self._pid = os.getpid()
@@ -139,12 +205,33 @@ class WorkerLockManager(LockManager):
         # Unique across workers, and tells the supervisor whose it was if we die.
         return ("connection", self._pid, number)
 
-    async def wait_for_release(self, key: Hashable) -> None:
+    async def set(self, key, owner, type_, start, length, limit=None):
+        return await self.table.set(key, owner, type_, start, length, limit)
+
+    async def conflict(self, key, owner, type_, start, length):
+        return await self.table.conflict(key, owner, type_, start, length)
+
+    async def holding(self, key, owners):
+        return await self.table.holding(key, owners)
+
+    async def release(self, key, connection):
+        return await self.table.release(key, connection)
+
+    async def release_connection(self, connection):
+        return await self.table.release_connection(connection)
+
+    async def begin_wait(self, owner, request):
+        return await self.table.begin_wait(owner, request)
+
+    async def end_wait(self, owner, request):
+        await self.table.end_wait(owner, request)
+
+    async def wait_for_release(self, key: Hashable, ticket=None) -> None:
         # A release elsewhere arrives as a notice on ctl, which the supervisor sends
         # without waiting; should one be lost (ctl full), the blocked Tlock retries
         # anyway after a while instead of waiting for the next release.
         with trio.move_on_after(_LOCK_RECHECK_SECONDS):
-            await super().wait_for_release(key)
+            await super().wait_for_release(key, ticket)
 
 
 def _send_message(sock: stdsocket.socket, message, fds=()) -> None:
@@ -159,8 +246,7 @@ async def run_worker(server, ctl_fd: int, rpc_fd: int) -> None:
     """Serve, as one of the supervisor's workers, what its ctl channel hands over."""
     ctl = stdsocket.socket(fileno=ctl_fd)
     ctl.setblocking(False)
-    rpc = stdsocket.socket(fileno=rpc_fd)
-    rpc.settimeout(_RPC_TIMEOUT)
+    rpc = trio.socket.from_stdlib_socket(stdsocket.socket(fileno=rpc_fd))
     table = RemoteLockTable(rpc, server.exports)
     server.locks = WorkerLockManager(table)
 
@@ -197,7 +283,11 @@ async def run_worker(server, ctl_fd: int, rpc_fd: int) -> None:
         finally:
             server.on_connection_closed = None
 
-    await server.run([], handoff=handoff)
+    try:
+        await server.run([], handoff=handoff)
+    finally:
+        ctl.close()
+        rpc.close()
 
 
 @dataclass(frozen=True)
@@ -421,9 +511,9 @@ class Supervisor:
                 return
             if not data:
                 return
-            method = None
+            method = number = None
             try:
-                method, args = pickle.loads(data)
+                number, method, args = pickle.loads(data)
                 if method not in _RPC_METHODS:
                     raise ValueError(f"no lock call {method!r}")
                 result = getattr(self.table, method)(*args)
@@ -434,7 +524,7 @@ class Supervisor:
                 log.exception("worker %d: lock call failed", worker.index)
                 reply, result = ("error", str(exc)), None
             try:
-                await worker.rpc.send(pickle.dumps(reply))
+                await worker.rpc.send(pickle.dumps((number, *reply)))
             except OSError:
                 return  # it died waiting; _watch forgets its locks
             if _RPC_METHODS.get(method) and result is not None:

@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from client_fake_server import FakeServer, served
-from ninep.client import Client, VersionError, connect, open_client, parse_url
+from ninep.client import VersionError, connect, open_client, parse_url
 from ninep.protocol import messages as m
 from ninep.protocol.constants import NONUNAME
 
@@ -72,13 +72,13 @@ async def test_a_server_we_cannot_use_raises_version_error(version, msize):
     assert not server.requests(m.Tattach)
 
 
-async def test_from_stream_is_open_client():
+async def test_open_client_serves_any_stream():
     client_stream, server_stream = trio.testing.memory_stream_pair()
     server = FakeServer(server_stream)
     server.tree = {"f": bytearray(b"from stream")}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.serve)
-        async with Client.from_stream(client_stream, msize=8192) as client:
+        async with open_client(client_stream, msize=8192) as client:
             assert await client.root.read_file("f") == b"from stream"
 
 

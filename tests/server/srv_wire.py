@@ -11,6 +11,7 @@ from ninep.protocol import messages as m
 from ninep.protocol.codec import FrameReader, decode, encode_bytes
 from ninep.protocol.constants import NOFID, NONUNAME
 from ninep.server.connection import Connection, LockManager
+from ninep.server.rules import ByteBudget
 from ninep.server.session import Export, Limits
 
 
@@ -67,9 +68,10 @@ def stream_pair(kind: str) -> tuple[trio.abc.Stream, trio.abc.Stream]:
 
 @asynccontextmanager
 async def served(exports, *, limits: Limits = Limits(), locks: LockManager | None = None,
-                 connections: int = 1, streams: str = "socket"):
+                 connections: int = 1, streams: str = "socket", budget: ByteBudget | None = None):
     """Run ``connections`` server connections over a socketpair each (``streams=
-    "memory"``: memory streams); yield their Peers."""
+    "memory"``: memory streams); yield their Peers. ``budget``: one process budget
+    for all of them (as ``Server.bulk``), else each its own."""
     if not isinstance(exports, dict):
         exports = {"": Export(exports)}
     locks = locks or LockManager()
@@ -77,7 +79,7 @@ async def served(exports, *, limits: Limits = Limits(), locks: LockManager | Non
     async with trio.open_nursery() as nursery:
         for _ in range(connections):
             client, server = stream_pair(streams)
-            conn = Connection(server, exports, locks, limits=limits)
+            conn = Connection(server, exports, locks, limits=limits, budget=budget)
             conns.append(conn)
             nursery.start_soon(conn.run)
             peers.append(Peer(client))

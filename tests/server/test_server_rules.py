@@ -14,8 +14,8 @@ import pytest
 from ninep.protocol import messages as m
 from ninep.protocol.codec import ProtocolError, decode
 from ninep.protocol.constants import Errno
-from ninep.server.rules import (FLUSH, INLINE, REPLY, TASK, VERSION, RequestRules,
-                                bad_frame_reply)
+from ninep.server.rules import (FLUSH, INLINE, REPLY, SMALL_HOLDING, TASK, VERSION, ByteBudget,
+                                RequestRules, bad_frame_reply)
 from ninep.server.session import Limits
 
 PROMPT_FID = 1  # a fid of a prompt filesystem (a host export)
@@ -137,6 +137,44 @@ def test_buffered_reply_bytes_stop_reading_until_sent():
     assert not r.may_read()
     r.sent(size)
     assert r.may_read()
+
+
+def test_twrite_frames_of_running_tasks_count_as_held_bytes():
+    r = rules(max_buffered=100_000)
+    r.receive(m.Twrite(1, OTHER_FID, 0, b"x" * 60_000))
+    assert r.may_read()
+    r.receive(m.Twrite(2, OTHER_FID, 0, b"x" * 60_000))  # two frames held: 120,000 bytes
+    assert not r.may_read() and r.budget.used == 120_000
+    r.finished(1, m.Rwrite(1, 60_000))
+    assert r.may_read() and r.budget.used == 60_000
+
+
+def test_the_process_budget_stops_connections_holding_bytes_not_idle_ones():
+    KiB = 1024
+    budget = ByteBudget(limit=1000 * KiB)
+    a, b, c = (RequestRules(Limits(max_buffered=800 * KiB), lambda fid: True, budget)
+               for _ in range(3))
+    _, size_a = a.encode_reply(m.Rread(1, b"a" * 600 * KiB))
+    assert a.may_read() and budget.used == size_a  # under both limits
+    _, size_b = b.encode_reply(m.Rread(1, b"b" * 500 * KiB))
+    assert budget.spent
+    # Both hold bytes, each under its own max_buffered: only the process's budget stops them.
+    assert not a.may_read() and a.held_back_by_budget()
+    assert not b.may_read() and b.held_back_by_budget()
+    # c holds nothing, then less than SMALL_HOLDING (metadata replies, batched): it reads on.
+    assert c.may_read()
+    _, size_small = c.encode_reply(m.Rread(1, b"c" * (SMALL_HOLDING - 100)))
+    assert c.may_read() and not c.held_back_by_budget()
+    _, size_c = c.encode_reply(m.Rread(2, b"c" * 100))
+    assert not c.may_read() and c.held_back_by_budget()
+    a.sent(size_a)
+    assert not budget.spent and a.may_read() and b.may_read() and c.may_read()
+    a.encode_reply(m.Rread(2, b"a" * 10))
+    a.forget_buffered()  # a connection gone with replies unsent gives them back
+    assert budget.used == size_b + size_small + size_c
+    b.sent(size_b)
+    c.sent(size_small + size_c)
+    assert budget.used == 0
 
 
 def test_reply_of_msize_or_more_becomes_erange_and_unencodable_eio():

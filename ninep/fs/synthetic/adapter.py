@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import errno
 import itertools
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ...protocol.constants import AT_REMOVEDIR, XATTR_CREATE, XATTR_REPLACE
 from ...protocol.messages import Dirent, Qid
 from ..backend import Attr, Credentials, File, Filesystem, SetAttr, errno_error
-from .directories import Directory, DirectoryHandle
-from .node import Handle, Node, OpenContext, Session
+from .node import DirectoryHandle, Handle, Node, OpenContext, Session
+
+if TYPE_CHECKING:
+    from .directories import Directory  # what a node whose is_dir is True is
 
 Path = tuple[tuple[str, Node], ...]
+
+
+def _is_directory(node: object) -> bool:
+    return isinstance(node, Node) and node.is_dir
 
 
 class SyntheticFilesystem(Filesystem):
@@ -31,8 +37,8 @@ class SyntheticFilesystem(Filesystem):
     and streaming files read correctly even on ``cache=loose`` mounts; older kernels
     ignore the difference."""
 
-    def __init__(self, root: Directory, *, zero_versions: bool = False):
-        if not isinstance(root, Directory):
+    def __init__(self, root: "Directory", *, zero_versions: bool = False):
+        if not _is_directory(root):
             raise TypeError("the root of a synthetic tree must be a Directory")
         self.root = root
         self.zero_versions = zero_versions
@@ -73,9 +79,9 @@ class SyntheticFile(File):
             return Qid(qid.type, 0, qid.path)
         return qid
 
-    def _directory(self) -> Directory:
+    def _directory(self) -> "Directory":
         node = self.node
-        if not isinstance(node, Directory):
+        if not _is_directory(node):
             raise errno_error(errno.ENOTDIR)
         return node
 
@@ -96,7 +102,7 @@ class SyntheticFile(File):
 
     async def _step(self, path: Path, name: str) -> Path:
         node = path[-1][1]
-        if not isinstance(node, Directory):
+        if not _is_directory(node):
             raise errno_error(errno.ENOTDIR)
         if name == "..":
             return path[:-1] if len(path) > 1 else path
@@ -232,7 +238,7 @@ class SyntheticFile(File):
         if len(self.path) < 2:
             raise errno_error(errno.EBUSY, "cannot rename the root")
         (name, node), parent = self.path[-1], self.path[-2][1]
-        if not isinstance(parent, Directory) or await parent.lookup(name, self.session) is not node:
+        if not _is_directory(parent) or await parent.lookup(name, self.session) is not node:
             raise errno_error(errno.ENOENT, "renamed or removed meanwhile")
         target = self._same_tree_directory(newdir)
         await parent.rename(name, target, newname)
@@ -242,15 +248,15 @@ class SyntheticFile(File):
         if len(self.path) < 2:
             raise errno_error(errno.EBUSY, "cannot remove the root")
         (name, node), parent = self.path[-1], self.path[-2][1]
-        if not isinstance(parent, Directory) or await parent.lookup(name, self.session) is not node:
+        if not _is_directory(parent) or await parent.lookup(name, self.session) is not node:
             raise errno_error(errno.ENOENT, "renamed or removed meanwhile")
         await parent.unlink(name, directory=None)
 
-    def _same_tree_directory(self, other: File) -> Directory:
+    def _same_tree_directory(self, other: File) -> "Directory":
         if not isinstance(other, SyntheticFile) or other.session.filesystem is not self.session.filesystem:
             raise errno_error(errno.EXDEV)
         node = other.node
-        if not isinstance(node, Directory):
+        if not _is_directory(node):
             raise errno_error(errno.ENOTDIR)
         return node
 

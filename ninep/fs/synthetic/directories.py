@@ -1,7 +1,8 @@
 """Directory nodes: a fixed (program-edited) mapping, or a listing computed on demand.
 
 ``Directory`` is also a ``Filesystem`` whose root is itself, so a tree can be handed
-straight to ``ninep.server.serve``. Its mutation hooks (``create_file``, ``unlink``...)
+straight to ``ninep.server.serve`` (so this module builds on ``adapter``, which serves
+any tree of nodes and knows a directory by ``Node.is_dir``). Its mutation hooks (``create_file``, ``unlink``...)
 refuse with EROFS: clients cannot change a program's tree. ``RamDirectory`` (ramfs.py)
 implements them.
 """
@@ -13,8 +14,9 @@ import stat
 from typing import Any, Callable, Iterator, Mapping
 
 from ..backend import Credentials, Filesystem, errno_error
+from .adapter import SyntheticFilesystem
 from .files import ControlFile, GeneratedFile, StaticFile, StreamFile
-from .node import Handle, Node, OpenContext, Session, callback, opens_for_writing
+from .node import DirectoryHandle, Handle, Node, OpenContext, Session, callback, opens_for_writing
 
 
 def check_entry_name(name: str) -> None:
@@ -31,15 +33,6 @@ def as_node(value: Any) -> Node:
     if isinstance(value, Mapping):
         return Directory(value)
     raise TypeError(f"cannot make a file from {type(value).__name__}")
-
-
-class DirectoryHandle(Handle):
-    """An open directory: the listing snapshotted at open, so readdir offsets
-    stay meaningful while the directory changes."""
-
-    def __init__(self, ctx: OpenContext, children: list[tuple[str, Node]]):
-        super().__init__(ctx)
-        self.children = children
 
 
 class Directory(Node, Filesystem):
@@ -176,7 +169,6 @@ class Directory(Node, Filesystem):
         (``SyntheticFilesystem(tree, zero_versions=True)`` chooses options), else
         one with default options, made on first use."""
         if self._filesystem is None:
-            from .adapter import SyntheticFilesystem  # adapter imports this module
             self._filesystem = SyntheticFilesystem(self)
         return self._filesystem
 

@@ -136,6 +136,15 @@ class Handle:
         return None
 
 
+class DirectoryHandle(Handle):
+    """An open directory: the listing snapshotted at open, so readdir offsets
+    stay meaningful while the directory changes."""
+
+    def __init__(self, ctx: OpenContext, children: list[tuple[str, "Node"]]):
+        super().__init__(ctx)
+        self.children = children
+
+
 class Node:
     """Metadata shared by every node. Subclasses set ``FILE_TYPE`` and say whether they
     can be read or written; ``open`` returns a ``Handle``.
