@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --export keeps the guest's owners and modes: passthrough (root: "
                         "on the host inodes), mapped (no root: in user.virtfs.* xattrs, as "
                         "QEMU mapped-xattr), per-user (root: act as each attaching host "
-                        "user), squash (with --squash). Default: passthrough as root, else mapped")
+                        "user), squash (with --squash); with --upper, how the upper keeps them. "
+                        "Default: passthrough as root, else mapped")
     p.add_argument("--mapped-owner", metavar="UID:GID",
                    help="mapped: the owner shown for files without user.virtfs.* (default 0:0)")
     p.add_argument("--statfs-passthru", action="store_true",
@@ -120,10 +121,10 @@ def _host_export(path: str, read_only: bool, squash: tuple[int, int] | None, *,
 
 
 def _cow_export(base: str, upper: str | None, throwaway: bool,
-                squash: tuple[int, int] | None) -> Export:
+                squash: tuple[int, int] | None, identity: str | None) -> Export:
     from .fs.cow import CowFilesystem
 
-    return Export(CowFilesystem(base, upper, throwaway=throwaway),
+    return Export(CowFilesystem(base, upper, throwaway=throwaway, identity=identity),
                   squash=Credentials(*squash) if squash else None)
 
 
@@ -138,7 +139,8 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
                              read_only=args.read_only)
     if args.export and (args.upper or args.throwaway_upper):
         name = "" if "" not in exports else args.export
-        exports[name] = _cow_export(args.export, args.upper, args.throwaway_upper, squash)
+        exports[name] = _cow_export(args.export, args.upper, args.throwaway_upper, squash,
+                                     args.identity)
     elif args.export:
         name = "" if "" not in exports else args.export
         try:
@@ -155,7 +157,8 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
         if item.name in exports:
             raise ValueError(f"export {item.name!r} is defined twice")
         if item.base is not None:
-            exports[item.name] = _cow_export(item.base, item.upper, item.throwaway, item.squash)
+            exports[item.name] = _cow_export(item.base, item.upper, item.throwaway, item.squash,
+                                          item.identity)
             continue
         try:
             exports[item.name] = _host_export(item.path, item.read_only, item.squash,

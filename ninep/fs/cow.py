@@ -40,6 +40,7 @@ from ..protocol.constants import AT_REMOVEDIR, OpenFlags, SetattrMask
 from ..protocol.codec import unpack_dirents
 from ..protocol.messages import Dirent, Qid
 from . import cowupper as up
+from . import hostmodel
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
 from .host import HostFilesystem
 from .hostdir import Listing
@@ -77,22 +78,35 @@ def open_base(path: str) -> Filesystem:
     if os.path.isdir(path) and is_oci_layout(path):
         return TarFilesystem(oci_layers(path))
     if os.path.isdir(path):
-        return HostFilesystem(path, read_only=True)
+        return HostFilesystem(path, read_only=True, identity=base_identity(path))
     if is_tarball(path):
         return TarFilesystem(path)
     raise ValueError(f"base {path!r} is neither a directory nor a .tar[.gz|.xz|.zst|.bz2]")
+
+
+def base_identity(path: str) -> str:
+    """How a directory base shows owners: a mapped tree (``ninep rootfs`` without
+    root, ``rootfs import``) by its ``user.virtfs.*`` xattrs, any other tree by its
+    real host owners and modes, whoever runs the server (it is only read)."""
+    if hostmodel.is_mapped_tree(path):
+        return hostmodel.MAPPED
+    return hostmodel.PASSTHROUGH if os.geteuid() == 0 else hostmodel.PER_USER
 
 
 class CowFilesystem(Filesystem):
     """``base``: a Filesystem (read through the File contract) or a path that
     ``open_base`` opens (a directory, a tarball or an OCI image layout). ``upper``: a directory,
     ``{aname}`` replaced per attach; None or ``throwaway=True`` makes each aname's
-    upper a temporary directory, removed when its last fid goes."""
+    upper a temporary directory, removed when its last fid goes. ``identity``: the
+    uppers' identity model (``hostmodel``; None: passthrough as root, else mapped,
+    so that without root the guest's owners, modes and devices -- copied up from the
+    base or set by the guest -- live in ``user.virtfs.*``, QEMU mapped-xattr style)."""
 
     sub_anames = True  # the server may hand us "EXPORT/NAME" attaches as aname NAME
 
     def __init__(self, base: Filesystem | str, upper: str | None, *,
-                 throwaway: bool = False, tmpdir: str | None = None) -> None:
+                 throwaway: bool = False, tmpdir: str | None = None,
+                 identity: str | None = None) -> None:
         if isinstance(base, str):
             base = open_base(base)
         self.base = base
@@ -102,6 +116,7 @@ class CowFilesystem(Filesystem):
         self.upper_template = upper
         self.throwaway = throwaway or upper is None
         self.tmpdir = tmpdir
+        self.identity = identity if identity is None else hostmodel.check_model(identity, None)
         self._sessions: dict[tuple, Session] = {}
 
     async def attach(self, aname: str, creds: Credentials) -> "CowFile":
@@ -132,7 +147,7 @@ class CowFilesystem(Filesystem):
     async def _open_session(self, name: str, creds: Credentials, *,
                             clear_work: bool = True) -> Session:
         path = self.upper_path(name)
-        upper_fs = HostFilesystem(path)
+        upper_fs = HostFilesystem(path, identity=self.identity)
         upper_root = await upper_fs.attach("", creds)
         base_root = await self.base.attach("", creds)
         # Another identity's tree on this upper may be copying up right now: only the
@@ -143,7 +158,7 @@ class CowFilesystem(Filesystem):
             a = await base_root.getattr(0)
             up.adopt_root_metadata(upper_root._node.fd, a.mode, a.uid, a.gid,
                                    ((a.atime_sec, a.atime_nsec), (a.mtime_sec, a.mtime_nsec)),
-                                   base_root.qid.path)
+                                   base_root.qid.path, mapped=upper_fs.mapped)
         session = Session(self, name, path, upper_fs, work_fd, index_fd, self.throwaway)
         session.root = Node(None, "", stat.S_IFDIR, session.base_qid(base_root.qid),
                             upper_root, base_root, session.nodes)

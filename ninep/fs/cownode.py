@@ -22,7 +22,7 @@ import trio
 from ..protocol.constants import AT_REMOVEDIR, GetattrMask, OpenFlags, QidType
 from ..protocol.messages import Qid
 from . import cowupper as up
-from . import hostsys
+from . import hostmodel, hostsys
 from .backend import File, errno_error
 from .host import HostFile, HostFilesystem
 from .hostpath import proc_path
@@ -107,11 +107,16 @@ class Session:
 
     def qid_of_upper(self, upper: HostFile) -> Qid:
         origin = None
+        qtype = upper.qid.type
         if upper._fmt in (stat.S_IFREG, stat.S_IFDIR):
             origin = up.read_origin(proc_path(upper._node.fd), follow=True)
+            if upper._fmt == stat.S_IFREG and self.upper_fs.mapped:
+                mode = hostmodel.read_mapped_mode(upper._node.fd, stat.S_IFREG)
+                if mode is not None and stat.S_ISLNK(mode):  # a mapped symlink is a host file
+                    qtype = int(QidType.SYMLINK)
         if origin is not None:
-            return self.origin_qid(upper.qid.type, origin)
-        return self.upper_qid(upper.qid.type, upper.qid.path)
+            return self.origin_qid(qtype, origin)
+        return self.upper_qid(qtype, upper.qid.path)
 
     # --- lookups -------------------------------------------------------------------
     async def lookup(self, d: Node, name: str) -> Node:
@@ -293,6 +298,11 @@ class Session:
             os.close(fd)
         elif kind == stat.S_IFDIR:
             os.mkdir(tmp, 0o700, dir_fd=work)
+        elif self.upper_fs.mapped:
+            # A mapped upper keeps symlinks and special files as plain host files, as
+            # QEMU's mapped-xattr does: no privilege needed, no host device ever made.
+            target = await base.readlink() if kind == stat.S_IFLNK else None
+            hostmodel.make_mapped_entry(work, tmp, attr.mode, target)
         elif kind == stat.S_IFLNK:
             os.symlink(await base.readlink(), tmp, dir_fd=work)
         else:
@@ -300,7 +310,7 @@ class Session:
         try:
             up.finish_copy(work, tmp, attr.mode, attr.uid, attr.gid,
                            ((attr.atime_sec, attr.atime_nsec), (attr.mtime_sec, attr.mtime_nsec)),
-                           xattrs, base.qid.path)
+                           xattrs, base.qid.path, mapped=self.upper_fs.mapped, rdev=attr.rdev)
             if kind != stat.S_IFDIR and attr.nlink > 1:
                 os.link(tmp, up.index_name(base.qid.path), src_dir_fd=work,
                         dst_dir_fd=self.index_fd, follow_symlinks=False)
@@ -402,12 +412,16 @@ class Session:
             fd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=work)
             try:
                 up.make_marker(fd, up.OPAQUE_MARKER, durable=False)
-                os.chmod(proc_path(fd), mode & 0o7777)
-                uid = parent._creds.uid if parent._creds.uid is not None else -1
-                try:
-                    hostsys.fchown_empty(fd, uid, gid if gid not in (0xFFFFFFFF, -1) else -1)
-                except PermissionError:
-                    pass
+                if self.upper_fs.mapped:
+                    hostmodel.own_new(hostmodel.MAPPED, fd, os.stat(fd), stat.S_IFDIR | (mode & 0o7777),
+                                      parent._creds.uid, gid, self.upper_fs.mapped_owner, None)
+                else:
+                    os.chmod(proc_path(fd), mode & 0o7777)
+                    uid = parent._creds.uid if parent._creds.uid is not None else -1
+                    try:
+                        hostsys.fchown_empty(fd, uid, gid if gid not in (0xFFFFFFFF, -1) else -1)
+                    except PermissionError:
+                        pass
             finally:
                 os.close(fd)
             up.move_into_place(work, tmp, parent._node.fd, name)

@@ -22,7 +22,7 @@ import os
 import stat
 import struct
 
-from . import hostsys
+from . import hostmodel, hostsys
 from .hostpath import proc_path
 
 WHITEOUT_PREFIX = ".wh."
@@ -175,14 +175,25 @@ def copy_bytes(src_fd: int, dst_fd: int, offset: int, size: int) -> None:
 
 def finish_copy(work_fd: int, tmp: str, mode: int, uid: int, gid: int,
                 times: tuple[tuple[int, int], tuple[int, int]],
-                xattrs: dict[str, bytes], origin: int | None) -> None:
+                xattrs: dict[str, bytes], origin: int | None, *,
+                mapped: bool = False, rdev: int = 0) -> None:
     """Give the temporary ``tmp`` (in the work dir) the base file's metadata. Owner
-    before mode (chown clears set-id bits), times last (every change moves them)."""
+    before mode (chown clears set-id bits), times last (every change moves them).
+
+    ``mapped`` (the upper's identity model is mapped: hostmodel): owner, whole mode
+    and device number go into ``user.virtfs.*`` as a mapped export keeps them, and the
+    host inode stays the server's, 0600/0700 (``tmp`` was made as
+    ``hostmodel.make_mapped_entry`` makes entries), so that the server can still read
+    and write it whatever the guest's mode says (e.g. /etc/shadow's 0640 root:shadow)."""
     path = f"{proc_path(work_fd)}/{tmp}"
     is_link = stat.S_ISLNK(mode)
     for name, value in xattrs.items():
         if name == ORIGIN_XATTR:
             continue
+        if mapped:
+            if name.startswith(hostmodel.RESERVED_PREFIX):
+                continue  # the base's own mapped ownership: written below from its attrs
+            name = hostmodel.ACL_NAMES.get(name, name)  # ACLs the host must not enforce
         try:
             os.setxattr(path, name, value, follow_symlinks=False)
         except OSError as exc:
@@ -190,12 +201,16 @@ def finish_copy(work_fd: int, tmp: str, mode: int, uid: int, gid: int,
                 raise  # trusted.* or security.* as non-root: skipped, as cp -a does
     if origin is not None:
         write_origin(path, origin)
-    try:
-        os.chown(tmp, uid, gid, dir_fd=work_fd, follow_symlinks=False)
-    except PermissionError:
-        pass  # not root: the copy keeps the server's own ids (mapped identity: issue 9)
-    if not is_link:
-        os.chmod(path, stat.S_IMODE(mode))
+    if mapped:
+        device = stat.S_IFMT(mode) in (stat.S_IFCHR, stat.S_IFBLK)
+        hostmodel.write_mapped(path, uid=uid, gid=gid, mode=mode, rdev=rdev if device else None)
+    else:
+        try:
+            os.chown(tmp, uid, gid, dir_fd=work_fd, follow_symlinks=False)
+        except PermissionError:
+            pass  # not root and not mapped (no user.* xattrs): the server's own ids
+        if not is_link:
+            os.chmod(path, stat.S_IMODE(mode))
     hostsys.utimensat(work_fd, tmp, times[0], times[1], nofollow=True)
 
 
@@ -203,16 +218,22 @@ _temp_numbers = itertools.count(1)
 
 
 def adopt_root_metadata(root_fd: int, mode: int, uid: int, gid: int,
-                        times: tuple[tuple[int, int], tuple[int, int]], origin: int) -> None:
+                        times: tuple[tuple[int, int], tuple[int, int]], origin: int, *,
+                        mapped: bool = False) -> None:
     """A fresh upper directory (made by makedirs or mkdtemp, 0700 for the latter)
     becomes the base root's copy: owner, mode and times of the base's "/", and the
-    origin mark that says it was done."""
+    origin mark that says it was done. ``mapped``: owner and mode into
+    ``user.virtfs.*``; the host directory keeps its own (a base "/" of 0555 must
+    not stop the server writing into its upper)."""
     path = proc_path(root_fd)
-    try:
-        os.chown(path, uid, gid)
-    except PermissionError:
-        pass  # not root: the upper stays ninepd's own
-    os.chmod(path, stat.S_IMODE(mode))
+    if mapped:
+        hostmodel.write_mapped(path, uid=uid, gid=gid, mode=stat.S_IFDIR | stat.S_IMODE(mode))
+    else:
+        try:
+            os.chown(path, uid, gid)
+        except PermissionError:
+            pass  # not root and not mapped: the upper stays ninepd's own
+        os.chmod(path, stat.S_IMODE(mode))
     hostsys.utimensat(hostsys.AT_FDCWD, path, times[0], times[1], nofollow=False)
     write_origin(path, origin, follow=True)
 
