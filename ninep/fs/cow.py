@@ -164,7 +164,8 @@ class CowFilesystem(Filesystem):
                             upper_root, base_root, session.nodes)
         session.root.refs = 0
         session.on_idle = lambda: self._close_session(name, creds, session)
-        log.info("cow: aname %r: upper %s%s", name, path, " (throwaway)" if self.throwaway else "")
+        log.info("cow: aname %r: upper %s%s, identity %s", name, path,
+                 " (throwaway)" if self.throwaway else "", upper_fs.identity)
         return session
 
     async def _close_session(self, name: str, creds: Credentials, session: Session) -> None:
