@@ -1,10 +1,11 @@
 """Debian with systemd boots from a compressed tarball base with a persistent upper,
 everything run by an ordinary user (issue 12): `ninep vm debian.tar.zst --upper DIR`
 as uid 4711, so ninepd serves the COW root with the mapped identity and QEMU runs
-unprivileged too. The first boot adds a user (useradd rewrites /etc/passwd, shadow
-and group by rename, with their owners and modes), writes and chowns files, makes a
-device node and a symlink; the second boot sees all of it, and root-owned, setuid
-and group-owned base files keep their owners and modes throughout."""
+unprivileged too. The first boot (systemd to multi-user) adds a user (useradd
+rewrites /etc/passwd, shadow and group by rename, with their owners and modes),
+writes and chowns files, makes a device node and a symlink; the second boot (a shell
+command) sees all of it, and root-owned, setuid and group-owned base files keep
+their owners and modes throughout."""
 
 import os
 import shutil
@@ -30,21 +31,23 @@ say() { echo "COWCHECK $*" > /dev/console; }
 say "failed=$(systemctl --failed --no-legend --plain | wc -l)"
 systemctl --failed --no-legend --plain > /dev/console
 say "base=$(stat -c %u:%g:%a /etc/shadow):$(stat -c %u:%g:%a /usr/bin/passwd):$(stat -c %u:%g /usr/bin/ls)"
-if [ -e /root/boot1 ]; then
-    say "boot1=$(cat /root/boot1):$(stat -c %u:%g:%a /root/boot1)"
-    say "user=$(id -u tester):$(stat -c %U:%G:%a /home/tester):$(stat -c %U /home/tester/.bashrc)"
-    say "pkg=$(stat -c %u:%g:%a /var/lib/pkgstate /var/lib/pkgstate/state | tr '\\n' ' ')"
-    say "dev=$(stat -c %F:%t,%T /root/null):$(readlink /root/sl):$(stat -c %u:%g /etc/hostname)"
-else
-    echo first > /root/boot1 && chown 1000:100 /root/boot1 && chmod 640 /root/boot1
-    useradd -m -u 1001 -s /bin/sh tester
-    mkdir -p /var/lib/pkgstate && echo installed > /var/lib/pkgstate/state
-    chown -R 100:101 /var/lib/pkgstate && chmod 750 /var/lib/pkgstate
-    mknod /root/null c 1 3 && ln -s /etc/shadow /root/sl && chgrp 42 /etc/hostname
-    sync
-    say "made=$(id -u tester):$(stat -c %u:%g:%a /etc/shadow)"
-fi
+echo first > /root/boot1 && chown 1000:100 /root/boot1 && chmod 640 /root/boot1
+useradd -m -u 1001 -s /bin/sh tester
+mkdir -p /var/lib/pkgstate && echo installed > /var/lib/pkgstate/state
+chown -R 100:101 /var/lib/pkgstate && chmod 750 /var/lib/pkgstate
+mknod /root/null c 1 3 && ln -s /etc/shadow /root/sl && chgrp 42 /etc/hostname
+sync
+say "made=$(id -u tester):$(stat -c %u:%g:%a /etc/shadow)"
 systemctl --no-block poweroff
+"""
+# The second boot runs this instead of systemd (a full second boot would add ~100 s
+# to the default suite and prove nothing more about the upper).
+SECOND_BOOT = """
+echo "COWCHECK base=$(stat -c %u:%g:%a /etc/shadow):$(stat -c %u:%g:%a /usr/bin/passwd):$(stat -c %u:%g /usr/bin/ls)"
+echo "COWCHECK boot1=$(cat /root/boot1):$(stat -c %u:%g:%a /root/boot1)"
+echo "COWCHECK user=$(id -u tester):$(stat -c %U:%G:%a /home/tester):$(stat -c %U /home/tester/.bashrc)"
+echo "COWCHECK pkg=$(stat -c %u:%g:%a /var/lib/pkgstate /var/lib/pkgstate/state | tr '\\n' ' ')"
+echo "COWCHECK dev=$(stat -c %F:%t,%T /root/null):$(readlink /root/sl):$(stat -c %u:%g /etc/hostname)"
 """
 CHECK_UNIT = """[Unit]
 Description=ninep rootless COW check
@@ -114,21 +117,23 @@ def test_debian_boots_rootless_from_a_tarball_with_a_persistent_upper():
         cli = "import sys; from ninep.vm.cli import main; sys.exit(main())"
         try:
             boots, seconds = [], []
-            for _ in range(2):
+            for extra in ((), ("--cmd", SECOND_BOOT)):
                 started = time.monotonic()
                 booted = subprocess.run(
                     [*prefix, "-c", cli, "vm", str(image), "--upper", str(upper),
-                     "--accel", "tcg"], env=user_env, cwd=home, stdin=subprocess.DEVNULL,
-                    capture_output=True, text=True, errors="replace", timeout=1100)
+                     "--accel", "tcg", *extra], env=user_env, cwd=home,
+                    stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                    errors="replace", timeout=1100)
                 assert booted.returncode == 0, (booted.stderr[-2000:], booted.stdout[-4000:])
-                assert "reboot: Power down" in booted.stdout, booted.stdout[-4000:]
+                if not extra:
+                    assert "reboot: Power down" in booted.stdout, booted.stdout[-4000:]
                 seconds.append(time.monotonic() - started)
                 boots.append(_console_lines(booted, "COWCHECK"))
-            print(f"rootless COW Debian boots (ninep vm, until power-off): "
-                  f"{seconds[0]:.1f} s, {seconds[1]:.1f} s")
+            print(f"rootless COW Debian: systemd boot to power-off {seconds[0]:.1f} s, "
+                  f"second boot's check {seconds[1]:.1f} s")
             base = "COWCHECK base=0:42:640:0:0:4755:0:0"
             first = {"COWCHECK failed=0", base, "COWCHECK made=1001:0:42:640"}
-            second = {"COWCHECK failed=0", base, "COWCHECK boot1=first:1000:100:640",
+            second = {base, "COWCHECK boot1=first:1000:100:640",
                       "COWCHECK user=1001:tester:tester:755:tester",
                       "COWCHECK pkg=100:101:750 100:101:644",
                       "COWCHECK dev=character special file:1,3:/etc/shadow:0:42"}
