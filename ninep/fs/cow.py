@@ -6,8 +6,9 @@ The guest sees the base with its own changes on top. Files are read from the bas
 until the first change, which copies the file (data, owner, mode, times, xattrs) into
 the upper directory atomically: a temporary in ``.ninep-cow/work`` is completed,
 fsynced and renamed into place, so a crash leaves the old state or the new one.
-Deletions leave ``.wh.NAME`` whiteouts; a directory made over a deleted one, or a
-directory renamed, is marked opaque. Markers and the on-disk layout: ``cowupper``.
+Deletions leave ``.wh.NAME`` whiteouts; a directory made over a deleted one is
+marked opaque, and a renamed directory gets a redirect to its base directory's path
+(nothing below it is copied). Markers and the on-disk layout: ``cowupper``.
 The model, crash safety and limits: docs/cow.md.
 
 The base is any Filesystem, read through the File contract only (a read-only host
@@ -455,20 +456,20 @@ class CowFile(File):
 
     # --- extended attributes ---------------------------------------------------------
     async def xattr_get(self, name: str) -> bytes:
-        if name == up.ORIGIN_XATTR:
+        if up.is_private_xattr(name):
             raise errno_error(errno.ENODATA, name)
         return await self._layer().xattr_get(name)
 
     async def xattr_list(self) -> list[str]:
-        return [n for n in await self._layer().xattr_list() if n != up.ORIGIN_XATTR]
+        return [n for n in await self._layer().xattr_list() if not up.is_private_xattr(n)]
 
     async def xattr_set(self, name: str, value: bytes, flags: int) -> None:
-        if name == up.ORIGIN_XATTR:
+        if up.is_private_xattr(name):
             raise errno_error(errno.EPERM, "reserved xattr")
         await (await self._s.copied_up(self._node)).xattr_set(name, value, flags)
 
     async def xattr_remove(self, name: str) -> None:
-        if name == up.ORIGIN_XATTR:
+        if up.is_private_xattr(name):
             raise errno_error(errno.ENODATA, name)
         await (await self._s.copied_up(self._node)).xattr_remove(name)
 

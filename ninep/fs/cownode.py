@@ -28,7 +28,7 @@ from .host import HostFile, HostFilesystem
 from .hostpath import proc_path
 from .hostqid import HOST_QID_VERSION
 from .cowlist import merged_names
-from .cowtree import Node, NodeCache, forget_base, kind_of_qid
+from .cowtree import Node, NodeCache, kind_of_qid
 
 _BASE_TAG = 1 << 63
 _WIDE_UPPER = 0x7FFE << 48  # upper paths with bit 63 set (never in practice)
@@ -147,9 +147,8 @@ class Session:
         try:
             if upper is not None:
                 kind = upper._fmt
-                if (kind == stat.S_IFDIR and d.base is not None
-                        and not up.is_opaque(upper._node.fd)):
-                    base = await self._base_child(d, name, dirs_only=True)
+                if kind == stat.S_IFDIR:
+                    base = await self._dir_base(d, name, upper)
                 qid = self.qid_of_upper(upper)
             else:
                 base = await self._base_child(d, name)
@@ -200,6 +199,37 @@ class Session:
             return 0
         mine = os.stat(node.upper._node.fd)
         return int((st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino))
+
+    async def _dir_base(self, d: Node, name: str, upper: HostFile) -> File | None:
+        """The base directory an upper directory merges with: none if it is opaque,
+        the one its redirect names if it was renamed, else the one of its name."""
+        fd = upper._node.fd
+        redirect = up.read_redirect(proc_path(fd))
+        if (redirect is None and d.base is None) or up.is_opaque(fd):
+            return None
+        if redirect is None:
+            return await self._base_child(d, name, dirs_only=True)
+        try:
+            _, found = await self.root.base.walk(redirect)
+        except OSError:
+            return None  # a different base under this upper: nothing there now
+        if found is not None and not found.qid.type & QidType.DIR:
+            await found.close()
+            return None
+        return found
+
+    def base_path(self, node: Node) -> list[str]:
+        """Where ``node``'s base directory is, from the base's root: its nearest
+        redirected ancestor's redirect (or the root), then the names below it."""
+        names: list[str] = []
+        while node.parent is not None:
+            if node.upper is not None and node.kind == stat.S_IFDIR:
+                redirect = up.read_redirect(proc_path(node.upper._node.fd))
+                if redirect is not None:
+                    return redirect + names[::-1]
+            names.append(node.name)
+            node = node.parent
+        return names[::-1]
 
     async def _base_child(self, d: Node, name: str, dirs_only: bool = False) -> File | None:
         if d.base is None:
@@ -361,22 +391,6 @@ class Session:
         finally:
             await reader.close()
 
-    async def copy_up_deep(self, node: Node) -> None:
-        """A directory and everything below it, for a rename (no redirects: the
-        moved directory then stands alone, opaque)."""
-        await self.copy_up(node)
-        if node.base is None:
-            return
-        for name in await merged_names(self, node):
-            child = await self.lookup(node, name)
-            try:
-                if child.kind == stat.S_IFDIR:
-                    await self.copy_up_deep(child)
-                else:
-                    await self.copy_up(child)
-            finally:
-                await child.release()
-
     # --- making entries ------------------------------------------------------------
     async def adopt(self, d: Node, name: str, made: HostFile) -> Node:
         """A file just created in ``d``'s upper by the host export."""
@@ -500,10 +514,9 @@ class Session:
                 if dst.kind == stat.S_IFDIR and await merged_names(self, dst):
                     raise errno_error(errno.ENOTEMPTY, newname)
             target = await self.ensure_dir_upper(newdir)
-            if node.kind == stat.S_IFDIR:
-                await self.copy_up_deep(node)
-            else:
-                await self.copy_up(node)
+            # A directory: only itself (its metadata); what is below stays in the base,
+            # found through the redirect _rename_locked leaves on it.
+            await self.copy_up(node)
             async with self.locked():
                 await self._rename_locked(node, olddir, newdir, target, newname, dst)
         finally:
@@ -514,7 +527,11 @@ class Session:
                              newname: str, dst: Node | None) -> None:
         assert node.upper is not None and olddir.upper is not None
         is_dir = node.kind == stat.S_IFDIR
-        if is_dir and (node.base is not None or await self.base_has(newdir, newname)):
+        if is_dir and node.base is not None:
+            # Its base is found by this path, not by its new name (overlayfs's
+            # redirect_dir): equivalent where it stands now, so safe to write first.
+            up.write_redirect(proc_path(node.upper._node.fd), self.base_path(node))
+        elif is_dir and await self.base_has(newdir, newname):
             up.make_marker(node.upper._node.fd, up.OPAQUE_MARKER)
         if dst is not None and dst.upper is not None and dst.kind == stat.S_IFDIR:
             if os.listdir(proc_path(dst.upper._node.fd)):
@@ -531,4 +548,3 @@ class Session:
         newdir.children[newname] = node
         olddir.listing = newdir.listing = node.listing = None
         await olddir.release()
-        await forget_base(node)

@@ -9,6 +9,8 @@ reason about for crash safety. The layout of an upper directory::
     UPPER/some/dir/.wh..wh..opq opaque: nothing of the base's some/dir shows through
     xattr user.ninep.origin     on a copied-up file or directory: the base qid.path
                                 (8 bytes, little-endian) it came from
+    xattr user.ninep.redirect   on a renamed directory: the path of its base
+                                directory from the base's root ("etc/init.d")
 
 The marker names are the OCI image-layer ones, so an upper directory is also a valid
 layer (tar it up). They need no privilege, unlike overlayfs's 0/0 character devices.
@@ -29,6 +31,8 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 META_DIR = ".ninep-cow"
 ORIGIN_XATTR = "user.ninep.origin"
+REDIRECT_XATTR = "user.ninep.redirect"
+PRIVATE_XATTR_PREFIX = "user.ninep."  # the server's bookkeeping: never the guest's
 _ORIGIN = struct.Struct("<Q")
 _COPY_CHUNK = 1 << 20
 
@@ -150,6 +154,25 @@ def write_origin(path: str, qid_path: int, *, follow: bool = False) -> None:
             raise
 
 
+def is_private_xattr(name: str) -> bool:
+    return name.startswith(PRIVATE_XATTR_PREFIX)
+
+
+def read_redirect(path: str) -> list[str] | None:
+    """The base path (names from the base's root) a renamed upper directory merges
+    with, instead of its own name's (overlayfs's redirect_dir). ``path`` reaches the
+    directory (a /proc/self/fd magic link)."""
+    try:
+        value = os.getxattr(path, REDIRECT_XATTR)
+    except OSError:
+        return None
+    return value.decode().split("/") if value else None
+
+
+def write_redirect(path: str, names: list[str]) -> None:
+    os.setxattr(path, REDIRECT_XATTR, "/".join(names).encode())
+
+
 def copy_bytes(src_fd: int, dst_fd: int, offset: int, size: int) -> None:
     """``size`` bytes of ``src_fd`` from ``offset`` to the start of ``dst_fd``:
     copy_file_range (reflinks or in-kernel copies), else read/write."""
@@ -188,7 +211,7 @@ def finish_copy(work_fd: int, tmp: str, mode: int, uid: int, gid: int,
     path = f"{proc_path(work_fd)}/{tmp}"
     is_link = stat.S_ISLNK(mode)
     for name, value in xattrs.items():
-        if name == ORIGIN_XATTR:
+        if is_private_xattr(name):
             continue
         if mapped:
             if name.startswith(hostmodel.RESERVED_PREFIX):

@@ -449,3 +449,73 @@ async def test_a_fresh_upper_takes_the_base_roots_metadata(base, tmp_path):
     assert stat.S_IMODE(a.mode) == 0o751 and a.mtime_sec == int(base.stat().st_mtime)
     await r.close()
     await fs.aclose()
+
+
+async def test_directory_rename_copies_only_the_directory(root, base, upper, cow):
+    """A redirect (overlayfs's redirect_dir), not a deep copy: nothing below the moved
+    directory is copied up, yet it all shows there, after a restart too."""
+    before = tree_digest(base)
+    etc = await walk_to(root, "etc")
+    await etc.renameat("deep", root, "moved")
+    await etc.close()
+    assert os.getxattr(upper / "moved", "user.ninep.redirect") == b"etc/deep"
+    assert sorted(os.listdir(upper / "moved")) == []  # no data, not even "er"
+    assert (upper / "etc" / ".wh.deep").exists()
+    assert await names(root, "moved") == {"er", "x"}
+    assert await read(root, "moved/er/leaf") == b"leaf\n"
+    async with walked(root, "moved") as d:  # bookkeeping stays hidden
+        assert "user.ninep.redirect" not in await d.xattr_list()
+        with raises_errno(errno.ENODATA):
+            await d.xattr_get("user.ninep.redirect")
+        with raises_errno(errno.EPERM):
+            await d.xattr_set("user.ninep.redirect", b"gone", 0)
+    # a directory below one that moved keeps its own base path when it moves too
+    moved = await walk_to(root, "moved")
+    await moved.renameat("er", root, "er2")
+    await moved.close()
+    assert os.getxattr(upper / "er2", "user.ninep.redirect") == b"etc/deep/er"
+    assert await read(root, "er2/leaf") == b"leaf\n"
+    assert await names(root, "moved") == {"x"}
+    await root.close()
+    await cow.aclose()
+    again = CowFilesystem(str(base), str(upper))
+    r = await again.attach("", CREDS)
+    try:
+        assert await names(r, "moved") == {"x"} and await names(r, "er2") == {"leaf"}
+        assert "deep" not in await names(r, "etc")
+        async with walked(r, "er2/leaf", OpenFlags.WRONLY | OpenFlags.APPEND) as w:
+            await w.write(0, memoryview(b"more\n"))
+        assert (upper / "er2" / "leaf").read_bytes() == b"leaf\nmore\n"
+        assert await read(r, "er2/leaf") == b"leaf\nmore\n"
+    finally:
+        await r.close()
+        await again.aclose()
+    assert tree_digest(base) == before
+
+
+async def test_a_moved_directory_keeps_its_base_when_its_new_parent_moves(root):
+    """Open fids below a redirected directory inside a directory of the guest's own:
+    moving that parent (which has no base) must not cut them off from the base."""
+    await root.mkdir("mine", 0o755, 0)
+    etc = await walk_to(root, "etc")
+    mine = await walk_to(root, "mine")
+    await etc.renameat("deep", mine, "deep")
+    held = await walk_to(root, "mine/deep")  # keeps the Node (and its base) alive
+    await root.renameat("mine", root, "other")
+    assert await names(root, "other/deep") == {"er", "x"}
+    assert await read(root, "other/deep/er/leaf") == b"leaf\n"
+    for f in (held, mine, etc):
+        await f.close()
+
+
+async def test_a_directory_renamed_over_an_emptied_base_directory(root, upper):
+    """The target's base contents (deleted) stay hidden: the redirect, not the new
+    name, says which base directory shows through."""
+    gone = await walk_to(root, "gone")
+    await gone.unlinkat("child", 0)
+    await gone.close()
+    etc = await walk_to(root, "etc")
+    await etc.renameat("deep", root, "gone")
+    await etc.close()
+    assert await names(root, "gone") == {"er", "x"}
+    assert os.getxattr(upper / "gone", "user.ninep.redirect") == b"etc/deep"
