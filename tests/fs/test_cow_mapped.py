@@ -285,3 +285,29 @@ async def test_a_directory_base_shows_mapped_xattrs_or_real_owners(tmp_path):
         copied = tmp_path / f"upper-{base.name}" / "etc" / "file"
         assert os.getxattr(copied, "user.virtfs.uid") == struct.pack("<I", want[0])
         assert stat.S_IMODE(os.stat(copied).st_mode) == 0o600
+
+
+async def test_ninepd_and_configs_give_a_cow_export_its_identity(tarball, tmp_path):
+    """--identity (and a config export's identity:) reaches the upper of a COW export."""
+    from ninep.cli import build_exports, build_parser
+    from ninep.config import parse_config
+
+    args = build_parser().parse_args(["--export", str(tarball), "--upper",
+                                      str(tmp_path / "u1"), "--identity", "mapped"])
+    cow = build_exports(args, None)[""].filesystem
+    config = parse_config(f"exports:\n  vms:\n    base: {tarball}\n    upper: {tmp_path}/u2\n"
+                          f"    identity: mapped\n", "test.yaml")
+    from_config = build_exports(build_parser().parse_args([]), config)["vms"].filesystem
+    for fs, upper in ((cow, tmp_path / "u1"), (from_config, tmp_path / "u2")):
+        root = await fs.attach("", CREDS)
+        try:
+            assert _owner(await _attr(root, "etc/shadow")) == (0, 42, 0o100640)
+            await _setattr(root, "etc/shadow", uid=7)
+        finally:
+            await root.close()
+            await fs.aclose()
+        copied = upper / "etc" / "shadow"
+        assert os.getxattr(copied, "user.virtfs.uid") == struct.pack("<I", 7)
+        assert stat.S_IMODE(os.stat(copied).st_mode) == 0o600
+    with pytest.raises(ValueError):
+        CowFilesystem(str(tarball), str(tmp_path / "u3"), identity="squash")
