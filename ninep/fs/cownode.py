@@ -427,8 +427,9 @@ class Session:
             try:
                 up.make_marker(fd, up.OPAQUE_MARKER, durable=False)
                 if self.upper_fs.mapped:
-                    hostmodel.own_new(hostmodel.MAPPED, fd, os.stat(fd), stat.S_IFDIR | (mode & 0o7777),
-                                      parent._creds.uid, gid, self.upper_fs.mapped_owner, None)
+                    hostmodel.own_new(hostmodel.MAPPED, fd, os.stat(fd),
+                                      stat.S_IFDIR | (mode & 0o7777), parent._creds.uid, gid,
+                                      self.upper_fs.mapped_owner, None)
                 else:
                     os.chmod(proc_path(fd), mode & 0o7777)
                     uid = parent._creds.uid if parent._creds.uid is not None else -1

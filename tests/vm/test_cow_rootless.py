@@ -197,7 +197,8 @@ def test_busybox_dir_cow_boots_rootless_and_keeps_the_guests_owners():
             assert "RUN1:1000:100:4750:0:5:644" in outputs[0], outputs[0]
             assert "RUN2:1000:100:4750:1,3:/etc/passwd:0:5:644:0" in outputs[1], outputs[1]
             assert os.lstat(home / "upper/root/null").st_uid == UNPRIVILEGED[0]
-            assert os.getxattr(home / "upper/etc/made", "user.virtfs.uid") == struct.pack("<I", 1000)
+            made_uid = os.getxattr(home / "upper/etc/made", "user.virtfs.uid")
+            assert made_uid == struct.pack("<I", 1000)
             assert not os.path.exists(home / "root/etc/made")  # the base was not written
         finally:
             subprocess.run(["chown", "-R", "0:0", str(home)], check=True)  # let cleanup in
