@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long requests in flight may take at shutdown (default 10)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes serving connections, each on its own core (default 1; "
-                        "host exports only; locks hold across them)")
+                        "host exports, plain or copy-on-write; locks hold across them)")
     p.add_argument("--limit", metavar="NAME=N", action="append", default=[],
                    help=f"a per-connection limit ({', '.join(LIMIT_NAMES)}; "
                         f"sizes as 1M; repeatable; overrides --config)")
@@ -246,10 +246,9 @@ def main(argv: list[str]) -> int:
             raise ValueError("--workers must be at least 1")
         # With workers too: a bad export or size is reported here, once, with status 2.
         server = build_server(args, config)
-        if workers > 1 and (args.synthetic or any(
-                getattr(e.filesystem, "sub_anames", False) for e in server.exports.values())):
-            raise ValueError("--workers > 1 serves host exports only: a synthetic tree "
-                             "or a copy-on-write tree lives in one process")
+        if workers > 1 and args.synthetic:
+            raise ValueError("--workers > 1 serves host exports only, plain or copy-on-write: "
+                             "a synthetic tree lives in one process")
     except ConfigError as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2

@@ -119,6 +119,7 @@ class CowFilesystem(Filesystem):
         self.tmpdir = tmpdir
         self.identity = identity if identity is None else hostmodel.check_model(identity, None)
         self._sessions: dict[tuple, Session] = {}
+        self._upper_locks: dict[str, list[int]] = {}  # path -> [locked fd, trees using it]
 
     async def attach(self, aname: str, creds: Credentials) -> "CowFile":
         key = (aname_component(aname), creds)
@@ -150,6 +151,39 @@ class CowFilesystem(Filesystem):
         path = self.upper_path(name)
         upper_fs = HostFilesystem(path, identity=self.identity)
         upper_root = await upper_fs.attach("", creds)
+        try:
+            self._hold_upper(path, upper_root._node.fd)
+        except OSError as exc:
+            await upper_root.close()
+            await upper_fs.aclose()
+            log.warning("cow: aname %r: %s", name, exc.strerror)
+            raise
+        try:
+            return await self._open_tree(name, creds, path, upper_fs, upper_root,
+                                         clear_work=clear_work)
+        except BaseException:
+            self._let_go_upper(path)
+            raise
+
+    def _hold_upper(self, path: str, root_fd: int) -> None:
+        """This process's claim on the upper ``path`` (cowupper.lock_upper), shared by
+        its trees there (one per identity), dropped with the last of them."""
+        held = self._upper_locks.get(path)
+        if held is None:
+            self._upper_locks[path] = [up.lock_upper(root_fd), 1]
+        else:
+            held[1] += 1
+
+    def _let_go_upper(self, path: str) -> None:
+        held = self._upper_locks.get(path)
+        if held is not None:
+            held[1] -= 1
+            if not held[1]:
+                os.close(held[0])
+                del self._upper_locks[path]
+
+    async def _open_tree(self, name: str, creds: Credentials, path: str,
+                         upper_fs: HostFilesystem, upper_root, *, clear_work: bool) -> Session:
         base_root = await self.base.attach("", creds)
         # Another identity's tree on this upper may be copying up right now: only the
         # first one opened clears what a crash left in work/.
@@ -173,10 +207,12 @@ class CowFilesystem(Filesystem):
         if self._sessions.get((name, creds)) is session:
             del self._sessions[(name, creds)]
         await session.close()
+        self._let_go_upper(session.path)
 
     async def aclose(self) -> None:
         for session in list(self._sessions.values()):
             await session.close()
+            self._let_go_upper(session.path)
         self._sessions.clear()
         await self.base.aclose()
 

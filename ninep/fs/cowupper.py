@@ -5,6 +5,7 @@ reason about for crash safety. The layout of an upper directory::
 
     UPPER/.ninep-cow/work/      temporaries; emptied whenever the upper is opened
     UPPER/.ninep-cow/index/QID  copies of base files with several names (hard links)
+    UPPER/.ninep-cow/lock       flock(LOCK_EX) by the one process serving the upper
     UPPER/some/dir/.wh.NAME     whiteout: NAME of the base is deleted
     UPPER/some/dir/.wh..wh..opq opaque: nothing of the base's some/dir shows through
     xattr user.ninep.origin     on a copied-up file or directory: the base qid.path
@@ -19,6 +20,7 @@ layer (tar it up). They need no privilege, unlike overlayfs's 0/0 character devi
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
 import stat
@@ -56,6 +58,25 @@ def open_meta_dirs(upper_root_fd: int, *, clear: bool = True) -> tuple[int, int]
     if clear:
         clear_dir(work)
     return work, index
+
+
+def lock_upper(upper_root_fd: int) -> int:
+    """An fd holding flock(LOCK_EX) on UPPER/.ninep-cow/lock, or EBUSY: two processes
+    (two ninepd, or two ``--workers``) serving one upper would each keep a tree and
+    caches the other's changes make wrong, and each clear the other's work/. The
+    kernel drops the lock when the process dies, so a crash leaves nothing stale."""
+    meta = _subdir(upper_root_fd, META_DIR)
+    try:
+        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=meta)
+    finally:
+        os.close(meta)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(errno.EBUSY, "upper in use by another ninepd process") from None
+    return fd
 
 
 def index_name(base_qid_path: int) -> str:

@@ -78,6 +78,13 @@ async def names(root, path=""):
         return {e.name for e in await list_dir(d)} - {".", ".."}
 
 
+def died(fs: CowFilesystem) -> None:
+    """What the kernel does for a process that dies: its flock on each upper goes."""
+    for fd, _ in fs._upper_locks.values():
+        os.close(fd)
+    fs._upper_locks.clear()
+
+
 async def read(root, path):
     async with walked(root, path, OpenFlags.RDONLY) as f:
         return await read_all(f)
@@ -406,6 +413,7 @@ async def test_a_crash_during_copy_up_leaves_the_old_state(base, upper, monkeypa
     monkeypatch.undo()
     # the process "died": drop it without cleanup, leave whatever is on disk
     leftovers = os.listdir(upper / ".ninep-cow" / "work")
+    died(fs)
     fs = CowFilesystem(str(base), str(upper))
     r = await fs.attach("", CREDS)
     assert await read(r, "etc/hostname") == b"base\n"
@@ -434,6 +442,7 @@ async def test_a_crash_between_whiteout_and_unlink_keeps_the_file(base, upper, m
         await etc.unlinkat("hostname", 0)
     monkeypatch.undo()
     assert (upper / "etc" / ".wh.hostname").exists()  # the whiteout came first ...
+    died(fs)
     fs = CowFilesystem(str(base), str(upper))
     r = await fs.attach("", CREDS)
     assert await read(r, "etc/hostname") == b"copied\n"  # ... and the upper entry wins
@@ -519,3 +528,23 @@ async def test_a_directory_renamed_over_an_emptied_base_directory(root, upper):
     await etc.close()
     assert await names(root, "gone") == {"er", "x"}
     assert os.getxattr(upper / "gone", "user.ninep.redirect") == b"etc/deep"
+
+
+async def test_one_process_per_upper(base, upper):
+    """A second server (another ninepd, another --workers process: here another
+    CowFilesystem) attaching an upper in use gets EBUSY; once the first lets go of it
+    the second attaches. Within one server every identity shares the upper."""
+    first, second = CowFilesystem(str(base), str(upper)), CowFilesystem(str(base), str(upper))
+    r1 = await first.attach("", CREDS)
+    r1b = await first.attach("", Credentials(1000, 1000))  # another identity, same process
+    with raises_errno(errno.EBUSY):
+        await second.attach("", CREDS)
+    await r1.close()
+    with raises_errno(errno.EBUSY):
+        await second.attach("", CREDS)  # still held: one tree is attached
+    await r1b.close()
+    r2 = await second.attach("", CREDS)
+    assert await read(r2, "etc/hostname") == b"base\n"
+    await r2.close()
+    await first.aclose()
+    await second.aclose()
