@@ -138,6 +138,9 @@ class CowFilesystem(Filesystem):
 
     def upper_path(self, name: str) -> str:
         if self.throwaway:
+            for (other, _), session in self._sessions.items():
+                if other == name:
+                    return session.path  # another identity's: one temporary per aname
             parent = self.upper_template.replace("{aname}", name) if self.upper_template else None
             if parent:
                 os.makedirs(parent, exist_ok=True)
@@ -206,6 +209,8 @@ class CowFilesystem(Filesystem):
     async def _close_session(self, name: str, creds: Credentials, session: Session) -> None:
         if self._sessions.get((name, creds)) is session:
             del self._sessions[(name, creds)]
+        if any(other.path == session.path for other in self._sessions.values()):
+            session.throwaway = False  # a temporary upper goes with its aname's last tree
         await session.close()
         self._let_go_upper(session.path)
 

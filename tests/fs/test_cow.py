@@ -311,7 +311,16 @@ async def test_throwaway_upper_goes_with_the_last_fid(base, tmp_path):
     assert not made[0].exists()
     r = await fs.attach("guest", CREDS)
     assert "scratch" not in await names(r)
+    # Every identity of one guest (access=client attaches per uid) sees one upper.
+    user = await fs.attach("guest", Credentials(1000, 1000))
+    await user.mkdir("by-user", 0o755, 0)
+    assert "by-user" in await names(r)
+    made = [p for p in tmp_path.iterdir() if p.name.startswith("ninep-cow-guest-")]
+    assert len(made) == 1
+    await user.close()
+    assert made[0].exists()  # root's tree still uses it
     await r.close()
+    assert not made[0].exists()
     await fs.aclose()
 
 
