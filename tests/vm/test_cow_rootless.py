@@ -165,7 +165,8 @@ SECOND_RUN = ("echo RUN2:$(stat -c %u:%g:%a /etc/made):$(stat -c %t,%T /root/nul
 @pytest.mark.timeout(900)
 def test_busybox_dir_cow_boots_rootless_and_keeps_the_guests_owners():
     """`ninep vm DIR --cow --upper U` as an ordinary user, DIR a mapped tree made by
-    `ninep rootfs busybox` without root: owners set in one boot hold in the next."""
+    `ninep rootfs busybox` without root: owners set in one boot hold in the next;
+    without --upper the temporary upper is gone when ninep vm exits."""
     found = unprivileged_python()
     if found is None:
         pytest.skip("cannot run Python as an unprivileged user here")
@@ -194,6 +195,14 @@ def test_busybox_dir_cow_boots_rootless_and_keeps_the_guests_owners():
                      str(home / "upper"), "--accel", "tcg", "--cmd", script], **run)
                 assert booted.returncode == 0, (booted.stderr[-2000:], booted.stdout[-3000:])
                 outputs.append(_console_lines(booted))
+            # Without --upper: a temporary upper, gone when ninep vm exits.
+            (home / "tmp").mkdir()
+            throwaway = subprocess.run(
+                [*prefix, "-c", cli, "vm", str(home / "root"), "--cow", "--accel", "tcg",
+                 "--cmd", "touch /t && chown 7:8 /t && echo RUN3:$(stat -c %u:%g /t)"],
+                **dict(run, env=dict(user_env, TMPDIR=str(home / "tmp"))))
+            assert "RUN3:7:8" in _console_lines(throwaway), throwaway.stdout[-3000:]
+            assert os.listdir(home / "tmp") == []
             assert "RUN1:1000:100:4750:0:5:644" in outputs[0], outputs[0]
             assert "RUN2:1000:100:4750:1,3:/etc/passwd:0:5:644:0" in outputs[1], outputs[1]
             assert os.lstat(home / "upper/root/null").st_uid == UNPRIVILEGED[0]
