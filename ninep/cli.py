@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --export keeps the guest's owners and modes: passthrough (root: "
                         "on the host inodes), mapped (no root: in user.virtfs.* xattrs, as "
                         "QEMU mapped-xattr), per-user (root: act as each attaching host "
-                        "user), squash (with --squash). Default: passthrough as root, else mapped")
+                        "user), squash (with --squash); with --upper, how the upper keeps them. "
+                        "Default: passthrough as root, else mapped")
     p.add_argument("--mapped-owner", metavar="UID:GID",
                    help="mapped: the owner shown for files without user.virtfs.* (default 0:0)")
     p.add_argument("--statfs-passthru", action="store_true",
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long requests in flight may take at shutdown (default 10)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes serving connections, each on its own core (default 1; "
-                        "host exports only; locks hold across them)")
+                        "host exports, plain or copy-on-write; locks hold across them)")
     p.add_argument("--poll-us", type=int, metavar="N",
                    help="how long a lone connection (a VM's root) may poll for its next request "
                         "before it sleeps, at most; adapts to the client (default 100; 0: never)")
@@ -124,10 +125,10 @@ def _host_export(path: str, read_only: bool, squash: tuple[int, int] | None, *,
 
 
 def _cow_export(base: str, upper: str | None, throwaway: bool,
-                squash: tuple[int, int] | None) -> Export:
+                squash: tuple[int, int] | None, identity: str | None) -> Export:
     from .fs.cow import CowFilesystem
 
-    return Export(CowFilesystem(base, upper, throwaway=throwaway),
+    return Export(CowFilesystem(base, upper, throwaway=throwaway, identity=identity),
                   squash=Credentials(*squash) if squash else None)
 
 
@@ -142,7 +143,8 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
                              read_only=args.read_only)
     if args.export and (args.upper or args.throwaway_upper):
         name = "" if "" not in exports else args.export
-        exports[name] = _cow_export(args.export, args.upper, args.throwaway_upper, squash)
+        exports[name] = _cow_export(args.export, args.upper, args.throwaway_upper, squash,
+                                     args.identity)
     elif args.export:
         name = "" if "" not in exports else args.export
         try:
@@ -159,7 +161,8 @@ def build_exports(args: argparse.Namespace, config: ServerConfig | None) -> dict
         if item.name in exports:
             raise ValueError(f"export {item.name!r} is defined twice")
         if item.base is not None:
-            exports[item.name] = _cow_export(item.base, item.upper, item.throwaway, item.squash)
+            exports[item.name] = _cow_export(item.base, item.upper, item.throwaway, item.squash,
+                                          item.identity)
             continue
         try:
             exports[item.name] = _host_export(item.path, item.read_only, item.squash,
@@ -251,10 +254,9 @@ def main(argv: list[str]) -> int:
             raise ValueError("--workers must be at least 1")
         # With workers too: a bad export or size is reported here, once, with status 2.
         server = build_server(args, config)
-        if workers > 1 and (args.synthetic or any(
-                getattr(e.filesystem, "sub_anames", False) for e in server.exports.values())):
-            raise ValueError("--workers > 1 serves host exports only: a synthetic tree "
-                             "or a copy-on-write tree lives in one process")
+        if workers > 1 and args.synthetic:
+            raise ValueError("--workers > 1 serves host exports only, plain or copy-on-write: "
+                             "a synthetic tree lives in one process")
     except ConfigError as exc:
         print(f"ninepd: {exc}", file=sys.stderr)
         return 2

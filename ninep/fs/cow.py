@@ -6,8 +6,9 @@ The guest sees the base with its own changes on top. Files are read from the bas
 until the first change, which copies the file (data, owner, mode, times, xattrs) into
 the upper directory atomically: a temporary in ``.ninep-cow/work`` is completed,
 fsynced and renamed into place, so a crash leaves the old state or the new one.
-Deletions leave ``.wh.NAME`` whiteouts; a directory made over a deleted one, or a
-directory renamed, is marked opaque. Markers and the on-disk layout: ``cowupper``.
+Deletions leave ``.wh.NAME`` whiteouts; a directory made over a deleted one is
+marked opaque, and a renamed directory gets a redirect to its base directory's path
+(nothing below it is copied). Markers and the on-disk layout: ``cowupper``.
 The model, crash safety and limits: docs/cow.md.
 
 The base is any Filesystem, read through the File contract only (a read-only host
@@ -40,6 +41,7 @@ from ..protocol.constants import AT_REMOVEDIR, OpenFlags, SetattrMask
 from ..protocol.codec import unpack_dirents
 from ..protocol.messages import Dirent, Qid
 from . import cowupper as up
+from . import hostmodel
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
 from .host import HostFilesystem
 from .hostdir import Listing
@@ -77,22 +79,35 @@ def open_base(path: str) -> Filesystem:
     if os.path.isdir(path) and is_oci_layout(path):
         return TarFilesystem(oci_layers(path))
     if os.path.isdir(path):
-        return HostFilesystem(path, read_only=True)
+        return HostFilesystem(path, read_only=True, identity=base_identity(path))
     if is_tarball(path):
         return TarFilesystem(path)
     raise ValueError(f"base {path!r} is neither a directory nor a .tar[.gz|.xz|.zst|.bz2]")
+
+
+def base_identity(path: str) -> str:
+    """How a directory base shows owners: a mapped tree (``ninep rootfs`` without
+    root, ``rootfs import``) by its ``user.virtfs.*`` xattrs, any other tree by its
+    real host owners and modes, whoever runs the server (it is only read)."""
+    if hostmodel.is_mapped_tree(path):
+        return hostmodel.MAPPED
+    return hostmodel.PASSTHROUGH if os.geteuid() == 0 else hostmodel.PER_USER
 
 
 class CowFilesystem(Filesystem):
     """``base``: a Filesystem (read through the File contract) or a path that
     ``open_base`` opens (a directory, a tarball or an OCI image layout). ``upper``: a directory,
     ``{aname}`` replaced per attach; None or ``throwaway=True`` makes each aname's
-    upper a temporary directory, removed when its last fid goes."""
+    upper a temporary directory, removed when its last fid goes. ``identity``: the
+    uppers' identity model (``hostmodel``; None: passthrough as root, else mapped,
+    so that without root the guest's owners, modes and devices -- copied up from the
+    base or set by the guest -- live in ``user.virtfs.*``, QEMU mapped-xattr style)."""
 
     sub_anames = True  # the server may hand us "EXPORT/NAME" attaches as aname NAME
 
     def __init__(self, base: Filesystem | str, upper: str | None, *,
-                 throwaway: bool = False, tmpdir: str | None = None) -> None:
+                 throwaway: bool = False, tmpdir: str | None = None,
+                 identity: str | None = None) -> None:
         if isinstance(base, str):
             base = open_base(base)
         self.base = base
@@ -102,7 +117,9 @@ class CowFilesystem(Filesystem):
         self.upper_template = upper
         self.throwaway = throwaway or upper is None
         self.tmpdir = tmpdir
+        self.identity = identity if identity is None else hostmodel.check_model(identity, None)
         self._sessions: dict[tuple, Session] = {}
+        self._upper_locks: dict[str, list[int]] = {}  # path -> [locked fd, trees using it]
 
     async def attach(self, aname: str, creds: Credentials) -> "CowFile":
         key = (aname_component(aname), creds)
@@ -121,6 +138,9 @@ class CowFilesystem(Filesystem):
 
     def upper_path(self, name: str) -> str:
         if self.throwaway:
+            for (other, _), session in self._sessions.items():
+                if other == name:
+                    return session.path  # another identity's: one temporary per aname
             parent = self.upper_template.replace("{aname}", name) if self.upper_template else None
             if parent:
                 os.makedirs(parent, exist_ok=True)
@@ -132,8 +152,41 @@ class CowFilesystem(Filesystem):
     async def _open_session(self, name: str, creds: Credentials, *,
                             clear_work: bool = True) -> Session:
         path = self.upper_path(name)
-        upper_fs = HostFilesystem(path)
+        upper_fs = HostFilesystem(path, identity=self.identity)
         upper_root = await upper_fs.attach("", creds)
+        try:
+            self._hold_upper(path, upper_root._node.fd)
+        except OSError as exc:
+            await upper_root.close()
+            await upper_fs.aclose()
+            log.warning("cow: aname %r: %s", name, exc.strerror)
+            raise
+        try:
+            return await self._open_tree(name, creds, path, upper_fs, upper_root,
+                                         clear_work=clear_work)
+        except BaseException:
+            self._let_go_upper(path)
+            raise
+
+    def _hold_upper(self, path: str, root_fd: int) -> None:
+        """This process's claim on the upper ``path`` (cowupper.lock_upper), shared by
+        its trees there (one per identity), dropped with the last of them."""
+        held = self._upper_locks.get(path)
+        if held is None:
+            self._upper_locks[path] = [up.lock_upper(root_fd), 1]
+        else:
+            held[1] += 1
+
+    def _let_go_upper(self, path: str) -> None:
+        held = self._upper_locks.get(path)
+        if held is not None:
+            held[1] -= 1
+            if not held[1]:
+                os.close(held[0])
+                del self._upper_locks[path]
+
+    async def _open_tree(self, name: str, creds: Credentials, path: str,
+                         upper_fs: HostFilesystem, upper_root, *, clear_work: bool) -> Session:
         base_root = await self.base.attach("", creds)
         # Another identity's tree on this upper may be copying up right now: only the
         # first one opened clears what a crash left in work/.
@@ -143,23 +196,28 @@ class CowFilesystem(Filesystem):
             a = await base_root.getattr(0)
             up.adopt_root_metadata(upper_root._node.fd, a.mode, a.uid, a.gid,
                                    ((a.atime_sec, a.atime_nsec), (a.mtime_sec, a.mtime_nsec)),
-                                   base_root.qid.path)
+                                   base_root.qid.path, mapped=upper_fs.mapped)
         session = Session(self, name, path, upper_fs, work_fd, index_fd, self.throwaway)
         session.root = Node(None, "", stat.S_IFDIR, session.base_qid(base_root.qid),
                             upper_root, base_root, session.nodes)
         session.root.refs = 0
         session.on_idle = lambda: self._close_session(name, creds, session)
-        log.info("cow: aname %r: upper %s%s", name, path, " (throwaway)" if self.throwaway else "")
+        log.info("cow: aname %r: upper %s%s, identity %s", name, path,
+                 " (throwaway)" if self.throwaway else "", upper_fs.identity)
         return session
 
     async def _close_session(self, name: str, creds: Credentials, session: Session) -> None:
         if self._sessions.get((name, creds)) is session:
             del self._sessions[(name, creds)]
+        if any(other.path == session.path for other in self._sessions.values()):
+            session.throwaway = False  # a temporary upper goes with its aname's last tree
         await session.close()
+        self._let_go_upper(session.path)
 
     async def aclose(self) -> None:
         for session in list(self._sessions.values()):
             await session.close()
+            self._let_go_upper(session.path)
         self._sessions.clear()
         await self.base.aclose()
 
@@ -439,20 +497,20 @@ class CowFile(File):
 
     # --- extended attributes ---------------------------------------------------------
     async def xattr_get(self, name: str) -> bytes:
-        if name == up.ORIGIN_XATTR:
+        if up.is_private_xattr(name):
             raise errno_error(errno.ENODATA, name)
         return await self._layer().xattr_get(name)
 
     async def xattr_list(self) -> list[str]:
-        return [n for n in await self._layer().xattr_list() if n != up.ORIGIN_XATTR]
+        return [n for n in await self._layer().xattr_list() if not up.is_private_xattr(n)]
 
     async def xattr_set(self, name: str, value: bytes, flags: int) -> None:
-        if name == up.ORIGIN_XATTR:
+        if up.is_private_xattr(name):
             raise errno_error(errno.EPERM, "reserved xattr")
         await (await self._s.copied_up(self._node)).xattr_set(name, value, flags)
 
     async def xattr_remove(self, name: str) -> None:
-        if name == up.ORIGIN_XATTR:
+        if up.is_private_xattr(name):
             raise errno_error(errno.ENODATA, name)
         await (await self._s.copied_up(self._node)).xattr_remove(name)
 

@@ -19,6 +19,7 @@ from ..protocol.constants import OpenFlags, QidType
 from . import cowupper as up
 from . import hostsys
 from .hostdir import Listing
+from .hostmodel import read_mapped_mode_at
 from .hostpath import proc_path
 from .hostqid import HOST_QID_VERSION
 
@@ -74,6 +75,7 @@ def _list_upper(session, node, out: _Packer, seen: set[bytes], whiteouts: set[by
     try:
         dev = os.fstat(fd).st_dev
         qids = session.upper_fs.qids
+        mapped = session.upper_fs.mapped
         dir_path = proc_path(fd)
         unpack, head = hostsys.DIRENT64_HEAD.unpack_from, hostsys.DIRENT64_HEAD.size
         cookie = 0
@@ -100,10 +102,12 @@ def _list_upper(session, node, out: _Packer, seen: set[bytes], whiteouts: set[by
                 if dtype == 0:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     dtype = stat.S_IFMT(st.st_mode) >> 12
-                qtype = _QTYPE.get(dtype, 0)
                 origin = None
                 if dtype in (_DT_REG, _DT_DIR):
                     origin = up.read_origin(f"{dir_path}/{text}", follow=False)
+                if dtype == _DT_REG and mapped:
+                    dtype = _mapped_dtype(fd, name)  # a mapped symlink or device is a host file
+                qtype = _QTYPE.get(dtype, 0)
                 if origin is not None:
                     path = session.origin_qid(qtype, origin).path
                 else:
@@ -114,6 +118,12 @@ def _list_upper(session, node, out: _Packer, seen: set[bytes], whiteouts: set[by
     finally:
         os.close(fd)
     return opaque
+
+
+def _mapped_dtype(dir_fd: int, name: bytes) -> int:
+    mode = read_mapped_mode_at(dir_fd, name)
+    fmt = stat.S_IFMT(mode) if mode is not None else stat.S_IFREG
+    return (stat.S_IFREG if fmt in (0, stat.S_IFDIR) else fmt) >> 12
 
 
 async def _list_base(session, base, out: _Packer, hidden: set[bytes]) -> None:

@@ -22,13 +22,13 @@ import trio
 from ..protocol.constants import AT_REMOVEDIR, GetattrMask, OpenFlags, QidType
 from ..protocol.messages import Qid
 from . import cowupper as up
-from . import hostsys
+from . import hostmodel, hostsys
 from .backend import File, errno_error
 from .host import HostFile, HostFilesystem
 from .hostpath import proc_path
 from .hostqid import HOST_QID_VERSION
 from .cowlist import merged_names
-from .cowtree import Node, NodeCache, forget_base, kind_of_qid
+from .cowtree import Node, NodeCache, kind_of_qid
 
 _BASE_TAG = 1 << 63
 _WIDE_UPPER = 0x7FFE << 48  # upper paths with bit 63 set (never in practice)
@@ -107,11 +107,16 @@ class Session:
 
     def qid_of_upper(self, upper: HostFile) -> Qid:
         origin = None
+        qtype = upper.qid.type
         if upper._fmt in (stat.S_IFREG, stat.S_IFDIR):
             origin = up.read_origin(proc_path(upper._node.fd), follow=True)
+            if upper._fmt == stat.S_IFREG and self.upper_fs.mapped:
+                mode = hostmodel.read_mapped_mode(upper._node.fd, stat.S_IFREG)
+                if mode is not None and stat.S_ISLNK(mode):  # a mapped symlink is a host file
+                    qtype = int(QidType.SYMLINK)
         if origin is not None:
-            return self.origin_qid(upper.qid.type, origin)
-        return self.upper_qid(upper.qid.type, upper.qid.path)
+            return self.origin_qid(qtype, origin)
+        return self.upper_qid(qtype, upper.qid.path)
 
     # --- lookups -------------------------------------------------------------------
     async def lookup(self, d: Node, name: str) -> Node:
@@ -142,9 +147,8 @@ class Session:
         try:
             if upper is not None:
                 kind = upper._fmt
-                if (kind == stat.S_IFDIR and d.base is not None
-                        and not up.is_opaque(upper._node.fd)):
-                    base = await self._base_child(d, name, dirs_only=True)
+                if kind == stat.S_IFDIR:
+                    base = await self._dir_base(d, name, upper)
                 qid = self.qid_of_upper(upper)
             else:
                 base = await self._base_child(d, name)
@@ -195,6 +199,37 @@ class Session:
             return 0
         mine = os.stat(node.upper._node.fd)
         return int((st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino))
+
+    async def _dir_base(self, d: Node, name: str, upper: HostFile) -> File | None:
+        """The base directory an upper directory merges with: none if it is opaque,
+        the one its redirect names if it was renamed, else the one of its name."""
+        fd = upper._node.fd
+        redirect = up.read_redirect(proc_path(fd))
+        if (redirect is None and d.base is None) or up.is_opaque(fd):
+            return None
+        if redirect is None:
+            return await self._base_child(d, name, dirs_only=True)
+        try:
+            _, found = await self.root.base.walk(redirect)
+        except OSError:
+            return None  # a different base under this upper: nothing there now
+        if found is not None and not found.qid.type & QidType.DIR:
+            await found.close()
+            return None
+        return found
+
+    def base_path(self, node: Node) -> list[str]:
+        """Where ``node``'s base directory is, from the base's root: its nearest
+        redirected ancestor's redirect (or the root), then the names below it."""
+        names: list[str] = []
+        while node.parent is not None:
+            if node.upper is not None and node.kind == stat.S_IFDIR:
+                redirect = up.read_redirect(proc_path(node.upper._node.fd))
+                if redirect is not None:
+                    return redirect + names[::-1]
+            names.append(node.name)
+            node = node.parent
+        return names[::-1]
 
     async def _base_child(self, d: Node, name: str, dirs_only: bool = False) -> File | None:
         if d.base is None:
@@ -293,6 +328,11 @@ class Session:
             os.close(fd)
         elif kind == stat.S_IFDIR:
             os.mkdir(tmp, 0o700, dir_fd=work)
+        elif self.upper_fs.mapped:
+            # A mapped upper keeps symlinks and special files as plain host files, as
+            # QEMU's mapped-xattr does: no privilege needed, no host device ever made.
+            target = await base.readlink() if kind == stat.S_IFLNK else None
+            hostmodel.make_mapped_entry(work, tmp, attr.mode, target)
         elif kind == stat.S_IFLNK:
             os.symlink(await base.readlink(), tmp, dir_fd=work)
         else:
@@ -300,7 +340,7 @@ class Session:
         try:
             up.finish_copy(work, tmp, attr.mode, attr.uid, attr.gid,
                            ((attr.atime_sec, attr.atime_nsec), (attr.mtime_sec, attr.mtime_nsec)),
-                           xattrs, base.qid.path)
+                           xattrs, base.qid.path, mapped=self.upper_fs.mapped, rdev=attr.rdev)
             if kind != stat.S_IFDIR and attr.nlink > 1:
                 os.link(tmp, up.index_name(base.qid.path), src_dir_fd=work,
                         dst_dir_fd=self.index_fd, follow_symlinks=False)
@@ -351,22 +391,6 @@ class Session:
         finally:
             await reader.close()
 
-    async def copy_up_deep(self, node: Node) -> None:
-        """A directory and everything below it, for a rename (no redirects: the
-        moved directory then stands alone, opaque)."""
-        await self.copy_up(node)
-        if node.base is None:
-            return
-        for name in await merged_names(self, node):
-            child = await self.lookup(node, name)
-            try:
-                if child.kind == stat.S_IFDIR:
-                    await self.copy_up_deep(child)
-                else:
-                    await self.copy_up(child)
-            finally:
-                await child.release()
-
     # --- making entries ------------------------------------------------------------
     async def adopt(self, d: Node, name: str, made: HostFile) -> Node:
         """A file just created in ``d``'s upper by the host export."""
@@ -402,12 +426,17 @@ class Session:
             fd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=work)
             try:
                 up.make_marker(fd, up.OPAQUE_MARKER, durable=False)
-                os.chmod(proc_path(fd), mode & 0o7777)
-                uid = parent._creds.uid if parent._creds.uid is not None else -1
-                try:
-                    hostsys.fchown_empty(fd, uid, gid if gid not in (0xFFFFFFFF, -1) else -1)
-                except PermissionError:
-                    pass
+                if self.upper_fs.mapped:
+                    hostmodel.own_new(hostmodel.MAPPED, fd, os.stat(fd),
+                                      stat.S_IFDIR | (mode & 0o7777), parent._creds.uid, gid,
+                                      self.upper_fs.mapped_owner, None)
+                else:
+                    os.chmod(proc_path(fd), mode & 0o7777)
+                    uid = parent._creds.uid if parent._creds.uid is not None else -1
+                    try:
+                        hostsys.fchown_empty(fd, uid, gid if gid not in (0xFFFFFFFF, -1) else -1)
+                    except PermissionError:
+                        pass
             finally:
                 os.close(fd)
             up.move_into_place(work, tmp, parent._node.fd, name)
@@ -486,10 +515,9 @@ class Session:
                 if dst.kind == stat.S_IFDIR and await merged_names(self, dst):
                     raise errno_error(errno.ENOTEMPTY, newname)
             target = await self.ensure_dir_upper(newdir)
-            if node.kind == stat.S_IFDIR:
-                await self.copy_up_deep(node)
-            else:
-                await self.copy_up(node)
+            # A directory: only itself (its metadata); what is below stays in the base,
+            # found through the redirect _rename_locked leaves on it.
+            await self.copy_up(node)
             async with self.locked():
                 await self._rename_locked(node, olddir, newdir, target, newname, dst)
         finally:
@@ -500,7 +528,11 @@ class Session:
                              newname: str, dst: Node | None) -> None:
         assert node.upper is not None and olddir.upper is not None
         is_dir = node.kind == stat.S_IFDIR
-        if is_dir and (node.base is not None or await self.base_has(newdir, newname)):
+        if is_dir and node.base is not None:
+            # Its base is found by this path, not by its new name (overlayfs's
+            # redirect_dir): equivalent where it stands now, so safe to write first.
+            up.write_redirect(proc_path(node.upper._node.fd), self.base_path(node))
+        elif is_dir and await self.base_has(newdir, newname):
             up.make_marker(node.upper._node.fd, up.OPAQUE_MARKER)
         if dst is not None and dst.upper is not None and dst.kind == stat.S_IFDIR:
             if os.listdir(proc_path(dst.upper._node.fd)):
@@ -517,4 +549,3 @@ class Session:
         newdir.children[newname] = node
         olddir.listing = newdir.listing = node.listing = None
         await olddir.release()
-        await forget_base(node)

@@ -103,10 +103,3 @@ class NodeCache:
     async def clear(self) -> None:
         while self._parked:
             await self._parked.pop(next(iter(self._parked))).destroy()
-
-
-async def forget_base(node: Node) -> None:
-    """After a move the base below the old path is not this tree's any more."""
-    await node.drop_base()
-    for child in list(node.children.values()):
-        await forget_base(child)

@@ -5,10 +5,13 @@ reason about for crash safety. The layout of an upper directory::
 
     UPPER/.ninep-cow/work/      temporaries; emptied whenever the upper is opened
     UPPER/.ninep-cow/index/QID  copies of base files with several names (hard links)
+    UPPER/.ninep-cow/lock       flock(LOCK_EX) by the one process serving the upper
     UPPER/some/dir/.wh.NAME     whiteout: NAME of the base is deleted
     UPPER/some/dir/.wh..wh..opq opaque: nothing of the base's some/dir shows through
     xattr user.ninep.origin     on a copied-up file or directory: the base qid.path
                                 (8 bytes, little-endian) it came from
+    xattr user.ninep.redirect   on a renamed directory: the path of its base
+                                directory from the base's root ("etc/init.d")
 
 The marker names are the OCI image-layer ones, so an upper directory is also a valid
 layer (tar it up). They need no privilege, unlike overlayfs's 0/0 character devices.
@@ -17,18 +20,21 @@ layer (tar it up). They need no privilege, unlike overlayfs's 0/0 character devi
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
 import stat
 import struct
 
-from . import hostsys
+from . import hostmodel, hostsys
 from .hostpath import proc_path
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 META_DIR = ".ninep-cow"
 ORIGIN_XATTR = "user.ninep.origin"
+REDIRECT_XATTR = "user.ninep.redirect"
+PRIVATE_XATTR_PREFIX = "user.ninep."  # the server's bookkeeping: never the guest's
 _ORIGIN = struct.Struct("<Q")
 _COPY_CHUNK = 1 << 20
 
@@ -52,6 +58,25 @@ def open_meta_dirs(upper_root_fd: int, *, clear: bool = True) -> tuple[int, int]
     if clear:
         clear_dir(work)
     return work, index
+
+
+def lock_upper(upper_root_fd: int) -> int:
+    """An fd holding flock(LOCK_EX) on UPPER/.ninep-cow/lock, or EBUSY: two processes
+    (two ninepd, or two ``--workers``) serving one upper would each keep a tree and
+    caches the other's changes make wrong, and each clear the other's work/. The
+    kernel drops the lock when the process dies, so a crash leaves nothing stale."""
+    meta = _subdir(upper_root_fd, META_DIR)
+    try:
+        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=meta)
+    finally:
+        os.close(meta)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(errno.EBUSY, "upper in use by another ninepd process") from None
+    return fd
 
 
 def index_name(base_qid_path: int) -> str:
@@ -150,6 +175,25 @@ def write_origin(path: str, qid_path: int, *, follow: bool = False) -> None:
             raise
 
 
+def is_private_xattr(name: str) -> bool:
+    return name.startswith(PRIVATE_XATTR_PREFIX)
+
+
+def read_redirect(path: str) -> list[str] | None:
+    """The base path (names from the base's root) a renamed upper directory merges
+    with, instead of its own name's (overlayfs's redirect_dir). ``path`` reaches the
+    directory (a /proc/self/fd magic link)."""
+    try:
+        value = os.getxattr(path, REDIRECT_XATTR)
+    except OSError:
+        return None
+    return value.decode().split("/") if value else None
+
+
+def write_redirect(path: str, names: list[str]) -> None:
+    os.setxattr(path, REDIRECT_XATTR, "/".join(names).encode())
+
+
 def copy_bytes(src_fd: int, dst_fd: int, offset: int, size: int) -> None:
     """``size`` bytes of ``src_fd`` from ``offset`` to the start of ``dst_fd``:
     copy_file_range (reflinks or in-kernel copies), else read/write."""
@@ -175,14 +219,25 @@ def copy_bytes(src_fd: int, dst_fd: int, offset: int, size: int) -> None:
 
 def finish_copy(work_fd: int, tmp: str, mode: int, uid: int, gid: int,
                 times: tuple[tuple[int, int], tuple[int, int]],
-                xattrs: dict[str, bytes], origin: int | None) -> None:
+                xattrs: dict[str, bytes], origin: int | None, *,
+                mapped: bool = False, rdev: int = 0) -> None:
     """Give the temporary ``tmp`` (in the work dir) the base file's metadata. Owner
-    before mode (chown clears set-id bits), times last (every change moves them)."""
+    before mode (chown clears set-id bits), times last (every change moves them).
+
+    ``mapped`` (the upper's identity model is mapped: hostmodel): owner, whole mode
+    and device number go into ``user.virtfs.*`` as a mapped export keeps them, and the
+    host inode stays the server's, 0600/0700 (``tmp`` was made as
+    ``hostmodel.make_mapped_entry`` makes entries), so that the server can still read
+    and write it whatever the guest's mode says (e.g. /etc/shadow's 0640 root:shadow)."""
     path = f"{proc_path(work_fd)}/{tmp}"
     is_link = stat.S_ISLNK(mode)
     for name, value in xattrs.items():
-        if name == ORIGIN_XATTR:
+        if is_private_xattr(name):
             continue
+        if mapped:
+            if name.startswith(hostmodel.RESERVED_PREFIX):
+                continue  # the base's own mapped ownership: written below from its attrs
+            name = hostmodel.ACL_NAMES.get(name, name)  # ACLs the host must not enforce
         try:
             os.setxattr(path, name, value, follow_symlinks=False)
         except OSError as exc:
@@ -190,12 +245,16 @@ def finish_copy(work_fd: int, tmp: str, mode: int, uid: int, gid: int,
                 raise  # trusted.* or security.* as non-root: skipped, as cp -a does
     if origin is not None:
         write_origin(path, origin)
-    try:
-        os.chown(tmp, uid, gid, dir_fd=work_fd, follow_symlinks=False)
-    except PermissionError:
-        pass  # not root: the copy keeps the server's own ids (mapped identity: issue 9)
-    if not is_link:
-        os.chmod(path, stat.S_IMODE(mode))
+    if mapped:
+        device = stat.S_IFMT(mode) in (stat.S_IFCHR, stat.S_IFBLK)
+        hostmodel.write_mapped(path, uid=uid, gid=gid, mode=mode, rdev=rdev if device else None)
+    else:
+        try:
+            os.chown(tmp, uid, gid, dir_fd=work_fd, follow_symlinks=False)
+        except PermissionError:
+            pass  # not root and not mapped (no user.* xattrs): the server's own ids
+        if not is_link:
+            os.chmod(path, stat.S_IMODE(mode))
     hostsys.utimensat(work_fd, tmp, times[0], times[1], nofollow=True)
 
 
@@ -203,16 +262,22 @@ _temp_numbers = itertools.count(1)
 
 
 def adopt_root_metadata(root_fd: int, mode: int, uid: int, gid: int,
-                        times: tuple[tuple[int, int], tuple[int, int]], origin: int) -> None:
+                        times: tuple[tuple[int, int], tuple[int, int]], origin: int, *,
+                        mapped: bool = False) -> None:
     """A fresh upper directory (made by makedirs or mkdtemp, 0700 for the latter)
     becomes the base root's copy: owner, mode and times of the base's "/", and the
-    origin mark that says it was done."""
+    origin mark that says it was done. ``mapped``: owner and mode into
+    ``user.virtfs.*``; the host directory keeps its own (a base "/" of 0555 must
+    not stop the server writing into its upper)."""
     path = proc_path(root_fd)
-    try:
-        os.chown(path, uid, gid)
-    except PermissionError:
-        pass  # not root: the upper stays ninepd's own
-    os.chmod(path, stat.S_IMODE(mode))
+    if mapped:
+        hostmodel.write_mapped(path, uid=uid, gid=gid, mode=stat.S_IFDIR | stat.S_IMODE(mode))
+    else:
+        try:
+            os.chown(path, uid, gid)
+        except PermissionError:
+            pass  # not root and not mapped: the upper stays ninepd's own
+        os.chmod(path, stat.S_IMODE(mode))
     hostsys.utimensat(hostsys.AT_FDCWD, path, times[0], times[1], nofollow=False)
     write_origin(path, origin, follow=True)
 

@@ -86,6 +86,16 @@ def has_user_xattrs(dir_fd: int) -> bool:
     return True
 
 
+def is_mapped_tree(path: str) -> bool:
+    """Whether the directory ``path`` was made as a mapped tree (``ninep rootfs``
+    without root, ``rootfs import``, a mapped export's own files): its top directory
+    carries the guest's mode."""
+    try:
+        return len(os.getxattr(path, XATTR_MODE)) == 4
+    except OSError:
+        return False
+
+
 class Mapped(NamedTuple):
     """The ownership a mapped file's xattrs give; None where an xattr is absent."""
 
@@ -328,5 +338,7 @@ def setattr_mapped(fd: int, host_fmt: int, attr: SetAttr, owner: tuple[int, int]
     if valid & SetattrMask.GID:
         gid = attr.gid
     if valid & SetattrMask.MODE:
+        if stat.S_ISLNK(mode):  # a mapped symlink: as a host symlink, no mode to set
+            raise errno_error(errno.EOPNOTSUPP, "chmod of a symlink")
         mode = stat.S_IFMT(mode) | (attr.mode & 0o7777)
     write_mapped(proc_path(fd), uid=uid, gid=gid, mode=mode)

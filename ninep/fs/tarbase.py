@@ -4,8 +4,9 @@ The archive is indexed once (one pass over the headers into a tree of ``TarNode`
 and each read is one pread at the member's offset in the archive: nothing is ever
 unpacked. A compressed archive (.tar.gz, .tar.xz, .tar.zst, .tar.bz2) is first
 decompressed, once, into a cache file next to the other ninep caches
-(``$NINEP_CACHE`` or ~/.cache/ninep, ``tar/<key>.tar``, keyed by the archive's path,
-size and mtime); the numbers and why not seek points are in docs/cow.md.
+(``$NINEP_CACHE``, else ``$XDG_CACHE_HOME/ninep`` or ~/.cache/ninep; ``tar/<key>.tar``,
+keyed by the archive's path, size and mtime); the numbers and why not seek points
+are in docs/cow.md.
 
 An OCI image layout (a directory with ``oci-layout`` and ``index.json``) is its
 image's layers applied in order into one tree (``oci_layers``): each layer blob is an
@@ -86,7 +87,10 @@ class TarNode:
 
 
 def cache_dir() -> str:
-    return os.environ.get("NINEP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ninep")
+    if os.environ.get("NINEP_CACHE"):
+        return os.environ["NINEP_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ninep")
 
 
 _MAGIC = ((b"\x1f\x8b", "gz"), (b"\x28\xb5\x2f\xfd", "zst"), (b"\xfd7zXZ\x00", "xz"),

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import trio
@@ -167,7 +170,6 @@ def _vm(args: argparse.Namespace) -> int:
         print(f"ninep vm: {args.rootfs} is a mapped tree (owners in user.virtfs.* xattrs), "
               "which diod cannot serve: use --server ninepd", file=sys.stderr)
         return 2
-    server_args = (*(cow or ()), *(("--identity", "mapped") if mapped else ()))
     kernel = args.kernel or default_kernel()
     if not kernel.is_file():
         print(f"ninep vm: --kernel {kernel}: no such file", file=sys.stderr)
@@ -177,6 +179,13 @@ def _vm(args: argparse.Namespace) -> int:
         if problem:
             print(f"ninep vm: --accel kvm: {problem}", file=sys.stderr)
             return 1
+    scratch = None
+    if cow == ("--throwaway-upper",):
+        # ninepd is killed at the end of the run, before it could remove its temporary
+        # upper: it makes it below a directory this launcher removes.
+        scratch = tempfile.mkdtemp(prefix="ninep-vm-upper-")
+        cow = ("--throwaway-upper", "--upper", os.path.join(scratch, "{aname}"))
+    server_args = (*(cow or ()), *(("--identity", "mapped") if mapped else ()))
     config = VmConfig(
         rootfs=args.rootfs.resolve(), kernel=kernel,
         modules_dir=args.modules_dir, transport=args.transport, server=args.server,
@@ -193,8 +202,12 @@ def _vm(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     # Interactive: QEMU's output is passed through as it comes, not line by line.
-    result = trio.run(functools.partial(run_vm, config,
-                                        on_line=None if config.interactive else show))
+    try:
+        result = trio.run(functools.partial(run_vm, config,
+                                            on_line=None if config.interactive else show))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     panic = panic_reason(result.console)
     if args.cmd is None or result.exit_status is None:
         if args.cmd is not None and result.server_log.strip():

@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 from ninep import pathwalk
+from ninep.fs import hostmodel
 from ninep.fs.hostmodel import XATTR_MODE
 
 
@@ -39,10 +40,7 @@ def guest_mode(path: Path) -> int:
 
 def is_mapped_tree(root: Path) -> bool:
     """Whether ``root`` was made as a mapped tree: its top directory carries the mode."""
-    try:
-        return len(os.getxattr(root, XATTR_MODE)) == 4
-    except OSError:
-        return False
+    return hostmodel.is_mapped_tree(os.fspath(root))
 
 
 def _link_target(path: Path) -> str:

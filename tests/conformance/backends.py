@@ -154,9 +154,10 @@ def union_backend(scratch: Path) -> Backend:
 
 
 # --- copy-on-write (issue 12) ----------------------------------------------------------
-def _cow(scratch: Path, base_of) -> Backend:
+def _cow(scratch: Path, base_of, identity: str | None = None) -> Backend:
     """The seed is the *base*; the upper starts empty, so every write the suite makes
-    goes through copy-up, whiteouts or opaque directories."""
+    goes through copy-up, whiteouts or opaque directories. ``identity="mapped"``: the
+    upper keeps owners and modes in user.virtfs.* (ninepd's default without root)."""
     from ninep.fs.cow import CowFilesystem
 
     layers = scratch.parent / (scratch.name + "-layers")
@@ -165,8 +166,10 @@ def _cow(scratch: Path, base_of) -> Backend:
     write_seed(seed)
     upper = layers / "upper"
     upper.mkdir()
-    return Backend("cow", CowFilesystem(base_of(seed, layers), str(upper)), Capabilities(
-        xattrs=_xattrs_supported(upper), chown=os.geteuid() == 0))
+    xattrs = _xattrs_supported(upper)
+    return Backend("cow", CowFilesystem(base_of(seed, layers), str(upper), identity=identity),
+                   Capabilities(xattrs=xattrs,
+                                chown=os.geteuid() == 0 or (identity == "mapped" and xattrs)))
 
 
 @register("cow-dir")
@@ -174,13 +177,21 @@ def cow_dir_backend(scratch: Path) -> Backend:
     return _cow(scratch, lambda seed, layers: str(seed))
 
 
-@register("cow-tar")
-def cow_tar_backend(scratch: Path) -> Backend:
+def _tarball(seed: Path, layers: Path) -> str:
     import tarfile
 
-    def tarball(seed: Path, layers: Path) -> str:
-        path = layers / "base.tar"
-        with tarfile.open(path, "w") as tar:
-            tar.add(seed, arcname=".")
-        return str(path)
-    return _cow(scratch, tarball)
+    path = layers / "base.tar"
+    with tarfile.open(path, "w") as tar:
+        tar.add(seed, arcname=".")
+    return str(path)
+
+
+@register("cow-tar")
+def cow_tar_backend(scratch: Path) -> Backend:
+    return _cow(scratch, _tarball)
+
+
+@register("cow-tar-mapped")
+def cow_tar_mapped_backend(scratch: Path) -> Backend:
+    """A tarball base under a mapped upper: the rootless COW root (issue 12)."""
+    return _cow(scratch, _tarball, identity="mapped")

@@ -78,6 +78,13 @@ async def names(root, path=""):
         return {e.name for e in await list_dir(d)} - {".", ".."}
 
 
+def died(fs: CowFilesystem) -> None:
+    """What the kernel does for a process that dies: its flock on each upper goes."""
+    for fd, _ in fs._upper_locks.values():
+        os.close(fd)
+    fs._upper_locks.clear()
+
+
 async def read(root, path):
     async with walked(root, path, OpenFlags.RDONLY) as f:
         return await read_all(f)
@@ -304,7 +311,16 @@ async def test_throwaway_upper_goes_with_the_last_fid(base, tmp_path):
     assert not made[0].exists()
     r = await fs.attach("guest", CREDS)
     assert "scratch" not in await names(r)
+    # Every identity of one guest (access=client attaches per uid) sees one upper.
+    user = await fs.attach("guest", Credentials(1000, 1000))
+    await user.mkdir("by-user", 0o755, 0)
+    assert "by-user" in await names(r)
+    made = [p for p in tmp_path.iterdir() if p.name.startswith("ninep-cow-guest-")]
+    assert len(made) == 1
+    await user.close()
+    assert made[0].exists()  # root's tree still uses it
     await r.close()
+    assert not made[0].exists()
     await fs.aclose()
 
 
@@ -406,6 +422,7 @@ async def test_a_crash_during_copy_up_leaves_the_old_state(base, upper, monkeypa
     monkeypatch.undo()
     # the process "died": drop it without cleanup, leave whatever is on disk
     leftovers = os.listdir(upper / ".ninep-cow" / "work")
+    died(fs)
     fs = CowFilesystem(str(base), str(upper))
     r = await fs.attach("", CREDS)
     assert await read(r, "etc/hostname") == b"base\n"
@@ -434,6 +451,7 @@ async def test_a_crash_between_whiteout_and_unlink_keeps_the_file(base, upper, m
         await etc.unlinkat("hostname", 0)
     monkeypatch.undo()
     assert (upper / "etc" / ".wh.hostname").exists()  # the whiteout came first ...
+    died(fs)
     fs = CowFilesystem(str(base), str(upper))
     r = await fs.attach("", CREDS)
     assert await read(r, "etc/hostname") == b"copied\n"  # ... and the upper entry wins
@@ -449,3 +467,93 @@ async def test_a_fresh_upper_takes_the_base_roots_metadata(base, tmp_path):
     assert stat.S_IMODE(a.mode) == 0o751 and a.mtime_sec == int(base.stat().st_mtime)
     await r.close()
     await fs.aclose()
+
+
+async def test_directory_rename_copies_only_the_directory(root, base, upper, cow):
+    """A redirect (overlayfs's redirect_dir), not a deep copy: nothing below the moved
+    directory is copied up, yet it all shows there, after a restart too."""
+    before = tree_digest(base)
+    etc = await walk_to(root, "etc")
+    await etc.renameat("deep", root, "moved")
+    await etc.close()
+    assert os.getxattr(upper / "moved", "user.ninep.redirect") == b"etc/deep"
+    assert sorted(os.listdir(upper / "moved")) == []  # no data, not even "er"
+    assert (upper / "etc" / ".wh.deep").exists()
+    assert await names(root, "moved") == {"er", "x"}
+    assert await read(root, "moved/er/leaf") == b"leaf\n"
+    async with walked(root, "moved") as d:  # bookkeeping stays hidden
+        assert "user.ninep.redirect" not in await d.xattr_list()
+        with raises_errno(errno.ENODATA):
+            await d.xattr_get("user.ninep.redirect")
+        with raises_errno(errno.EPERM):
+            await d.xattr_set("user.ninep.redirect", b"gone", 0)
+    # a directory below one that moved keeps its own base path when it moves too
+    moved = await walk_to(root, "moved")
+    await moved.renameat("er", root, "er2")
+    await moved.close()
+    assert os.getxattr(upper / "er2", "user.ninep.redirect") == b"etc/deep/er"
+    assert await read(root, "er2/leaf") == b"leaf\n"
+    assert await names(root, "moved") == {"x"}
+    await root.close()
+    await cow.aclose()
+    again = CowFilesystem(str(base), str(upper))
+    r = await again.attach("", CREDS)
+    try:
+        assert await names(r, "moved") == {"x"} and await names(r, "er2") == {"leaf"}
+        assert "deep" not in await names(r, "etc")
+        async with walked(r, "er2/leaf", OpenFlags.WRONLY | OpenFlags.APPEND) as w:
+            await w.write(0, memoryview(b"more\n"))
+        assert (upper / "er2" / "leaf").read_bytes() == b"leaf\nmore\n"
+        assert await read(r, "er2/leaf") == b"leaf\nmore\n"
+    finally:
+        await r.close()
+        await again.aclose()
+    assert tree_digest(base) == before
+
+
+async def test_a_moved_directory_keeps_its_base_when_its_new_parent_moves(root):
+    """Open fids below a redirected directory inside a directory of the guest's own:
+    moving that parent (which has no base) must not cut them off from the base."""
+    await root.mkdir("mine", 0o755, 0)
+    etc = await walk_to(root, "etc")
+    mine = await walk_to(root, "mine")
+    await etc.renameat("deep", mine, "deep")
+    held = await walk_to(root, "mine/deep")  # keeps the Node (and its base) alive
+    await root.renameat("mine", root, "other")
+    assert await names(root, "other/deep") == {"er", "x"}
+    assert await read(root, "other/deep/er/leaf") == b"leaf\n"
+    for f in (held, mine, etc):
+        await f.close()
+
+
+async def test_a_directory_renamed_over_an_emptied_base_directory(root, upper):
+    """The target's base contents (deleted) stay hidden: the redirect, not the new
+    name, says which base directory shows through."""
+    gone = await walk_to(root, "gone")
+    await gone.unlinkat("child", 0)
+    await gone.close()
+    etc = await walk_to(root, "etc")
+    await etc.renameat("deep", root, "gone")
+    await etc.close()
+    assert await names(root, "gone") == {"er", "x"}
+    assert os.getxattr(upper / "gone", "user.ninep.redirect") == b"etc/deep"
+
+
+async def test_one_process_per_upper(base, upper):
+    """A second server (another ninepd, another --workers process: here another
+    CowFilesystem) attaching an upper in use gets EBUSY; once the first lets go of it
+    the second attaches. Within one server every identity shares the upper."""
+    first, second = CowFilesystem(str(base), str(upper)), CowFilesystem(str(base), str(upper))
+    r1 = await first.attach("", CREDS)
+    r1b = await first.attach("", Credentials(1000, 1000))  # another identity, same process
+    with raises_errno(errno.EBUSY):
+        await second.attach("", CREDS)
+    await r1.close()
+    with raises_errno(errno.EBUSY):
+        await second.attach("", CREDS)  # still held: one tree is attached
+    await r1b.close()
+    r2 = await second.attach("", CREDS)
+    assert await read(r2, "etc/hostname") == b"base\n"
+    await r2.close()
+    await first.aclose()
+    await second.aclose()

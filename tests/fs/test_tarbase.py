@@ -194,3 +194,15 @@ def test_names_that_are_not_utf8_are_skipped(tmp_path):
     fs = TarFilesystem(str(path))
     assert list(fs.index.root.children) == ["ok"] and len(fs.index.skipped) == 1
     fs.index.close()
+
+
+def test_the_decompressed_copy_goes_where_the_other_caches_go(monkeypatch, tmp_path):
+    """$XDG_CACHE_HOME like ninep vm's caches: an unprivileged ninepd's $HOME may be
+    unwritable (or /nonexistent) while its XDG cache is not."""
+    from ninep.fs import tarbase
+
+    monkeypatch.delenv("NINEP_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert tarbase.cache_dir() == str(tmp_path / "xdg" / "ninep")
+    monkeypatch.setenv("NINEP_CACHE", str(tmp_path / "mine"))
+    assert tarbase.cache_dir() == str(tmp_path / "mine")

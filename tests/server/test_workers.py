@@ -256,3 +256,43 @@ async def test_workers_start_from_a_function_with_settings_parsed_once(tmp_path)
     failing = Supervisor(WorkerStart(build_server, (gone, None), "CRITICAL"), 1)
     with pytest.raises(ListenError, match="could not build its server"), trio.fail_after(30):
         await failing.run(["tcp://127.0.0.1:0"])
+
+
+async def test_copy_on_write_exports_across_workers(tmp_path):
+    """COW exports under --workers: guests with their own anames on either worker each
+    get their own upper; a second connection for an aname whose upper the other worker
+    serves gets EBUSY (one process per upper), while the same worker shares it."""
+    import errno
+
+    from ninep.client import connect
+
+    base = tmp_path / "base"
+    (base / "etc").mkdir(parents=True)
+    (base / "etc" / "hostname").write_bytes(b"base\n")
+    log_path = tmp_path / "log"
+    process, port = start_workers(base, log_path, "--upper", str(tmp_path / "vms" / "{aname}"))
+    url = f"tcp://127.0.0.1:{port}"
+    with reaped(process):
+        await until(lambda: len(worker_pids(log_path)) == 2, 30)
+        async with connect(url, aname="a") as a, connect(url, aname="b") as b:
+            await a.root.write_file("etc/hostname", b"a\n")
+            await b.root.write_file("etc/hostname", b"b\n")
+            assert await a.root.read_file("etc/hostname") == b"a\n"
+            async with connect(url, aname="a") as a2:  # a tie: the lowest index, a's
+                assert await a2.root.read_file("etc/hostname") == b"a\n"
+                await until(lambda: len(placements(log_path)) == 3)
+                refused = None
+                try:
+                    async with connect(url, aname="a"):  # worker 1 now, while 0 serves "a"
+                        pass
+                except OSError as exc:
+                    refused = exc.errno
+                await until(lambda: len(placements(log_path)) == 4)
+                at = placements(log_path)
+        assert at[:2] == [0, 1] or at[:2] == [1, 0], at
+        assert at[2] == at[0] and at[3] != at[0], at
+        assert refused == errno.EBUSY
+        assert "in use by another ninepd process" in log_path.read_text()
+    assert (tmp_path / "vms" / "a" / "etc" / "hostname").read_bytes() == b"a\n"
+    assert (tmp_path / "vms" / "b" / "etc" / "hostname").read_bytes() == b"b\n"
+    assert (base / "etc" / "hostname").read_bytes() == b"base\n"
