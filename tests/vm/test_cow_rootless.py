@@ -77,6 +77,17 @@ def _seed(upper: Path, rel: str, text: str, mode: int) -> None:
     write_mapped(str(path), uid=0, gid=0, mode=mode)
 
 
+def _user_home(home: Path) -> Path:
+    """``home`` opened to the unprivileged user, its cache holding the guest init
+    already built here (copied, so the user's runs do not build it again)."""
+    os.chmod(home, 0o755)
+    cache = home / "cache" / "ninep"
+    cache.mkdir(parents=True)
+    for built in cache_dir().glob("ninep-init-*"):
+        shutil.copy2(built, cache / built.name)
+    return home
+
+
 def _console_lines(booted: subprocess.CompletedProcess, tag: str = "") -> set[str]:
     """Stripped lines, each from ``tag`` on: the autologin shell's prompt may share
     the console line with what the check script printed."""
@@ -95,12 +106,7 @@ def test_debian_boots_rootless_from_a_tarball_with_a_persistent_upper():
     if shutil.which("zstd") is None:
         pytest.skip("zstd not installed")
     with tempfile.TemporaryDirectory(prefix="ninep-cow-rootless-") as place:
-        home = Path(place)
-        os.chmod(home, 0o755)
-        cache = home / "cache" / "ninep"
-        cache.mkdir(parents=True)
-        for built in cache_dir().glob("ninep-init-*"):
-            shutil.copy2(built, cache / built.name)
+        home = _user_home(Path(place))
         image = home / "debian.tar.zst"
         subprocess.run(["zstd", "-q", "-3", "-T0", str(tarball), "-o", str(image)], check=True)
         upper = home / "upper"
@@ -172,12 +178,7 @@ def test_busybox_dir_cow_boots_rootless_and_keeps_the_guests_owners():
         pytest.skip("cannot run Python as an unprivileged user here")
     prefix, env = found
     with tempfile.TemporaryDirectory(prefix="ninep-cow-rootless-bb-") as place:
-        home = Path(place)
-        os.chmod(home, 0o755)
-        cache = home / "cache" / "ninep"
-        cache.mkdir(parents=True)
-        for built in cache_dir().glob("ninep-init-*"):
-            shutil.copy2(built, cache / built.name)
+        home = _user_home(Path(place))
         subprocess.run(["chown", "-R", f"{UNPRIVILEGED[0]}:{UNPRIVILEGED[1]}", str(home)],
                        check=True)
         user_env = dict(env, XDG_CACHE_HOME=str(home / "cache"))
