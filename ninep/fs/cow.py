@@ -350,8 +350,18 @@ class CowFile(File):
         if not attr.valid & ~int(SetattrMask.CTIME):
             return  # ctime alone: nothing to set, nothing to copy up
         truncating = attr.valid & SetattrMask.SIZE and attr.size == 0
-        node = await self._s.copied_up(self._node, data=not truncating)
-        await node.setattr(attr)
+        upper = await self._s.copied_up(self._node, data=not truncating)
+        if upper._io is not None and upper is not self._io:
+            # The Node's upper is still a creating fid's open file (``_adopted``): a
+            # truncate through this fid must check permissions as the host export
+            # does for a fid not open for writing, not use that fid's fd.
+            upper = await upper.clone()
+            try:
+                await upper.setattr(attr)
+            finally:
+                await upper.close()
+            return
+        await upper.setattr(attr)
 
     async def statfs(self) -> StatFs:
         return await self._s.root.upper.statfs()
