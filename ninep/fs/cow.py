@@ -43,7 +43,7 @@ from ..protocol.messages import Dirent, Qid
 from . import cowupper as up
 from . import hostmodel
 from .backend import Attr, Credentials, File, Filesystem, SetAttr, StatFs, errno_error
-from .host import HostFilesystem
+from .host import HostFile, HostFilesystem
 from .hostdir import Listing
 from .hostpath import check_component, check_new_name
 from .cowlist import merged_listing
@@ -312,6 +312,17 @@ class CowFile(File):
 
     async def create(self, name: str, flags: int, mode: int, gid: int) -> tuple["CowFile", int]:
         self._check_new(name)
+        d = self._node
+        if d.base is None and d.upper is not None and not d.removed and name not in d.children:
+            # No base below (a guest's own directory): the host's exclusive create is
+            # the existence check, one syscall less than a lookup first.
+            try:
+                made, _ = await d.upper.create(name, flags | _EXCL, mode, gid)
+            except FileExistsError:
+                if flags & _EXCL:
+                    raise
+            else:
+                return await self._adopted(name, made, flags), 0
         existing = None
         if not self._s.surely_absent(self._node, name):
             try:
@@ -331,14 +342,19 @@ class CowFile(File):
             return opened, 0
         parent = await self._s.ensure_dir_upper(self._node)
         made, _ = await parent.create(name, flags, mode, gid)
+        return await self._adopted(name, made, flags), 0
+
+    async def _adopted(self, name: str, made: HostFile, flags: int) -> "CowFile":
+        """The fid of a file just created: ``made`` is its Node's upper and, until
+        this fid is clunked, its open file too (no second HostFile, no fstat)."""
         try:
-            node = await self._s.adopt(self._node, name, made)
+            node = self._s.adopt(self._node, name, made)
         except BaseException:
             await made.close()
             raise
         new = CowFile(self._s, node)
         new._io, new._io_upper, new._open_flags = made, True, flags
-        return new, 0
+        return new
 
     async def read(self, offset: int, count: int) -> bytes | memoryview:
         return await (await self._reader()).read(offset, count)
@@ -392,8 +408,18 @@ class CowFile(File):
         if not attr.valid & ~int(SetattrMask.CTIME):
             return  # ctime alone: nothing to set, nothing to copy up
         truncating = attr.valid & SetattrMask.SIZE and attr.size == 0
-        node = await self._s.copied_up(self._node, data=not truncating)
-        await node.setattr(attr)
+        upper = await self._s.copied_up(self._node, data=not truncating)
+        if upper._io is not None and upper is not self._io:
+            # The Node's upper is still a creating fid's open file (``_adopted``): a
+            # truncate through this fid must check permissions as the host export
+            # does for a fid not open for writing, not use that fid's fd.
+            upper = await upper.clone()
+            try:
+                await upper.setattr(attr)
+            finally:
+                await upper.close()
+            return
+        await upper.setattr(attr)
 
     async def statfs(self) -> StatFs:
         return await self._s.root.upper.statfs()
@@ -517,11 +543,22 @@ class CowFile(File):
     # --- lifetime ------------------------------------------------------------------------
     async def close(self) -> None:
         io, self._io = self._io, None
-        if io is not None:
-            await io.close()
         node, self._node = self._node, None
+        if io is not None:
+            if node is not None and io is node.upper:
+                _close_shared_io(io)
+            else:
+                await io.close()
         if node is not None:
             await node.release()
             self._s.fids -= 1
             if self._s.fids == 0:
                 await self._s.on_idle()
+
+
+def _close_shared_io(upper: HostFile) -> None:
+    """Close the open file of a creating fid, whose HostFile is also its Node's
+    (O_PATH) upper: only the I/O fd goes; the Node keeps the rest."""
+    io, upper._io = upper._io, None
+    if io is not None:
+        io.release()

@@ -10,7 +10,6 @@ dropped, and whole objects appear by rename(2) from the work directory.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -28,7 +27,7 @@ from .host import HostFile, HostFilesystem
 from .hostpath import proc_path
 from .hostqid import HOST_QID_VERSION
 from .cowlist import merged_names
-from .cowtree import Node, NodeCache, kind_of_qid
+from .cowtree import Node, NodeCache, TreeLock, kind_of_qid
 
 _BASE_TAG = 1 << 63
 _WIDE_UPPER = 0x7FFE << 48  # upper paths with bit 63 set (never in practice)
@@ -52,25 +51,17 @@ class Session:
         self.index_used = bool(os.listdir(proc_path(index_fd)))
         self.throwaway = throwaway
         self.root: Node = None  # type: ignore[assignment]  # set by the filesystem
-        self.lock = trio.Lock()  # one copy-up or tree change at a time
+        self.lock = TreeLock()  # one copy-up or tree change at a time
         self.fids = 0
         self.on_idle: Callable[[], Awaitable[None]] = None  # type: ignore[assignment]
         self.nodes = NodeCache()
         self.caching = True  # keep merged listings on Nodes (off when an upper is shared)
         self._wide: dict[tuple[int, int], int] = {}
 
-    @contextlib.asynccontextmanager
-    async def locked(self):
-        """The tree lock, without trio's checkpoint when it is free: an uncontended
-        ``async with lock`` still switches tasks (~15 us), on every unlink."""
-        try:
-            self.lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.lock.acquire()
-        try:
-            yield
-        finally:
-            self.lock.release()
+    def locked(self) -> TreeLock:
+        """The tree lock: no checkpoint when it is free (an uncontended ``async with
+        trio.Lock`` still switches tasks, ~15 us, on every unlink)."""
+        return self.lock
 
     async def stop_caching(self) -> None:
         self.caching = False
@@ -392,13 +383,13 @@ class Session:
             await reader.close()
 
     # --- making entries ------------------------------------------------------------
-    async def adopt(self, d: Node, name: str, made: HostFile) -> Node:
-        """A file just created in ``d``'s upper by the host export."""
-        upper = await made.clone()
+    def adopt(self, d: Node, name: str, made: HostFile) -> Node:
+        """A file just created in ``d``'s upper by the host export: ``made`` becomes
+        the Node's upper (the creating fid shares it while open: ``CowFile.close``)."""
         if d.base is not None:  # only where a base shows through can a whiteout matter
             up.drop_marker(d.upper._node.fd, up.WHITEOUT_PREFIX + name)  # type: ignore[union-attr]
-        node = Node(d.acquire(), name, upper._fmt, self.upper_qid(made.qid.type, made.qid.path),
-                    upper, None)
+        node = Node(d.acquire(), name, made._fmt, self.upper_qid(made.qid.type, made.qid.path),
+                    made, None)
         d.children[name] = node
         d.listing = None
         return node

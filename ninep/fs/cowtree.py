@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import stat
 
+import trio
+
 from ..protocol.constants import QidType
 from ..protocol.messages import Qid
 from .backend import File
@@ -103,3 +105,33 @@ class NodeCache:
     async def clear(self) -> None:
         while self._parked:
             await self._parked.pop(next(iter(self._parked))).destroy()
+
+
+class TreeLock:
+    """One copy-up or tree change at a time (``async with lock:``). trio.Lock costs
+    several µs even when free (a generator-based context manager around it more),
+    and every unlink takes this lock; here a free lock is one flag, and only a
+    contended one parks. Released to the longest waiter, as trio.Lock is. Not
+    re-entrant."""
+
+    __slots__ = ("_held", "_waiters")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    def locked(self) -> bool:
+        return self._held
+
+    async def __aenter__(self) -> None:
+        if self._held:
+            await self._waiters.park()  # handed over by __aexit__: ours now
+        else:
+            self._held = True
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._waiters:
+            self._waiters.unpark()  # stays held, by the woken task
+        else:
+            self._held = False
+

@@ -251,6 +251,56 @@ async def test_open_unlinked_files(root, upper):
     assert os.listdir(upper / ".ninep-cow" / "work") == []
 
 
+async def test_a_created_files_fid_and_its_node_share_one_host_file(root, upper):
+    """The creating fid's open file is its Node's upper (no second HostFile): its
+    clunk must close only the I/O fd, and the Node must go on working for other fids,
+    through a rename and an unlink of the open file, with no fd left behind."""
+    own = await walk_to(root, "etc")
+    await own.mkdir("own", 0o755, 0)
+    d = await walk_to(root, "etc/own")
+    flags = OpenFlags.RDWR | OpenFlags.CREATE | OpenFlags.EXCL
+
+    async def create(name, how=flags):
+        at = await d.clone()
+        try:
+            return (await at.create(name, how, 0o644, 0))[0]
+        finally:
+            await at.close()
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    made = await create("a")
+    assert fds() == before + 2  # the file's O_PATH fd and its I/O fd
+    await made.write(0, memoryview(b"first"))
+    other = await walk_to(root, "etc/own/a")
+    await d.renameat("a", d, "b")  # the creating fid is still open
+    await made.write(5, memoryview(b"+more"))
+    await made.close()
+    assert fds() == before + 1  # the Node (held by ``other``) keeps its O_PATH fd
+    assert (upper / "etc" / "own" / "b").read_bytes() == b"first+more"
+    assert (await other.getattr(0)).size == 10
+    await other.open(OpenFlags.RDONLY)
+    assert await read_all(other) == b"first+more"
+    with raises_errno(errno.EEXIST):
+        await create("b")
+    reopened = await create("b", OpenFlags.RDWR | OpenFlags.CREATE)
+    assert await read_all(reopened) == b"first+more"
+    await reopened.close()
+    gone = await create("c")
+    await d.unlinkat("c", 0)
+    await gone.write(0, memoryview(b"nameless"))
+    assert bytes(await gone.read(0, 100)) == b"nameless"
+    await gone.close()
+    await other.close()
+    await d.unlinkat("b", 0)
+    assert fds() == before
+    await d.close()
+    await own.close()
+    assert os.listdir(upper / "etc" / "own") == []
+
+
 async def test_reserved_names(root):
     for name in (".wh.x", ".wh..wh..opq"):
         with raises_errno(errno.EPERM):
@@ -557,3 +607,26 @@ async def test_one_process_per_upper(base, upper):
     await r2.close()
     await first.aclose()
     await second.aclose()
+
+
+async def test_the_tree_lock_serializes_and_hands_over_in_order():
+    from ninep.fs.cowtree import TreeLock
+    lock, inside, order = TreeLock(), [], []
+
+    async def holder(name):
+        async with lock:
+            inside.append(name)
+            assert len(inside) == 1
+            order.append(name)
+            await trio.sleep(0.01)
+            inside.remove(name)
+
+    async with trio.open_nursery() as nursery:
+        for name in "abc":
+            nursery.start_soon(holder, name)
+            await trio.sleep(0.001)  # queued in this order
+        with trio.CancelScope() as scope:  # a waiter cancelled in the queue gives up its turn
+            scope.cancel()
+            await holder("never")
+    assert order == ["a", "b", "c"]
+    assert not lock.locked()
