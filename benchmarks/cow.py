@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from load import (BIG, REPO, build_load, free_port, make_export, metric,  # noqa: E402
-                  peak_rss_kib, wait_listening)
+                  peak_rss_kib, stop_servers, wait_listening)
 
 import load as _load  # noqa: E402
 
@@ -187,14 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({f"{k[0]}/{k[1]}/{k[2]}x{k[3]}": v for k, v in results.items()}, indent=1))
     finally:
-        for _, p in procs.values():
-            p.terminate()
-        for _, p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(scratch, ignore_errors=True)
+        stop_servers([p for _, p in procs.values()], scratch)
     return 0
 
 

@@ -145,12 +145,24 @@ def metric(result: dict, mode: str) -> float:
 Servers = dict[str, tuple[int, str, subprocess.Popen]]  # name -> (port, aname, process)
 
 
-def _start(name: str, argv: list[str], port: int, aname: str, procs: list[subprocess.Popen],
-           servers: Servers, **popen) -> None:
+def start_server(name: str, argv: list[str], port: int, aname: str,
+                 procs: list[subprocess.Popen], servers: Servers, **popen) -> None:
     p = subprocess.Popen(argv, **popen)
     procs.append(p)
     wait_listening(port, p)
     servers[name] = (port, aname, p)
+
+
+def stop_servers(procs: list[subprocess.Popen], scratch: Path) -> None:
+    """Stop every server (kill what does not go within 10 s), remove the scratch folder."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextmanager
@@ -165,7 +177,7 @@ def bench_setup(with_diod: bool = True, workers: int = 1) -> Iterator[tuple[Path
         binary = build_load(scratch)
         root, port = scratch / "export-ninepd", free_port()
         make_export(root)
-        _start("ninepd", [sys.executable, "-c", "from ninep.cli import main_entry; main_entry()",
+        start_server("ninepd", [sys.executable, "-c", "from ninep.cli import main_entry; main_entry()",
                           "--export", str(root), "--listen", f"tcp://127.0.0.1:{port}",
                           "--log-level", "warning", "--workers", str(workers)],
                port, "", procs, servers, cwd=REPO)
@@ -173,19 +185,12 @@ def bench_setup(with_diod: bool = True, workers: int = 1) -> Iterator[tuple[Path
         if with_diod and os.path.exists(diod):
             root, port = scratch / "export-diod", free_port()
             make_export(root)
-            _start("diod", [diod, "-f", "-n", "-l", f"127.0.0.1:{port}", "-e", str(root)],
+            start_server("diod", [diod, "-f", "-n", "-l", f"127.0.0.1:{port}", "-e", str(root)],
                    port, str(root), procs, servers,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         yield binary, servers
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(scratch, ignore_errors=True)
+        stop_servers(procs, scratch)
 
 
 def main(argv: list[str] | None = None) -> int:

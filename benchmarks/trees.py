@@ -57,23 +57,19 @@ def main(argv: list[str] | None = None) -> int:
             name, tree = spec.split("=", 1)
             root, port = scratch / f"export-{name}", load.free_port()
             load.make_export(root)
-            p = subprocess.Popen(
-                [sys.executable, "-c", "from ninep.cli import main_entry; main_entry()",
-                 "--export", str(root), "--listen", f"tcp://127.0.0.1:{port}",
-                 "--log-level", "warning", "--workers", str(args.workers)],
+            load.start_server(
+                name, [sys.executable, "-c", "from ninep.cli import main_entry; main_entry()",
+                       "--export", str(root), "--listen", f"tcp://127.0.0.1:{port}",
+                       "--log-level", "warning", "--workers", str(args.workers)],
+                port, "", procs, servers,
                 cwd=tree, env=dict(os.environ, PYTHONPATH=str(Path(tree).resolve())))
-            procs.append(p)
-            load.wait_listening(port, p)
-            servers[name] = (port, "", p)
         diod = shutil.which("diod") or "/usr/sbin/diod"
         if not args.no_diod and os.path.exists(diod):
             root, port = scratch / "export-diod", load.free_port()
             load.make_export(root)
-            p = subprocess.Popen([diod, "-f", "-n", "-l", f"127.0.0.1:{port}", "-e", str(root)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(p)
-            load.wait_listening(port, p)
-            servers["diod"] = (port, str(root), p)
+            load.start_server("diod", [diod, "-f", "-n", "-l", f"127.0.0.1:{port}", "-e", str(root)],
+                              port, str(root), procs, servers,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         names = list(servers)
         print("load average:", " ".join(Path("/proc/loadavg").read_text().split()[:3]))
         for mode in args.modes.split(","):
@@ -109,14 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: peak RSS {rss:.1f} MiB")
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(scratch, ignore_errors=True)
+        load.stop_servers(procs, scratch)
 
 
 if __name__ == "__main__":
