@@ -122,20 +122,22 @@ def read_mapped(fd: int, host_fmt: int) -> Mapped:
     if path is None:
         return NOTHING_MAPPED
 
-    def value(name: str, layout: struct.Struct) -> int | None:
-        try:
-            raw = os.getxattr(path, name)
-        except OSError as exc:
-            if exc.errno in (errno.ENODATA, errno.ENOTSUP):
-                return None
-            raise
-        # QEMU reads into a value of this size and uses it if anything came back.
-        return layout.unpack(raw[:layout.size].ljust(layout.size, b"\0"))[0] if raw else None
-
-    mode = value(XATTR_MODE, _LE32)
+    mode = _read_value(path, XATTR_MODE, _LE32)
     device = mode is not None and stat.S_IFMT(mode) in (stat.S_IFCHR, stat.S_IFBLK)
-    return Mapped(value(XATTR_UID, _LE32), value(XATTR_GID, _LE32), mode,
-                  value(XATTR_RDEV, _LE64) if device else None)
+    return Mapped(_read_value(path, XATTR_UID, _LE32), _read_value(path, XATTR_GID, _LE32),
+                  mode, _read_value(path, XATTR_RDEV, _LE64) if device else None)
+
+
+def _read_value(path: str, name: str, layout: struct.Struct) -> int | None:
+    """One ``user.virtfs.*`` number, or None if it is not there."""
+    try:
+        raw = os.getxattr(path, name)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            return None
+        raise
+    # QEMU reads into a value of this size and uses it if anything came back.
+    return layout.unpack(raw[:layout.size].ljust(layout.size, b"\0"))[0] if raw else None
 
 
 class MappedCache:
@@ -167,15 +169,7 @@ class MappedCache:
 def read_mapped_mode(fd: int, host_fmt: int) -> int | None:
     """Only ``user.virtfs.mode`` (what open and readlink need to know)."""
     path = _xattr_path(fd, host_fmt)
-    if path is None:
-        return None
-    try:
-        raw = os.getxattr(path, XATTR_MODE)
-    except OSError as exc:
-        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
-            return None
-        raise
-    return _LE32.unpack(raw[:4].ljust(4, b"\0"))[0] if raw else None
+    return None if path is None else _read_value(path, XATTR_MODE, _LE32)
 
 
 def read_mapped_mode_at(dir_fd: int, name: bytes) -> int | None:
