@@ -21,6 +21,20 @@ BATCH = 100
 MiB = 1 << 20
 
 
+def start_ninepd(tmp_path: Path, **popen) -> tuple[subprocess.Popen, int, Path]:
+    """ninepd with its defaults exporting a one-file directory, logging to a file:
+    (process, port, log path)."""
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "f").write_bytes(b"x")
+    port = free_port()
+    log_path = tmp_path / "log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [*NINEPD, "--export", str(tmp_path / "export"), "--listen", f"tcp://127.0.0.1:{port}"],
+            cwd=REPO, stderr=log, stdin=subprocess.DEVNULL, **popen)
+    return process, port, log_path
+
+
 def rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -81,14 +95,7 @@ async def pile_up_locks(peer) -> tuple[int, int]:
 
 
 async def test_rss_stays_flat_while_a_client_piles_up_xattrs_and_locks(tmp_path):
-    (tmp_path / "export").mkdir()
-    (tmp_path / "export" / "f").write_bytes(b"x")
-    port = free_port()
-    log_path = tmp_path / "log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [*NINEPD, "--export", str(tmp_path / "export"), "--listen", f"tcp://127.0.0.1:{port}"],
-            cwd=REPO, stderr=log, stdin=subprocess.DEVNULL)
+    process, port, log_path = start_ninepd(tmp_path)
     with reaped(process):
         peer = await connect_when_up(process, port)
         await peer.start(msize=1 << 20)
@@ -132,15 +139,8 @@ async def test_a_fid_hog_leaves_fds_for_accept_and_other_clients(tmp_path):
     fd, accept() failed with EMFILE in a loop, and the new client hung)."""
     import resource
 
-    (tmp_path / "export").mkdir()
-    (tmp_path / "export" / "f").write_bytes(b"x")
-    port = free_port()
-    log_path = tmp_path / "log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [*NINEPD, "--export", str(tmp_path / "export"), "--listen", f"tcp://127.0.0.1:{port}"],
-            cwd=REPO, stderr=log, stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)))
+    process, port, log_path = start_ninepd(
+        tmp_path, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)))
     with reaped(process):
         hog = await connect_when_up(process, port)
         await hog.start()
