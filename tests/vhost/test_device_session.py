@@ -130,6 +130,16 @@ async def device(tmp_path):
     await listener.aclose()
 
 
+async def guest_connects(guest: Guest, listener):
+    """The guest opens a stream (OP_REQUEST): the listener hands it over, the guest
+    is answered OP_RESPONSE."""
+    guest.send(OP_REQUEST)
+    with trio.fail_after(5):
+        stream = await listener.accept()
+    assert [op for op, _ in await guest.receive()] == [OP_RESPONSE]
+    return stream
+
+
 async def connect_qemu(path: str) -> FakeQemu:
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     await sock.connect(path)
@@ -144,10 +154,7 @@ async def test_qemu_handshake_then_a_guest_stream_both_ways(device):
     guest.kicks = await qemu.start_device(ram, [guest.rx, guest.tx])
     guest.offer_rx(16)
 
-    guest.send(OP_REQUEST)
-    with trio.fail_after(5):
-        stream = await listener.accept()
-    assert [op for op, _ in await guest.receive()] == [OP_RESPONSE]
+    stream = await guest_connects(guest, listener)
 
     guest.send(OP_RW, b"Tversion please")
     with trio.fail_after(5):
@@ -178,10 +185,7 @@ async def test_a_bad_memory_table_drops_that_qemu_and_the_next_one_is_served(dev
     second = await connect_qemu(path)
     guest.kicks = await second.start_device(ram, [guest.rx, guest.tx])
     guest.offer_rx(4)
-    guest.send(OP_REQUEST)
-    with trio.fail_after(5):
-        stream = await listener.accept()
-    assert [op for op, _ in await guest.receive()] == [OP_RESPONSE]
+    stream = await guest_connects(guest, listener)
     assert listener.sessions == 2
     await stream.aclose()
     second.sock.close()
@@ -197,10 +201,7 @@ async def test_a_guest_reboot_ends_its_streams_and_the_restarted_rings_serve_aga
     qemu = await connect_qemu(path)
     guest.kicks = await qemu.start_device(ram, [guest.rx, guest.tx])
     guest.offer_rx(4)
-    guest.send(OP_REQUEST)
-    with trio.fail_after(5):
-        old_stream = await listener.accept()
-    await guest.receive()
+    old_stream = await guest_connects(guest, listener)
 
     for index in (0, 1):
         await qemu.send(vu.GET_VRING_BASE, vu.VRING_STATE.pack(index, 0))
@@ -211,10 +212,7 @@ async def test_a_guest_reboot_ends_its_streams_and_the_restarted_rings_serve_aga
     rebooted = Guest(ram)  # fresh rings in the same RAM, as after a reboot
     rebooted.kicks = await qemu.start_device(ram, [rebooted.rx, rebooted.tx])
     rebooted.offer_rx(4)
-    rebooted.send(OP_REQUEST)
-    with trio.fail_after(5):
-        new_stream = await listener.accept()
-    assert [op for op, _ in await rebooted.receive()] == [OP_RESPONSE]
+    new_stream = await guest_connects(rebooted, listener)
     rebooted.send(OP_RW, b"after the reboot")
     with trio.fail_after(5):
         assert await new_stream.receive_some(100) == b"after the reboot"
