@@ -1,7 +1,7 @@
 """How long a lone connection's reader polls for the next request before it sleeps.
 
 Pure (no clock, no socket): the reader measures, this decides. The model is KVM's
-halt-polling (``halt_poll_ns``): sleeping and being woken costs a round trip two
+halt-polling (``halt_poll_ns``): sleeping and being woken costs each round trip two
 context switches and, in a VM, an IPI and a halt exit -- on the 2-core machines this
 was measured on, ~20 µs of each ping-pong request's ~70 µs. A client that sends its
 next request within microseconds of our reply (a VM root under KVM, a benchmark, a
@@ -18,7 +18,7 @@ So the window adapts to what the client does, as KVM's does:
   client, so the window shrinks (halves, to 0 below ``start``).
 
 Polling therefore burns at most about the client's own think time per request, and
-only while that time is short. ``ninepd --limit lone_poll_us=0`` turns it off.
+only while that time is short. ``ninepd --poll-us 0`` (YAML ``poll_us: 0``) turns it off.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ exports:
     ("listen:\n  - tcp://x:1\n  - nonsense\nexports: {a: {path: /}}\n", "f.yaml:3: listen: 'nonsense' is not a URL"),
     ("msize: 1000\nexports: {a: {path: /}}\n", "f.yaml:1: msize: must be at least 4096"),
     ("exports: {a: {path: /}}\nworkers: 0\n", "f.yaml:2: workers: must be at least 1"),
+    ("exports: {a: {path: /}}\npoll_us: -3\n", "f.yaml:2: poll_us: must be at least 0"),
     ("exprots:\n  a: {path: /}\n", "f.yaml:1: exprots: unknown key"),
     ("listen: [tcp://x:1]\n", "f.yaml:1: exports: at least one export is required"),
     ("exports: [/a]\n", "f.yaml:1: exports: expected a mapping"),
@@ -56,6 +57,22 @@ def test_errors_name_file_line_and_key(text, where):
 def test_workers():
     assert parse_config("workers: 4\nexports: {a: {path: /}}\n").workers == 4
     assert parse_config("exports: {a: {path: /}}\n").workers is None
+
+
+def test_poll_us_reaches_the_server(tmp_path):
+    """YAML poll_us and --poll-us (which wins) set the lone connection's polling window."""
+    from ninep.cli import build_parser, build_server
+    from ninep.config import load_config
+
+    (tmp_path / "c.yaml").write_text(f"poll_us: 0\nexports: {{a: {{path: {tmp_path}}}}}\n")
+    config = load_config(str(tmp_path / "c.yaml"))
+    assert config.poll_us == 0
+    args = build_parser().parse_args(["--config", str(tmp_path / "c.yaml")])
+    assert build_server(args, config).poll_window == 0.0
+    args = build_parser().parse_args(["--config", str(tmp_path / "c.yaml"), "--poll-us", "50"])
+    from ninep.server.server import _usable_cpus
+    wanted = 50e-6 if _usable_cpus() > 1 else 0.0  # never polls with one CPU
+    assert build_server(args, config).poll_window == pytest.approx(wanted)
 
 
 def test_unreadable_file(tmp_path):
