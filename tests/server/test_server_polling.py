@@ -1,6 +1,7 @@
 """The lone connection's polling window (server/polling.py): a table of what the
 client did and what the window becomes, then the reader using it on a real socket."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -89,6 +90,8 @@ async def _serve_a_process_client(tmp_path, poll_window: float, rounds: int) -> 
     return conn
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                    reason="one CPU: the client cannot run while we poll (Server turns it off)")
 async def test_a_fast_lone_client_is_met_by_polling(tmp_path):
     """A client that sends its next request within the window is found by polling,
     not by a sleep and a wake-up. Polling may miss on a loaded machine, so this asks
