@@ -34,6 +34,7 @@ CONFIGURATIONS = {
     "ninepd/virtio-serial": ("virtio-serial", "ninepd"),
     "ninepd/tcp": ("tcp", "ninepd"),
     "ninepd/tcp/no-poll": ("tcp", "ninepd", ("--poll-us", "0")),  # what polling buys
+    "ninepd/tcp/poll-100": ("tcp", "ninepd", ("--poll-us", "100")),  # the shorter window
     "ninepd/vsock": ("vsock", "ninepd"),
     "diod/tcp": ("tcp", "diod"),
     "diod/virtio-serial": ("virtio-serial", "diod"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import os
 import select
 import threading
 import time
@@ -63,6 +64,7 @@ _LONE_STREAK = 64  # requests served so in a row, then one wait through trio
 _LONE_BACKOFF_MAX = 4096  # requests without lone waits after timeouts in a row
 _LONE_CHECK_MASK = 7  # look at trio's other tasks every 8 lone waits
 _clock = time.perf_counter
+_yield_cpu = os.sched_yield
 # One receive buffer for every connection of a thread (of a trio loop): the
 # FrameReader copies out what it keeps before anything can await, so an idle
 # connection holds no buffer. Per thread, as two loops in two threads would
@@ -277,6 +279,10 @@ class Connection:
                 self._reader_busy = False
                 self._send_now()
                 if self._lone_wait():
+                    # A wait it was, if outside trio: the lone wait looks after the
+                    # loop's other tasks itself (see there), so no checkpoint is owed.
+                    reads = _READS_BEFORE_YIELD
+                    self._budget = _INLINE_BEFORE_YIELD
                     continue
                 self._reader_waiting = True
                 await transport.wait_readable()
@@ -341,6 +347,7 @@ class Connection:
             while not ready(0):
                 if _clock() >= deadline:
                     break
+                _yield_cpu()
             else:
                 poll.polled()
                 self.lone_waits += 1

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 #: Defaults, in seconds. ``MAX_WINDOW`` bounds what one request may cost in polling.
 START_WINDOW = 0.000_010
-MAX_WINDOW = 0.000_100
+MAX_WINDOW = 0.000_300
 
 
 class PollWindow:
