@@ -210,9 +210,11 @@ class HostFile(HostXattrs, File):
 
     # --- navigation ------------------------------------------------------------------
     async def walk(self, names: Sequence[str]) -> tuple[list[Qid], "HostFile | None"]:
-        return await self._call(self._walk_sync, list(names))
+        if not self._switch:  # the common case, without _call's frame
+            return self._walk_sync(names)
+        return await self._call(self._walk_sync, names)
 
-    def _walk_sync(self, names: list[str]) -> tuple[list[Qid], "HostFile | None"]:
+    def _walk_sync(self, names: Sequence[str]) -> tuple[list[Qid], "HostFile | None"]:
         cur = self._node.acquire()
         parent = self._parent.acquire() if self._parent is not None else None
         name, at_root = self._name, self._is_root

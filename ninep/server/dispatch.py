@@ -94,10 +94,11 @@ class Dispatcher:
     # --- fid helpers ------------------------------------------------------------------
     def _file_fid(self, number: int) -> Fid:
         """Use a fid that names a file (not an xattr value)."""
-        fid = self.session.fids.get(number)
-        if fid is not None and (fid.kind is not FidKind.FILE or fid.file is None):
+        fid = self.session.use(number)
+        if fid.kind is not FidKind.FILE or fid.file is None:
+            fid.users -= 1  # (not retired: it is in the table)
             raise errno_error(errno.EBADF, f"fid {number} is an xattr fid")
-        return self.session.use(number)
+        return fid
 
     @staticmethod
     def _check_writable(fid: Fid) -> None:
@@ -113,6 +114,13 @@ class Dispatcher:
         connection's locks on the file if it was the last fid there. Returns the
         commit's error (reported on Rclunk)."""
         fid.closed = True
+        if (fid.kind is FidKind.FILE and not fid.lock_owners and not self.session.locked_keys
+                and fid.file is not None):  # a plain fid: only its File to close
+            try:
+                await fid.file.close()
+            except OSError as exc:
+                log.debug("close of fid %d failed: %s", fid.number, exc)
+            return None
         error: OSError | None = None
         if fid.xattr_held:
             self.session.drop_xattr(fid)
@@ -137,6 +145,8 @@ class Dispatcher:
         locks taken through this fid go with it; POSIX close drops all of a process's
         locks on the file anyway. And the connection's last fid on a file takes
         every lock the connection held there."""
+        if not fid.lock_owners and not self.session.locked_keys:
+            return  # the connection never locked anything
         locks = self.locks
         released: set[Hashable] = set()
         if self.session.last_fid_on(fid):
@@ -196,11 +206,13 @@ class Dispatcher:
                 raise errno_error(errno.EBADF, "walk of an opened fid onto itself")
             if msg.newfid == msg.fid and not names:
                 return m.Rwalk(msg.tag, ())
-            bad = next((i for i, name in enumerate(names) if not walk_name_ok(name)), None)
-            if bad == 0:
-                raise errno_error(errno.ENOENT, f"bad name {names[0]!r}")
-            if bad is not None:
-                names = names[:bad]
+            bad = None
+            for index, name in enumerate(names):
+                if not walk_name_ok(name):
+                    if index == 0:
+                        raise errno_error(errno.ENOENT, f"bad name {name!r}")
+                    bad, names = index, names[:index]
+                    break
             self.session.reserve(msg.newfid, replacing=msg.fid)
             try:
                 if names:
@@ -544,6 +556,7 @@ class Dispatcher:
                         locks.released(released)
                     if granted:
                         if msg.type != LockType.UNLCK:
+                            self.session.locked_keys.add(key)
                             await self._remember_owner(fid, owner)
                         return m.Rlock(msg.tag, LockStatus.SUCCESS)
                     if not blocking:

@@ -119,7 +119,7 @@ class Fid:
     kind: FidKind = FidKind.FILE
     open_flags: int | None = None  # P9_DOTL flags once Tlopen/Tlcreate succeeded
     opening: bool = False  # a Tlopen/Tlcreate of it is in the backend: refuse another
-    lock_key: Hashable = None  # (filesystem, File.lock_key); None for xattr values
+    _lock_key: Hashable = None  # see lock_key
     xattr_name: str = ""
     xattr_value: bytes | bytearray = b""
     xattr_size: int = 0
@@ -133,6 +133,15 @@ class Fid:
     @property
     def opened(self) -> bool:
         return self.open_flags is not None
+
+    @property
+    def lock_key(self) -> Hashable:
+        """(filesystem, File.lock_key); None for xattr values. Worked out on first
+        use: few fids ever lock, and a walk should not pay for the many that don't."""
+        key = self._lock_key
+        if key is None and self.file is not None:
+            key = self._lock_key = (self.export.filesystem, self.file.lock_key)
+        return key
 
     @property
     def readable(self) -> bool:
@@ -203,7 +212,9 @@ class Session:
         self.version: str | None = None
         self.fids: dict[int, Fid] = {}
         self._reserved: set[int] = set()
-        self._fids_per_key: dict[Hashable, int] = {}
+        # Files this connection took POSIX locks on: only their fids' closes need to
+        # know whether another fid of the connection is still on the file.
+        self.locked_keys: set[Hashable] = set()
         self._fid_budget = fid_budget  # counts len(fids) + len(_reserved), as max_fids
         self.xattr_bytes = 0  # held in xattr fids, against limits.max_xattr_bytes
         self._log_limit = LogLimiter()
@@ -308,9 +319,6 @@ class Session:
         Returns the fids that left the table and must be closed now."""
         reserved = fid.number in self._reserved
         self._reserved.discard(fid.number)
-        if fid.file is not None and fid.kind is FidKind.FILE:
-            fid.lock_key = (fid.export.filesystem, fid.file.lock_key)
-            self._fids_per_key[fid.lock_key] = self._fids_per_key.get(fid.lock_key, 0) + 1
         old = self.fids.get(fid.number)
         self.fids[fid.number] = fid
         if old is None and not reserved:
@@ -330,16 +338,16 @@ class Session:
         return [fid] if fid.users == 0 and not fid.closed else []
 
     def last_fid_on(self, fid: Fid) -> bool:
-        """Forget ``fid``'s claim on its file; True if no other fid of this
-        connection refers to that file any more (POSIX: close drops the locks)."""
+        """Whether ``fid`` (out of the table, closing) was the connection's last fid
+        on a file it took locks on (POSIX: close drops the locks)."""
+        if not self.locked_keys:
+            return False
         key = fid.lock_key
-        if key is None:
+        if key not in self.locked_keys:
             return False
-        left = self._fids_per_key.get(key, 1) - 1
-        if left > 0:
-            self._fids_per_key[key] = left
+        if any(other.lock_key == key for other in self.fids.values() if other.file is not None):
             return False
-        self._fids_per_key.pop(key, None)
+        self.locked_keys.discard(key)
         return True
 
     def clear(self) -> list[Fid]:

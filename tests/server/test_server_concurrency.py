@@ -294,6 +294,21 @@ async def test_clunking_the_locking_fid_releases_like_flock(autojump_clock):
         assert await b.rpc(m.Tlock(5, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(5, LockStatus.SUCCESS)
 
 
+async def test_closing_another_fid_on_the_file_keeps_the_lock(autojump_clock):
+    """POSIX: a process's locks on a file go at the close of its last descriptor
+    there, not at the close of any other one."""
+    async with served(slow_fs(), connections=2) as ([a, b], _):
+        for peer in (a, b):
+            await peer.start()
+            await open_file(peer, 1, "fast")
+        await open_file(a, 2, "fast")
+        assert await a.rpc(m.Tlock(1, 1, WR, 0, 0, 0, 100, "a")) == m.Rlock(1, LockStatus.SUCCESS)
+        await a.rpc(m.Tclunk(2, 2))  # never locked through, and fid 1 is still open
+        assert await b.rpc(m.Tlock(3, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(3, LockStatus.BLOCKED)
+        await a.rpc(m.Tclunk(4, 1))
+        assert await b.rpc(m.Tlock(5, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(5, LockStatus.SUCCESS)
+
+
 async def test_a_reply_the_wire_cannot_carry_fails_only_that_request():
     fs = MemFilesystem()
     link = fs.add("link", mode=0o120777)
