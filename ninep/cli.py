@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "host exports, plain or copy-on-write; locks hold across them)")
     p.add_argument("--poll-us", type=int, metavar="N",
                    help="how long a lone connection (a VM's root) may poll for its next request "
-                        "before it sleeps, at most; adapts to the client (default 100; 0: never)")
+                        "before it sleeps, at most; adapts to the client (default 300; 0: never)")
     p.add_argument("--limit", metavar="NAME=N", action="append", default=[],
                    help=f"a per-connection limit ({', '.join(LIMIT_NAMES)}; "
                         f"sizes as 1M; repeatable; overrides --config)")

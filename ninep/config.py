@@ -5,7 +5,7 @@
       - unix:///run/ninep.sock
     msize: 1M                     # optional; 4096 .. (default 1 MiB)
     workers: 2                    # optional; processes serving connections (default 1)
-    poll_us: 100                  # optional; how long a lone connection may poll for its
+    poll_us: 300                  # optional; how long a lone connection may poll for its
                                   #   next request, in µs (0: never; docs/performance.md)
     max_locks: 32768              # optional per-connection limits: any of the names in
     max_xattr_bytes: 1M           #   server.session.LIMIT_NAMES (docs/server.md)
