@@ -93,7 +93,7 @@ def test_no_os_calls_at_import_and_none_at_all_while_coding():
 # --- the server core, fs, the CLI, loops ----------------------------------------------
 
 SERVER_CORE = ["ninep.server.rules", "ninep.server.session", "ninep.server.dispatch",
-               "ninep.server.locks"]
+               "ninep.server.lockrequests", "ninep.server.locks"]
 
 
 @pytest.mark.parametrize("module", SERVER_CORE)
