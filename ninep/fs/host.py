@@ -18,7 +18,9 @@ passthrough and mapped run everything as the server and apply the owner a reques
 carries (on the inode, or in user.virtfs.* xattrs); per-user and squash, with a root
 server, run each permission-checked operation under the attaching user's
 fsuid/fsgid and groups (``identity.run_as``), in a worker thread by default.
-See docs/host-export.md for the choices and measurements.
+See docs/host-export.md for the choices and measurements. HostFile's namespace
+changes (mkdir, link, rename, remove...) are in hostmutate.py, its xattrs in
+hostxattr.py.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Callable, Sequence, TypeVar
 
 import trio
 
-from ..protocol.constants import ACCMODE, AT_REMOVEDIR, OpenFlags, QidType, SetattrMask, V9FS_MAGIC
+from ..protocol.constants import ACCMODE, OpenFlags, QidType, SetattrMask, V9FS_MAGIC
 from .openflags import dotl_to_host_flags
 from ..protocol.messages import Dirent, Qid
 from ..protocol.codec import unpack_dirents
@@ -42,15 +44,14 @@ from .hostqid import QidMapper
 from .hostattr import attributes_of, check_offset, truncate
 from .hostmodel import MAPPED, SWITCHING_MODELS
 from .hostpath import (
-    FdRef, check_component, check_new_name, find_name, names_inode, proc_path,
-    raise_fd_limit, remove_at, rename_at, time_arg)
+    O_PATH_NOFOLLOW, FdRef, check_component, check_new_name, proc_path, raise_fd_limit, time_arg)
+from .hostmutate import HostMutations
 from .hostxattr import HostXattrs
 from .identity import needs_switch, run_as
 
 T = TypeVar("T")
 log = logging.getLogger("ninep.host")
 
-O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Writes (and reads where RWF_NOWAIT is unsupported) at least this large run in a
 # worker thread. benchmarks/host_inline.py: a thread hop costs 150-400 µs here, a
 # cached 1 MiB pread ~40 µs, so only transfers beyond any usual msize leave the loop.
@@ -64,7 +65,6 @@ _SYNC_FLAGS = int(OpenFlags.SYNC | OpenFlags.DSYNC)
 _host_flags = functools.lru_cache(maxsize=1024)(dotl_to_host_flags)
 _ALL_BUT_CTIME = int(SetattrMask.MODE | SetattrMask.UID | SetattrMask.GID | SetattrMask.SIZE
                      | SetattrMask.ATIME | SetattrMask.MTIME)
-_ALLOWED_MKNOD = (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 
 
 class HostFilesystem(Filesystem):
@@ -146,7 +146,7 @@ class HostFilesystem(Filesystem):
             raise errno_error(errno.EROFS, "read-only export")
 
 
-class HostFile(HostXattrs, File):
+class HostFile(HostMutations, HostXattrs, File):
     """One fid on a host export. See the module docstring for the invariants."""
 
     def __init__(self, fs: HostFilesystem, node: FdRef, parent: FdRef | None,
@@ -501,142 +501,6 @@ class HostFile(HostXattrs, File):
         if self._fmt != stat.S_IFLNK:
             raise errno_error(errno.EINVAL, "not a symlink")
         return os.readlink("", dir_fd=self._node.fd)
-
-    # --- directory mutations (self is the directory) --------------------------------
-    async def mkdir(self, name: str, mode: int, gid: int) -> Qid:
-        return await self._make(name, gid, stat.S_IFDIR | (mode & 0o7777), None,
-                                os.mkdir, name, mode & 0o7777)
-
-    async def symlink(self, name: str, target: str, gid: int) -> Qid:
-        if not target or "\0" in target:
-            raise errno_error(errno.EINVAL if target else errno.ENOENT, "symlink target")
-        return await self._make(name, gid, stat.S_IFLNK | 0o777, None, os.symlink, target, name,
-                                target=target)
-
-    async def mknod(self, name: str, mode: int, major: int, minor: int, gid: int) -> Qid:
-        if stat.S_IFMT(mode) not in _ALLOWED_MKNOD:
-            raise errno_error(errno.EINVAL, "mknod type")
-        mode = stat.S_IFMT(mode) | (mode & 0o7777)
-        rdev = os.makedev(major, minor)
-        return await self._make(name, gid, mode, rdev, os.mknod, name, mode, rdev)
-
-    async def _make(self, name: str, gid: int, guest_mode: int, rdev: int | None,
-                    maker: Callable[..., None], *args, target: str | None = None) -> Qid:
-        self._fs.check_writable()
-        check_new_name(name)
-        if self._fmt != stat.S_IFDIR:
-            raise errno_error(errno.ENOTDIR, "not a directory")
-        return await self._call(self._make_sync, name, gid, guest_mode, rdev, maker, args,
-                                target)
-
-    def _make_sync(self, name: str, gid: int, guest_mode: int, rdev: int | None,
-                   maker: Callable[..., None], args: tuple, target: str | None) -> Qid:
-        if self._fs.mapped:
-            hostmodel.make_mapped_entry(self._node.fd, name, guest_mode, target)
-        else:
-            maker(*args, dir_fd=self._node.fd)
-        fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=self._node.fd)
-        try:
-            try:
-                st = self._own_new(fd, os.stat(fd), guest_mode, gid, rdev)
-            except BaseException:
-                remove_at(os.rmdir if stat.S_ISDIR(guest_mode) else os.unlink,
-                          self._node.fd, name)
-                raise
-            return self._fs.qids.qid(guest_mode if self._fs.mapped else st.st_mode,
-                                     st.st_dev, st.st_ino)
-        finally:
-            os.close(fd)
-
-    async def link(self, target: File, name: str) -> None:
-        self._fs.check_writable()
-        check_new_name(name)
-        if not isinstance(target, HostFile) or target._fs is not self._fs:
-            raise errno_error(errno.EXDEV, "link across exports")
-        await self._call(self._link_sync, target._node.fd, name)
-
-    def _link_sync(self, target_fd: int, name: str) -> None:
-        try:
-            hostsys.link_empty(target_fd, self._node.fd, name)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            # Without CAP_DAC_READ_SEARCH (a guest user's identity, or a non-root
-            # server) AT_EMPTY_PATH says ENOENT; the magic link reaches the same inode.
-            os.link(proc_path(target_fd), name, dst_dir_fd=self._node.fd, follow_symlinks=True)
-
-    async def renameat(self, oldname: str, newdir: File, newname: str) -> None:
-        self._fs.check_writable()
-        check_new_name(oldname)
-        check_new_name(newname)
-        new_fd = self._same_export_dir(newdir)
-        await self._call(rename_at, self._node.fd, oldname, new_fd, newname)
-
-    async def unlinkat(self, name: str, flags: int) -> None:
-        self._fs.check_writable()
-        check_new_name(name)
-        remover = os.rmdir if flags & AT_REMOVEDIR else os.unlink
-        await self._call(remove_at, remover, self._node.fd, name)
-
-    def _same_export_dir(self, other: File) -> int:
-        if not isinstance(other, HostFile) or other._fs is not self._fs:
-            raise errno_error(errno.EXDEV, "rename across exports")
-        if other._fmt != stat.S_IFDIR:
-            raise errno_error(errno.ENOTDIR, "rename target directory")
-        return other._node.fd
-
-    # --- operations on this file itself ---------------------------------------------
-    async def rename(self, newdir: File, newname: str) -> None:
-        self._fs.check_writable()
-        check_new_name(newname)
-        if self._is_root:
-            raise errno_error(errno.EBUSY, "the export root cannot move")
-        new_fd = self._same_export_dir(newdir)
-        await self._call(self._rename_sync, new_fd, newname)
-        assert isinstance(newdir, HostFile)
-        old = self._parent
-        self._parent, self._name = newdir._node.acquire(), newname
-        if old is not None:
-            old.release()
-
-    def _rename_sync(self, new_fd: int, newname: str) -> None:
-        parent, name = self._locate_sync()
-        try:
-            rename_at(parent.fd, name, new_fd, newname)
-        finally:
-            parent.release()
-
-    async def remove(self) -> None:
-        self._fs.check_writable()
-        if self._is_root:
-            raise errno_error(errno.EBUSY, "the export root cannot be removed")
-        await self._call(self._remove_sync)
-
-    def _remove_sync(self) -> None:
-        parent, name = self._locate_sync()
-        try:
-            remove_at(os.rmdir if self._fmt == stat.S_IFDIR else os.unlink, parent.fd, name)
-        finally:
-            parent.release()
-
-    def _locate_sync(self) -> tuple[FdRef, str]:
-        """This file's parent directory (acquired) and name in it, checked to still be
-        this very inode; re-found through ".." for directories moved meanwhile."""
-        st = os.stat(self._node.fd)
-        if self._parent is not None and self._name:
-            if names_inode(self._parent.fd, self._name, st):
-                return self._parent.acquire(), self._name
-        if self._fmt == stat.S_IFDIR and not self._is_root:
-            up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._node.fd)
-            ref = FdRef(up)
-            try:
-                if self._fs.is_inside(up):
-                    name = find_name(up, st)
-                    if name is not None:
-                        return ref.acquire(), name
-            finally:
-                ref.release()
-        raise errno_error(errno.ENOENT, "file no longer reachable by name")
 
     # --- lifetime ----------------------------------------------------------------
     async def close(self) -> None:

@@ -25,6 +25,9 @@ def proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class FdRef:
     """A refcounted fd shared by clones and parent links; closed at the last release.
     Locked because walks may run in worker threads."""
