@@ -115,6 +115,7 @@ class Dispatcher(LockRequests):
         fid.closed = True
         if (fid.kind is FidKind.FILE and not fid.lock_owners and not self.session.locked_keys
                 and fid.file is not None):  # a plain fid: only its File to close
+            self.session.last_fid_on(fid)  # (keeps the count of fids per file)
             try:
                 await fid.file.close()
             except OSError as exc:

@@ -29,12 +29,15 @@ class LockRequests:
         locks taken through this fid go with it; POSIX close drops all of a process's
         locks on the file anyway. And the connection's last fid on a file takes
         every lock the connection held there."""
-        if not fid.lock_owners and not self.session.locked_keys:
-            return  # the connection never locked anything
+        session = self.session
+        last = session.last_fid_on(fid)
+        if not fid.lock_owners and not (last and fid.lock_key in session.locked_keys):
+            return  # nothing locked through it, and no lock of ours to go with it
         locks = self.locks
         released: set[Hashable] = set()
-        if self.session.last_fid_on(fid):
-            released |= await locks.release(fid.lock_key, self.session.connection_id)
+        if last:
+            session.locked_keys.discard(fid.lock_key)
+            released |= await locks.release(fid.lock_key, session.connection_id)
         else:
             for owner in list(fid.lock_owners):
                 released |= (await locks.set(fid.lock_key, owner, LockType.UNLCK, 0, 0))[1]

@@ -119,7 +119,7 @@ class Fid:
     kind: FidKind = FidKind.FILE
     open_flags: int | None = None  # P9_DOTL flags once Tlopen/Tlcreate succeeded
     opening: bool = False  # a Tlopen/Tlcreate of it is in the backend: refuse another
-    _lock_key: Hashable = None  # see lock_key
+    lock_key: Hashable = None  # (filesystem, File.lock_key); None for xattr values
     xattr_name: str = ""
     xattr_value: bytes | bytearray = b""
     xattr_size: int = 0
@@ -133,15 +133,6 @@ class Fid:
     @property
     def opened(self) -> bool:
         return self.open_flags is not None
-
-    @property
-    def lock_key(self) -> Hashable:
-        """(filesystem, File.lock_key); None for xattr values. Worked out on first
-        use: few fids ever lock, and a walk should not pay for the many that don't."""
-        key = self._lock_key
-        if key is None and self.file is not None:
-            key = self._lock_key = (self.export.filesystem, self.file.lock_key)
-        return key
 
     @property
     def readable(self) -> bool:
@@ -212,8 +203,10 @@ class Session:
         self.version: str | None = None
         self.fids: dict[int, Fid] = {}
         self._reserved: set[int] = set()
-        # Files this connection took POSIX locks on: only their fids' closes need to
-        # know whether another fid of the connection is still on the file.
+        self._fids_per_key: dict[Hashable, int] = {}
+        # Files this connection took POSIX locks on: only there must a close ask the
+        # lock table for anything (counted O(1) above, for every fid, as the close of
+        # the last fid on a file must not cost a look through all of them).
         self.locked_keys: set[Hashable] = set()
         self._fid_budget = fid_budget  # counts len(fids) + len(_reserved), as max_fids
         self.xattr_bytes = 0  # held in xattr fids, against limits.max_xattr_bytes
@@ -319,6 +312,9 @@ class Session:
         Returns the fids that left the table and must be closed now."""
         reserved = fid.number in self._reserved
         self._reserved.discard(fid.number)
+        if fid.file is not None and fid.kind is FidKind.FILE:
+            fid.lock_key = key = (fid.export.filesystem, fid.file.lock_key)
+            self._fids_per_key[key] = self._fids_per_key.get(key, 0) + 1
         old = self.fids.get(fid.number)
         self.fids[fid.number] = fid
         if old is None and not reserved:
@@ -338,16 +334,16 @@ class Session:
         return [fid] if fid.users == 0 and not fid.closed else []
 
     def last_fid_on(self, fid: Fid) -> bool:
-        """Whether ``fid`` (out of the table, closing) was the connection's last fid
-        on a file it took locks on (POSIX: close drops the locks)."""
-        if not self.locked_keys:
-            return False
+        """Forget ``fid``'s claim on its file; True if no other fid of this
+        connection refers to that file any more (POSIX: close drops the locks)."""
         key = fid.lock_key
-        if key not in self.locked_keys:
+        if key is None:
             return False
-        if any(other.lock_key == key for other in self.fids.values() if other.file is not None):
+        left = self._fids_per_key.get(key, 1) - 1
+        if left > 0:
+            self._fids_per_key[key] = left
             return False
-        self.locked_keys.discard(key)
+        self._fids_per_key.pop(key, None)
         return True
 
     def clear(self) -> list[Fid]:
