@@ -166,7 +166,11 @@ class FrameReader:
     ``recv_into`` it directly and report with ``received(n)``; otherwise it is None and
     bytes come through ``feed``. Smaller frames are returned as ``bytes``.
 
-    Memory held is what is in flight: the tail of a frame begun, nothing when idle.
+    Memory held is what is in flight: the tail of a frame begun, nothing when idle. A
+    big frame gets its buffer once a quarter of it has come (until then its start is
+    kept with the small bytes), so what a peer makes us hold is at most four times what
+    it sent. A frame trickling in is not re-split on each arrival, only once enough is
+    there for it.
     """
 
     def __init__(self, msize: int, big_frame: int = 128 * 1024):
@@ -177,12 +181,36 @@ class FrameReader:
         self._big: bytearray | None = None  # a big frame being filled ...
         self._big_filled = 0  # ... with this many bytes so far
         self._error: ProtocolError | None = None
+        self._need = 0  # length ``_buffer`` must reach before splitting it can progress
+        self._held_big = False  # _buffer starts with a big frame not given its buffer yet
+        self._allot = False
 
     @property
     def buffered(self) -> int:
         """Bytes held that are not yet part of a returned frame."""
         ready = sum(map(len, self._ready))
         return len(self._buffer) + ready + (self._big_filled if self._big is not None else 0)
+
+    @property
+    def big_wanting(self) -> int:
+        """Bytes a big frame whose start is held still lacks before it gets its own
+        buffer (0: none is held). A reader that sees that many already queued on its
+        socket may ``allot`` the buffer now and receive straight into it."""
+        return self._need - len(self._buffer) if self._held_big else 0
+
+    def allot(self) -> None:
+        """Give the big frame whose start is held its own buffer now."""
+        if not self._held_big or self._error is not None:
+            return
+        self._allot = True
+        try:
+            with memoryview(self._buffer) as view:
+                rest = self._split(view)
+                tail = bytes(rest)
+                rest.release()
+        finally:
+            self._allot = False
+        self._buffer = bytearray(tail)
 
     def receive_buffer(self) -> memoryview | None:
         """Where the rest of a big frame begun should go (for ``recv_into``), or None."""
@@ -217,6 +245,8 @@ class FrameReader:
             data = memoryview(data)[take:]
         if self._buffer:
             self._buffer += data
+            if len(self._buffer) < self._need:
+                return  # still short of the frame begun: no split, no copy (a trickle)
             with memoryview(self._buffer) as view:
                 rest = self._split(view)
                 tail = bytes(rest)
@@ -234,6 +264,8 @@ class FrameReader:
         start of a big frame goes to a buffer of its own)."""
         ready = self._ready
         start, end = 0, len(view)
+        self._need = 0
+        self._held_big = False
         while end - start >= 4:
             size = int.from_bytes(view[start:start + 4], "little")
             if size < HEADER_SIZE or size > self.msize:
@@ -241,6 +273,13 @@ class FrameReader:
                     f"size field {size} outside 7..msize ({self.msize})")
                 return view[end:]
             if size >= self.big_frame:
+                if end - start < size >> 2 and not self._allot:
+                    # Its own buffer, sized to it, only once a quarter of it is here: a
+                    # peer that announces 1 MiB and sends ten bytes (on each of many
+                    # connections) makes us hold ten bytes, not 1 MiB.
+                    self._need = size >> 2
+                    self._held_big = True
+                    break
                 self._big = bytearray(size)
                 take = min(size, end - start)
                 self._big[:take] = view[start:start + take]
@@ -252,9 +291,13 @@ class FrameReader:
                 self._big = None
                 continue
             if end - start < size:
+                self._need = size
                 break
             ready.append(bytes(view[start:start + size]))
             start += size
+        else:
+            if end > start:
+                self._need = 4  # a size field cut short
         return view[start:]
 
     def next_frame(self):

@@ -26,10 +26,12 @@ One reader, one writer, and a task per request that may wait:
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import logging
 import os
 import select
+import termios
 import threading
 import time
 from typing import Mapping
@@ -87,6 +89,14 @@ class SocketTransport:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.sock = stream.socket._sock
 
+    def queued(self) -> int:
+        """Bytes received by the kernel and not read yet."""
+        try:
+            return int.from_bytes(fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0" * 4),
+                                  "little", signed=True)
+        except OSError:
+            return 0
+
     def try_recv_into(self, view: memoryview) -> int | None:
         """Bytes received (0: the peer is gone), or None if none are there yet."""
         try:
@@ -118,6 +128,9 @@ class StreamTransport:
         self.stream = stream
         self._pending = memoryview(b"")
         self._eof = False
+
+    def queued(self) -> int:
+        return len(self._pending)
 
     def try_recv_into(self, view: memoryview) -> int | None:
         if self._pending:
@@ -267,6 +280,11 @@ class Connection:
         reads = _READS_BEFORE_YIELD
         while not self._stopping:
             target = frames.receive_buffer()
+            if target is None and frames.big_wanting and transport.queued() >= frames.big_wanting:
+                # The start of a big frame is held until a quarter of it has come (codec):
+                # it has, in the socket. Its buffer now, and the rest straight into it.
+                frames.allot()
+                target = frames.receive_buffer()
             big = target is not None
             if not big:
                 target = scratch[:_PEEK_SIZE] if peek else scratch

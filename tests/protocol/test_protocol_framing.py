@@ -140,3 +140,31 @@ def test_big_frames_in_their_own_buffers_under_any_chunking(bodies, cuts, direct
         out += [bytes(frame) for frame in reader]
     assert out == frames_in
     assert reader.buffered == 0
+
+
+def test_a_big_frame_gets_its_own_buffer_once_a_quarter_has_come():
+    """What a peer makes us hold is what it sent (up to 4x), not what it announced."""
+    reader = FrameReader(1 << 20, big_frame=1000)
+    size = 400_000
+    frame = (size.to_bytes(4, "little") + bytes([118]) + b"\x01\x00" + (1).to_bytes(4, "little")
+             + (0).to_bytes(8, "little") + (size - 23).to_bytes(4, "little") + b"w" * (size - 23))
+    reader.feed(frame[:10])
+    assert reader.receive_buffer() is None and reader.buffered == 10
+    reader.feed(frame[10:size // 4 - 1])
+    assert reader.receive_buffer() is None and reader.buffered == size // 4 - 1
+    reader.feed(frame[size // 4 - 1:size // 4])
+    rest = reader.receive_buffer()
+    assert rest is not None and len(rest) == size - size // 4
+    rest[:] = frame[size // 4:]
+    reader.received(len(rest))
+    assert bytes(reader.next_frame()) == frame and reader.buffered == 0
+
+
+def test_a_frame_trickling_in_byte_by_byte_comes_out_whole():
+    reader = FrameReader(1 << 20)
+    frame = (60_000).to_bytes(4, "little") + bytes([118]) + b"\x01\x00" + b"t" * (60_000 - 7)
+    for i in range(len(frame)):
+        reader.feed(frame[i:i + 1])
+        if i < len(frame) - 1:
+            assert reader.next_frame() is None
+    assert reader.next_frame() == frame

@@ -4,6 +4,7 @@ measured from /proc/PID/status (VmRSS)."""
 
 import dataclasses
 import errno
+import struct
 import subprocess
 from pathlib import Path
 
@@ -131,6 +132,36 @@ async def test_rss_stays_flat_while_a_client_piles_up_xattrs_and_locks(tmp_path)
     text = log_path.read_text()
     assert "refused (xattr limit)" in text and "refused (lock limit)" in text, text
     assert text.count("refused (") <= 12, text  # rate-limited: a few lines, not thousands
+
+
+async def test_rss_stays_flat_while_clients_announce_big_frames_they_never_send(tmp_path):
+    """A frame's own buffer is made once a quarter of it has come: 100 connections
+    that each announce a 1 MiB Twrite and send 1,000 bytes of it cost ~100 KiB, where
+    the whole announced frames (100 MiB) used to be allocated up front."""
+    process, port, _ = start_ninepd(tmp_path)
+    with reaped(process):
+        first = await connect_when_up(process, port)
+        await first.start(msize=1 << 20)
+        await first.rpc(m.Twrite(1, 0, 0, b"y" * XATTR))  # (fails: fid 0 is not open)
+        before = rss(process.pid)
+        size = (1 << 20) - 100
+        head = struct.pack("<IBHIQI", size, 118, 1, 0, 0, size - 23)
+        peers = []
+        for _ in range(100):
+            peer = await connect_when_up(process, port)
+            await peer.start(msize=1 << 20)
+            await peer.stream.send_all(head + b"x" * 1000)
+            peers.append(peer)
+        # Served meanwhile, and each announced frame is still waited for.
+        assert isinstance(await first.rpc(m.Tgetattr(2, 0, 0x7FF)), m.Rgetattr)
+        await trio.sleep(0.5)
+        after = rss(process.pid)
+        for peer in (first, *peers):
+            await peer.stream.aclose()
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+    print(f"VmRSS {before / MiB:.1f} MiB -> {after / MiB:.1f} MiB with 100 MiB of frames announced")
+    assert after - before < 16 * MiB, (before, after)
 
 
 async def test_a_fid_hog_leaves_fds_for_accept_and_other_clients(tmp_path):
