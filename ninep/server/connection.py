@@ -176,7 +176,7 @@ class Connection:
         self.session = Session(exports, limits, connection_id=locks.connection_id(self.number))
         self.locks = locks
         self.dispatcher = Dispatcher(self.session, locks, pack_dirents, credentials_for)
-        self.rules = RequestRules(limits, self._prompt, budget)
+        self.rules = RequestRules(limits, self._prompt, budget, prompt_locks=locks.prompt)
         self.frames = FrameReader(limits.max_msize)
         self._scopes: dict[int, trio.CancelScope] = {}  # tag -> its task's scope
         self._nursery: trio.Nursery | None = None

@@ -437,7 +437,11 @@ _DEADLOCK_SEARCH_LIMIT = 64  # owners visited before giving up (and waiting) -- 
 class LockService(Protocol):
     """What lock requests need from the I/O layer (lockservice.LockManager): the
     table's operations as awaitables, a ticket taken before asking (``watch``) that a
-    release of the key sets, a way to sleep on it, and a way to wake such sleepers."""
+    release of the key sets, a way to sleep on it, and a way to wake such sleepers.
+    ``prompt``: its operations answer without a checkpoint (the table is in this
+    process), so a non-blocking Tlock may be answered inline."""
+
+    prompt: bool
 
     async def set(self, key: Hashable, owner: LockOwner, type_: int, start: int, length: int,
                   limit: int | None = None) -> tuple[bool, set[Hashable]]: ...

@@ -32,6 +32,8 @@ class _Watch:
 class LockManager:
     """The process's lock table plus the trio side of waiting on it."""
 
+    prompt = True  # the table's calls answer without a checkpoint (not a worker's)
+
     def __init__(self, table: LockTable | None = None) -> None:
         self.table = table if table is not None else LockTable()
         self._watches: dict[Hashable, _Watch] = {}

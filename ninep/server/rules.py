@@ -12,9 +12,11 @@ The rules:
 * **Inline or task.** A request on a fid of a ``prompt`` filesystem (one that never
   waits for anything but the host) is answered *inline*: by the reader, at once,
   before it reads the next frame; its reply joins the batch the reader sends when it
-  has nothing more to read. Everything that may wait (Tlock, which may block until
-  another client unlocks; Tfsync; Tattach; any request of a synthetic tree) runs in a
-  task of its own, so that the reader goes on reading and a Tflush can reach it.
+  has nothing more to read. Everything that may wait (a blocking Tlock, which waits
+  until another client unlocks; any Tlock whose lock table is in another process, a
+  ``--workers`` worker's; Tfsync; Tattach; any request of a synthetic tree) runs in a
+  task of its own, so that the reader goes on reading and a Tflush can reach it. A
+  non-blocking Tlock on this process's table answers at once, so it is inline.
 * **Tflush.** Flushing a tag not in flight is answered Rflush at once. Otherwise the
   target is cancelled, and Rflush is sent only when the target has finished: after the
   target's reply if it completed anyway (the client then learns the effect of an
@@ -48,7 +50,7 @@ from typing import Callable
 
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError, encode
-from ..protocol.constants import Errno, host_errno_to_wire
+from ..protocol.constants import Errno, LockFlags, host_errno_to_wire
 from ..protocol.errors import NOT_UTF8
 from .session import Limits
 
@@ -63,7 +65,8 @@ VERSION = "version"  # cancel these tags; when ``idle``, reset and call ``versio
 
 # Requests that may be answered inline, and the field naming the fid whose filesystem
 # must be prompt. Not Tlock (a blocking one waits for another client: it must stay
-# flushable, and only the reader can read the Tflush), nor Tfsync, Tattach, Tflush, Tversion.
+# flushable, and only the reader can read the Tflush; ``receive`` takes a non-blocking
+# one inline when the lock table is prompt), nor Tfsync, Tattach, Tflush, Tversion.
 INLINE_FID_FIELD = {
     m.Tgetattr: "fid", m.Twalk: "fid", m.Tclunk: "fid", m.Tlopen: "fid", m.Tread: "fid",
     m.Twrite: "fid", m.Treaddir: "fid", m.Tstatfs: "fid", m.Treadlink: "fid",
@@ -105,10 +108,12 @@ class RequestRules:
     filesystem is prompt (False for an unknown fid)."""
 
     def __init__(self, limits: Limits, prompt: Callable[[int], bool],
-                 budget: ByteBudget | None = None) -> None:
+                 budget: ByteBudget | None = None, *, prompt_locks: bool = False) -> None:
         """``budget``: the process's (shared by its connections); None: one of this
-        connection's own, of ``limits.max_buffered_process``."""
+        connection's own, of ``limits.max_buffered_process``. ``prompt_locks``: the
+        lock table answers without waiting (it is in this process)."""
         self.limits = limits
+        self.prompt_locks = prompt_locks
         self.msize = limits.max_msize
         self._prompt = prompt
         self.budget = budget if budget is not None else ByteBudget(limits.max_buffered_process)
@@ -127,7 +132,11 @@ class RequestRules:
         in_flight = self.in_flight
         if tag in in_flight:
             return REPLY, m.Rlerror(tag, Errno.EINVAL)  # a tag may not be reused while in flight
-        if field is not None and self._prompt(getattr(msg, field)):
+        if field is not None:
+            if self._prompt(getattr(msg, field)):
+                return INLINE, None
+        elif (kind is m.Tlock and self.prompt_locks and not msg.flags & LockFlags.BLOCK
+              and self._prompt(msg.fid)):
             return INLINE, None
         if kind is m.Tversion:
             self.versioning = True

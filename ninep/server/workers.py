@@ -197,6 +197,8 @@ class RemoteLockTable:
 class WorkerLockManager(LockManager):
     """A worker's ``LockManager``: every table operation is a call to the supervisor."""
 
+    prompt = False  # its calls wait for the supervisor: never in the reader
+
     def __init__(self, table: RemoteLockTable) -> None:
         super().__init__(table)
         self._pid = os.getpid()

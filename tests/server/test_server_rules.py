@@ -47,6 +47,22 @@ def test_where_each_request_runs(msg, decision):
     assert rules().receive(msg) == decision
 
 
+# Tlock with the lock table in this process (prompt_locks) or in a --workers supervisor.
+LOCK_DECISIONS = [
+    (True, m.Tlock(5, PROMPT_FID, 1, 0, 0, 0, 1, "c"), (INLINE, None)),  # answers at once
+    (True, m.Tlock(5, PROMPT_FID, 2, 0, 0, 0, 1, "c"), (INLINE, None)),  # unlock
+    (True, m.Tlock(5, PROMPT_FID, 1, 1, 0, 0, 1, "c"), (TASK, None)),  # may wait: flushable
+    (True, m.Tlock(5, OTHER_FID, 1, 0, 0, 0, 1, "c"), (TASK, None)),  # a synthetic tree's fid
+    (False, m.Tlock(5, PROMPT_FID, 1, 0, 0, 0, 1, "c"), (TASK, None)),  # a call to another process
+]
+
+
+@pytest.mark.parametrize("prompt_locks, msg, decision", LOCK_DECISIONS)
+def test_where_a_tlock_runs(prompt_locks, msg, decision):
+    r = RequestRules(Limits(), lambda fid: fid == PROMPT_FID, prompt_locks=prompt_locks)
+    assert r.receive(msg) == decision
+
+
 def test_a_tag_in_flight_cannot_be_reused():
     r = rules()
     assert r.receive(m.Tgetattr(5, OTHER_FID, 0)) == (TASK, None)
