@@ -46,7 +46,8 @@ from .lockservice import LockManager  # noqa: F401  (also imported from here)
 from .polling import MAX_WINDOW as MAX_POLL_WINDOW
 from .polling import PollWindow
 from .ratelimit import LogLimiter
-from .rules import FLUSH, INLINE, REPLY, TASK, VERSION, ByteBudget, RequestRules, bad_frame_reply
+from .rules import (FLUSH, INLINE, REPLY, TASK, TRY, VERSION, ByteBudget, RequestRules,
+                    bad_frame_reply)
 from .session import Export, Limits, Session
 from .trace import describe
 
@@ -433,8 +434,13 @@ class Connection:
             if self.trace:
                 trace_log.info("%s <- %s", self.name, describe(msg))
             kind, detail = rules.receive(msg)
-            if kind is INLINE:
-                reply = await self.dispatcher.handle(msg)
+            if kind is TRY:  # a blocking Tlock: answered now, unless it must wait
+                reply = await self.dispatcher.handle_at_once(msg)
+                if reply is None:
+                    kind, detail = rules.start_task(msg)
+            if kind is INLINE or kind is TRY:
+                if kind is INLINE:
+                    reply = await self.dispatcher.handle(msg)
                 msg = None
                 self.requests_inline += 1
                 self.requests_served += 1

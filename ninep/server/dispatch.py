@@ -90,6 +90,19 @@ class Dispatcher(LockRequests):
             log.exception("backend failed on %s", type(msg).__name__)
             return m.Rlerror(msg.tag, Errno.EIO)
 
+    async def handle_at_once(self, msg: m.Tlock) -> m.Message | None:
+        """A blocking Tlock tried without waiting (rules.TRY): its reply, or None if
+        it is refused and must wait (then it goes through ``handle`` in a task)."""
+        if self.session.version is None:
+            return m.Rlerror(msg.tag, Errno.EPROTO)
+        try:
+            return await self._lock(msg, may_wait=False)
+        except OSError as exc:
+            return m.Rlerror(msg.tag, host_errno_to_wire(exc.errno or errno.EIO))
+        except Exception:
+            log.exception("backend failed on %s", type(msg).__name__)
+            return m.Rlerror(msg.tag, Errno.EIO)
+
     # --- fid helpers ------------------------------------------------------------------
     def _file_fid(self, number: int) -> Fid:
         """Use a fid that names a file (not an xattr value)."""

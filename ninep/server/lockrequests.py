@@ -45,7 +45,8 @@ class LockRequests:
         if released:
             self.locks.released(released)
 
-    async def _lock(self, msg: m.Tlock) -> m.Message:
+    async def _lock(self, msg: m.Tlock, may_wait: bool = True) -> m.Message | None:
+        """Rlock; or, ``may_wait`` False, None where a blocking Tlock would wait."""
         if msg.type not in (LockType.RDLCK, LockType.WRLCK, LockType.UNLCK):
             raise errno_error(errno.EINVAL, f"lock type {msg.type}")
         fid = self._file_fid(msg.fid)
@@ -56,7 +57,7 @@ class LockRequests:
             while True:
                 # Watched before asking: a release while the answer is on its way (a
                 # worker asks another process) must still end the wait.
-                ticket = locks.watch(key) if blocking else None
+                ticket = locks.watch(key) if blocking and may_wait else None
                 try:
                     try:
                         granted, released = await locks.set(
@@ -73,6 +74,8 @@ class LockRequests:
                         return m.Rlock(msg.tag, LockStatus.SUCCESS)
                     if not blocking:
                         return m.Rlock(msg.tag, LockStatus.BLOCKED)
+                    if not may_wait:
+                        return None
                     await self._wait_for_lock(key, owner, msg, ticket)
                 finally:
                     if ticket is not None:

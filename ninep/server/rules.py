@@ -16,7 +16,8 @@ The rules:
   until another client unlocks; any Tlock whose lock table is in another process, a
   ``--workers`` worker's; Tfsync; Tattach; any request of a synthetic tree) runs in a
   task of its own, so that the reader goes on reading and a Tflush can reach it. A
-  non-blocking Tlock on this process's table answers at once, so it is inline.
+  Tlock on this process's table answers at once, so it is inline; a blocking one is
+  *tried* inline (TRY) and becomes a task only when it is refused and must wait.
 * **Tflush.** Flushing a tag not in flight is answered Rflush at once. Otherwise the
   target is cancelled, and Rflush is sent only when the target has finished: after the
   target's reply if it completed anyway (the client then learns the effect of an
@@ -60,6 +61,7 @@ log = logging.getLogger("ninep.server")
 REPLY = "reply"  # send this reply now; nothing runs
 INLINE = "inline"  # run it in the reader, now
 TASK = "task"  # run it in a task of its own
+TRY = "try"  # run it in the reader if it need not wait, else as a task (``start_task``)
 FLUSH = "flush"  # cancel the request with this tag; Rflush comes from ``finished``
 VERSION = "version"  # cancel these tags; when ``idle``, reset and call ``versioned``
 
@@ -125,7 +127,7 @@ class RequestRules:
     # --- requests in ---------------------------------------------------------------
     def receive(self, msg: m.Message) -> tuple:
         """What to do with ``msg``: (REPLY, reply), (INLINE, None), (TASK, None),
-        (FLUSH, target tag) or (VERSION, tags to cancel)."""
+        (TRY, None), (FLUSH, target tag) or (VERSION, tags to cancel)."""
         kind = type(msg)
         field = INLINE_FID_FIELD.get(kind)
         tag = msg.tag
@@ -135,9 +137,10 @@ class RequestRules:
         if field is not None:
             if self._prompt(getattr(msg, field)):
                 return INLINE, None
-        elif (kind is m.Tlock and self.prompt_locks and not msg.flags & LockFlags.BLOCK
-              and self._prompt(msg.fid)):
-            return INLINE, None
+        elif kind is m.Tlock and self.prompt_locks and self._prompt(msg.fid):
+            # This process's table answers at once; only a blocking Tlock that is
+            # refused must wait, and that one becomes a task (``start_task``).
+            return (TRY if msg.flags & LockFlags.BLOCK else INLINE), None
         if kind is m.Tversion:
             self.versioning = True
             return VERSION, list(in_flight)
@@ -157,6 +160,12 @@ class RequestRules:
         in_flight[tag] = _InFlight(promised)
         self.promised += promised
         self.budget.used += promised
+        return TASK, None
+
+    def start_task(self, msg: m.Message) -> tuple:
+        """A TRY request that must wait after all: from now on it is in flight as a
+        task (flushable), as if ``receive`` had said TASK."""
+        self.in_flight[msg.tag] = _InFlight(0)
         return TASK, None
 
     def finished(self, tag: int, reply: m.Message | None) -> list[m.Message]:

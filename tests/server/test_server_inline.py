@@ -58,6 +58,29 @@ async def test_a_blocking_lock_on_a_prompt_filesystem_can_still_be_flushed(tmp_p
         assert isinstance(await b.rpc(m.Tgetattr(6, 1, 0x7FF)), m.Rgetattr)
 
 
+async def test_a_blocking_lock_is_tried_in_the_reader_and_waits_in_a_task(tmp_path):
+    """F_SETLKW on a free range costs no task; refused, it waits and is granted when
+    the holder lets go."""
+    (tmp_path / "f").write_bytes(b"")
+    async with served(HostFilesystem(str(tmp_path)), connections=2) as ([a, b], [ca, cb]):
+        for peer in (a, b):
+            await peer.start()
+            assert isinstance(await peer.rpc(m.Twalk(2, 0, 1, ("f",))), m.Rwalk)
+            assert isinstance(await peer.rpc(m.Tlopen(3, 1, 2)), m.Rlopen)
+        inline = ca.requests_inline
+        assert await a.rpc(m.Tlock(4, 1, WR, LockFlags.BLOCK, 0, 0, 1, "a")) == \
+            m.Rlock(4, LockStatus.SUCCESS)
+        assert ca.requests_inline == inline + 1
+        inline = cb.requests_inline
+        await b.send(m.Tlock(4, 1, WR, LockFlags.BLOCK, 0, 0, 2, "b"))
+        await trio.sleep(0.2)
+        assert cb.requests_inline == inline  # refused: waiting in a task
+        assert await a.rpc(m.Tlock(5, 1, LockType.UNLCK, 0, 0, 0, 1, "a")) == \
+            m.Rlock(5, LockStatus.SUCCESS)
+        with trio.fail_after(5):
+            assert await b.recv() == m.Rlock(4, LockStatus.SUCCESS)
+
+
 async def test_a_request_held_for_the_reader_meets_tflush_and_tversion(tmp_path):
     """A lone candidate waits for the reader to find nothing more to read; a Tflush or
     Tversion arriving in the same read must still see it as an ordinary request."""

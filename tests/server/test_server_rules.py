@@ -14,7 +14,7 @@ import pytest
 from ninep.protocol import messages as m
 from ninep.protocol.codec import ProtocolError, decode
 from ninep.protocol.constants import Errno
-from ninep.server.rules import (FLUSH, INLINE, REPLY, SMALL_HOLDING, TASK, VERSION, ByteBudget,
+from ninep.server.rules import (FLUSH, INLINE, REPLY, SMALL_HOLDING, TASK, TRY, VERSION, ByteBudget,
                                 RequestRules, bad_frame_reply)
 from ninep.server.session import Limits
 
@@ -51,7 +51,7 @@ def test_where_each_request_runs(msg, decision):
 LOCK_DECISIONS = [
     (True, m.Tlock(5, PROMPT_FID, 1, 0, 0, 0, 1, "c"), (INLINE, None)),  # answers at once
     (True, m.Tlock(5, PROMPT_FID, 2, 0, 0, 0, 1, "c"), (INLINE, None)),  # unlock
-    (True, m.Tlock(5, PROMPT_FID, 1, 1, 0, 0, 1, "c"), (TASK, None)),  # may wait: flushable
+    (True, m.Tlock(5, PROMPT_FID, 1, 1, 0, 0, 1, "c"), (TRY, None)),  # blocking: tried first
     (True, m.Tlock(5, OTHER_FID, 1, 0, 0, 0, 1, "c"), (TASK, None)),  # a synthetic tree's fid
     (False, m.Tlock(5, PROMPT_FID, 1, 0, 0, 0, 1, "c"), (TASK, None)),  # a call to another process
 ]
@@ -61,6 +61,15 @@ LOCK_DECISIONS = [
 def test_where_a_tlock_runs(prompt_locks, msg, decision):
     r = RequestRules(Limits(), lambda fid: fid == PROMPT_FID, prompt_locks=prompt_locks)
     assert r.receive(msg) == decision
+
+
+def test_a_tried_tlock_that_must_wait_becomes_a_flushable_task():
+    r = RequestRules(Limits(), lambda fid: fid == PROMPT_FID, prompt_locks=True)
+    lock = m.Tlock(5, PROMPT_FID, 1, 1, 0, 0, 1, "c")
+    assert r.receive(lock) == (TRY, None) and r.idle  # not in flight while tried
+    assert r.start_task(lock) == (TASK, None) and not r.idle
+    assert r.receive(m.Tflush(6, 5)) == (FLUSH, 5)
+    assert r.finished(5, None) == [m.Rflush(6)]
 
 
 def test_a_tag_in_flight_cannot_be_reused():
