@@ -9,8 +9,8 @@ One reader, one writer, and a task per request that may wait:
   of a prompt filesystem (the host export: each one is a few direct syscalls) are
   answered right there, in the reader, and their replies are batched: they go out in
   one ``sendmsg`` when the reader finds nothing more to read. Requests that may wait
-  (a blocking Tlock, anything of a synthetic tree) get a task and a ``CancelScope``
-  registered under their tag, so a Tflush is a cancellation.
+  (a blocking Tlock that was refused, anything of a synthetic tree) get a task and a
+  ``CancelScope`` registered under their tag, so a Tflush is a cancellation.
 * **Replies** join one queue of buffers. Whoever queues may send from its front with
   one non-blocking ``sendmsg`` (no await, so nothing can cut a frame in two); only the
   **writer** task ever waits for the socket, when the queue does not drain at once.

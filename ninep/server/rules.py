@@ -67,8 +67,8 @@ VERSION = "version"  # cancel these tags; when ``idle``, reset and call ``versio
 
 # Requests that may be answered inline, and the field naming the fid whose filesystem
 # must be prompt. Not Tlock (a blocking one waits for another client: it must stay
-# flushable, and only the reader can read the Tflush; ``receive`` takes a non-blocking
-# one inline when the lock table is prompt), nor Tfsync, Tattach, Tflush, Tversion.
+# flushable, and only the reader can read the Tflush; ``receive`` decides it, INLINE or
+# TRY when the lock table is prompt), nor Tfsync, Tattach, Tflush, Tversion.
 INLINE_FID_FIELD = {
     m.Tgetattr: "fid", m.Twalk: "fid", m.Tclunk: "fid", m.Tlopen: "fid", m.Tread: "fid",
     m.Twrite: "fid", m.Treaddir: "fid", m.Tstatfs: "fid", m.Treadlink: "fid",
