@@ -43,7 +43,7 @@ class Limits:
     max_in_flight: int = 256  # tags in flight before the reader stops reading
     max_buffered: int = 8 << 20  # reply bytes queued before the reader stops reading
     # The same, for all connections of the process together (rules.ByteBudget): past it
-    # a connection reads on only while it holds no such bytes at all.
+    # a connection reads on only while it holds less than rules.SMALL_HOLDING (64 KiB).
     max_buffered_process: int = 8 << 20
     # Lock ranges held (locks.LockTable counts them), then ENOLCK. ~110 bytes each.
     max_locks: int = 32768
