@@ -2,6 +2,7 @@
 
 import errno
 import struct
+from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
@@ -206,13 +207,20 @@ def test_deadlock_search_recomputes_every_wait_from_the_table():
     assert table.connections() == {"c1", "c2", "c3"}
 
 
-async def test_locks_die_with_last_fid_and_with_connection(autojump_clock):
-    locks = LockManager()
-    async with served(slow_fs(), connections=2, locks=locks) as ([a, b], conns):
+@asynccontextmanager
+async def a_with_two_fids_and_b_with_one(**served_options):
+    """Two clients with fid 1 open on the same file; a also has it open as fid 2."""
+    async with served(slow_fs(), connections=2, **served_options) as ([a, b], _):
         for peer in (a, b):
             await peer.start()
             await open_file(peer, 1, "fast")
-        await open_file(a, 2, "fast")  # a second fid on the same file
+        await open_file(a, 2, "fast")
+        yield a, b
+
+
+async def test_locks_die_with_last_fid_and_with_connection(autojump_clock):
+    locks = LockManager()
+    async with a_with_two_fids_and_b_with_one(locks=locks) as (a, b):
         await a.rpc(m.Tlock(1, 1, WR, 0, 0, 0, 1, "a"))
         await a.rpc(m.Tclunk(2, 2))  # not the last fid there: the lock stays
         assert await b.rpc(m.Tlock(3, 1, RD, 0, 0, 0, 2, "b")) == m.Rlock(3, LockStatus.BLOCKED)
@@ -282,30 +290,11 @@ async def test_clunking_the_locking_fid_releases_like_flock(autojump_clock):
     """flock(2): the lock belongs to the open file; its last close may come from
     another pid (the kernel sends that pid's UNLCK, which matches nothing), then the
     fid is clunked -- and that must free the lock even though other fids remain."""
-    async with served(slow_fs(), connections=2) as ([a, b], _):
-        for peer in (a, b):
-            await peer.start()
-            await open_file(peer, 1, "fast")
-        await open_file(a, 2, "fast")
+    async with a_with_two_fids_and_b_with_one() as (a, b):
         assert await a.rpc(m.Tlock(1, 2, WR, 0, 0, 0, 100, "a")) == m.Rlock(1, LockStatus.SUCCESS)
         assert await a.rpc(m.Tlock(2, 2, UN, 0, 0, 0, 101, "a")) == m.Rlock(2, LockStatus.SUCCESS)
         assert await b.rpc(m.Tlock(3, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(3, LockStatus.BLOCKED)
         await a.rpc(m.Tclunk(4, 2))  # fid 1 of connection a still refers to the file
-        assert await b.rpc(m.Tlock(5, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(5, LockStatus.SUCCESS)
-
-
-async def test_closing_another_fid_on_the_file_keeps_the_lock(autojump_clock):
-    """POSIX: a process's locks on a file go at the close of its last descriptor
-    there, not at the close of any other one."""
-    async with served(slow_fs(), connections=2) as ([a, b], _):
-        for peer in (a, b):
-            await peer.start()
-            await open_file(peer, 1, "fast")
-        await open_file(a, 2, "fast")
-        assert await a.rpc(m.Tlock(1, 1, WR, 0, 0, 0, 100, "a")) == m.Rlock(1, LockStatus.SUCCESS)
-        await a.rpc(m.Tclunk(2, 2))  # never locked through, and fid 1 is still open
-        assert await b.rpc(m.Tlock(3, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(3, LockStatus.BLOCKED)
-        await a.rpc(m.Tclunk(4, 1))
         assert await b.rpc(m.Tlock(5, 1, WR, 0, 0, 0, 7, "b")) == m.Rlock(5, LockStatus.SUCCESS)
 
 
