@@ -434,13 +434,14 @@ class Connection:
             if self.trace:
                 trace_log.info("%s <- %s", self.name, describe(msg))
             kind, detail = rules.receive(msg)
-            if kind is TRY:  # a blocking Tlock: answered now, unless it must wait
-                reply = await self.dispatcher.handle_at_once(msg)
+            reply = None
+            if kind is INLINE:
+                reply = await self.dispatcher.handle(msg)
+            elif kind is TRY:  # a blocking Tlock: answered now, unless it must wait
+                reply = await self.dispatcher.handle(msg, at_once=True)
                 if reply is None:
                     kind, detail = rules.start_task(msg)
-            if kind is INLINE or kind is TRY:
-                if kind is INLINE:
-                    reply = await self.dispatcher.handle(msg)
+            if reply is not None:
                 msg = None
                 self.requests_inline += 1
                 self.requests_served += 1

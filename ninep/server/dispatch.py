@@ -75,8 +75,11 @@ class Dispatcher(LockRequests):
             m.Tlink: self._link, m.Tmkdir: self._mkdir, m.Tunlinkat: self._unlinkat,
         }
 
-    async def handle(self, msg: m.Message) -> m.Message:
-        handler = self._handlers.get(type(msg))
+    async def handle(self, msg: m.Message, at_once: bool = False) -> m.Message | None:
+        """The reply to ``msg``. ``at_once`` (a blocking Tlock, rules.TRY): tried
+        without waiting, None if it is refused and must wait (then it comes back here
+        from a task)."""
+        handler = self._lock_at_once if at_once else self._handlers.get(type(msg))
         if handler is None:
             code = Errno.ENOSYS if isinstance(msg, _CLASSIC_REQUESTS) else Errno.EINVAL
             return m.Rlerror(msg.tag, code)
@@ -87,19 +90,6 @@ class Dispatcher(LockRequests):
         except OSError as exc:
             return m.Rlerror(msg.tag, host_errno_to_wire(exc.errno or errno.EIO))
         except Exception:  # a backend bug must cost one request, not the connection
-            log.exception("backend failed on %s", type(msg).__name__)
-            return m.Rlerror(msg.tag, Errno.EIO)
-
-    async def handle_at_once(self, msg: m.Tlock) -> m.Message | None:
-        """A blocking Tlock tried without waiting (rules.TRY): its reply, or None if
-        it is refused and must wait (then it goes through ``handle`` in a task)."""
-        if self.session.version is None:
-            return m.Rlerror(msg.tag, Errno.EPROTO)
-        try:
-            return await self._lock(msg, may_wait=False)
-        except OSError as exc:
-            return m.Rlerror(msg.tag, host_errno_to_wire(exc.errno or errno.EIO))
-        except Exception:
             log.exception("backend failed on %s", type(msg).__name__)
             return m.Rlerror(msg.tag, Errno.EIO)
 
@@ -126,31 +116,34 @@ class Dispatcher(LockRequests):
         connection's locks on the file if it was the last fid there. Returns the
         commit's error (reported on Rclunk)."""
         fid.closed = True
-        if (fid.kind is FidKind.FILE and not fid.lock_owners and not self.session.locked_keys
-                and fid.file is not None):  # a plain fid: only its File to close
-            self.session.last_fid_on(fid)  # (keeps the count of fids per file)
-            try:
-                await fid.file.close()
-            except OSError as exc:
-                log.debug("close of fid %d failed: %s", fid.number, exc)
-            return None
         error: OSError | None = None
-        if fid.xattr_held:
-            self.session.drop_xattr(fid)
         try:
-            if fid.kind is FidKind.XATTR_WRITE and fid.file is not None:
-                error = await self._commit_xattr(fid)
+            if fid.kind is FidKind.FILE and not fid.lock_owners and not self.session.locked_keys:
+                self.session.last_fid_on(fid)  # a plain fid: no xattr, no lock to see to
+            else:
+                error = await self._settle(fid)
         finally:
-            try:
-                await self._drop_locks(fid)
-            except OSError as exc:  # a worker's supervisor gone or not answering
-                log.warning("dropping the locks of fid %d failed: %s", fid.number, exc)
             if fid.file is not None:
                 try:
                     await fid.file.close()
                 except OSError as exc:
                     log.debug("close of fid %d failed: %s", fid.number, exc)
         return error
+
+    async def _settle(self, fid: Fid) -> OSError | None:
+        """What a closing fid leaves besides its File: a held or pending xattr value
+        (the commit's error is returned), and locks."""
+        if fid.xattr_held:
+            self.session.drop_xattr(fid)
+        try:
+            if fid.kind is FidKind.XATTR_WRITE and fid.file is not None:
+                return await self._commit_xattr(fid)
+            return None
+        finally:
+            try:
+                await self._drop_locks(fid)
+            except OSError as exc:  # a worker's supervisor gone or not answering
+                log.warning("dropping the locks of fid %d failed: %s", fid.number, exc)
 
     async def _commit_xattr(self, fid: Fid) -> OSError | None:
         value = bytes(fid.xattr_value)

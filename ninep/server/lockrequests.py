@@ -85,6 +85,9 @@ class LockRequests:
         finally:
             await self._let_go(fid)
 
+    async def _lock_at_once(self, msg: m.Tlock) -> m.Message | None:
+        return await self._lock(msg, may_wait=False)
+
     async def _remember_owner(self, fid: Fid, owner: LockOwner) -> None:
         """Note an owner that locked through ``fid`` (its close unlocks them). Owners
         that since unlocked everything are dropped whenever the set doubles past 64:
